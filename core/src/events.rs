@@ -1,0 +1,434 @@
+//! CloudEvents 1.0 (JSON format) envelope and the typed payloads that flow
+//! through the topics.
+//!
+//! An event's identity is (`source`, `id`): every consumer write is
+//! idempotent on it. The Kafka key is the payload's `user_id`, so one user's
+//! events stay in order. Each payload type names its CloudEvents `type`, its
+//! topic and its schema version (in `dataschema`, e.g.
+//! `urn:llm-billing:token-metrics:1`).
+
+use crate::error::FieldError;
+use crate::model::ModelName;
+use crate::money::Nanos;
+use crate::time::Timestamp;
+use crate::usage::Usage;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const SPEC_VERSION: &str = "1.0";
+pub const SCHEMA_VERSION: u32 = 1;
+pub const MAX_ID_LEN: usize = 256;
+pub const MAX_SOURCE_LEN: usize = 512;
+/// Longest message text an event may carry, in bytes.
+pub const MAX_CONTENT_BYTES: usize = 512 * 1024;
+/// Longest latency or compute time an event may claim: one day.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
+/// The topics, as the seed names them.
+pub mod topics {
+    pub const RAW_MESSAGES: &str = "raw-messages";
+    pub const LLM_RESPONSES: &str = "llm-responses";
+    pub const TOKEN_METRICS: &str = "token-metrics";
+    pub const INFERENCE_EVENTS: &str = "inference-events";
+    pub const PROCESSED_EVENTS: &str = "processed-events";
+    pub const DEAD_LETTER: &str = "dead-letter";
+    pub const ALL: [&str; 6] = [RAW_MESSAGES, LLM_RESPONSES, TOKEN_METRICS, INFERENCE_EVENTS, PROCESSED_EVENTS, DEAD_LETTER];
+}
+
+/// A payload type: its CloudEvents `type`, topic, schema name and rules.
+pub trait EventData: Serialize + DeserializeOwned {
+    const TYPE: &'static str;
+    const TOPIC: &'static str;
+    const SCHEMA: &'static str;
+    /// The user the event belongs to; the Kafka key.
+    fn user_id(&self) -> i64;
+    /// Pushes every problem found, with paths under `data.`.
+    fn check(&self, errors: &mut Vec<FieldError>);
+}
+
+/// The schema URI carried in `dataschema`.
+pub fn schema_uri(schema: &str) -> String {
+    format!("urn:llm-billing:{schema}:{SCHEMA_VERSION}")
+}
+
+/// A CloudEvents 1.0 event in JSON format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent<T> {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    pub data: T,
+}
+
+impl<T: EventData> CloudEvent<T> {
+    /// A new event of `T`'s type.
+    pub fn new(id: impl Into<String>, source: impl Into<String>, time: Timestamp, subject: Option<String>, data: T) -> Self {
+        Self {
+            specversion: SPEC_VERSION.into(),
+            id: id.into(),
+            source: source.into(),
+            event_type: T::TYPE.into(),
+            time,
+            subject,
+            datacontenttype: Some("application/json".into()),
+            dataschema: Some(schema_uri(T::SCHEMA)),
+            data,
+        }
+    }
+
+    /// The one serialisation every producer uses.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("events serialise")
+    }
+
+    pub fn key(&self) -> String {
+        self.data.user_id().to_string()
+    }
+
+    /// Parses and validates an event of type `T` from JSON; every problem is
+    /// reported, not only the first.
+    pub fn from_value(v: Value) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        check_envelope(&v, Some(T::TYPE), &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let ev: Self = serde_json::from_value(v).map_err(|e| vec![FieldError::new("data", e.to_string())])?;
+        ev.data.check(&mut errors);
+        if errors.is_empty() {
+            Ok(ev)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, Vec<FieldError>> {
+        let v: Value = serde_json::from_str(s).map_err(|e| vec![FieldError::new("event", format!("not JSON: {e}"))])?;
+        Self::from_value(v)
+    }
+}
+
+/// Checks the envelope attributes of a JSON event: required attributes,
+/// their types and lengths, the spec version and (when given) the type.
+pub fn check_envelope(v: &Value, expected_type: Option<&str>, errors: &mut Vec<FieldError>) {
+    let Some(obj) = v.as_object() else {
+        errors.push(FieldError::new("event", "must be a JSON object"));
+        return;
+    };
+    if let Some(sv) = string_attr(obj, errors, "specversion", 16) {
+        if sv != SPEC_VERSION {
+            errors.push(FieldError::new("specversion", format!("`{sv}` is not supported; use \"1.0\"")));
+        }
+    }
+    string_attr(obj, errors, "id", MAX_ID_LEN);
+    string_attr(obj, errors, "source", MAX_SOURCE_LEN);
+    if let (Some(t), Some(want)) = (string_attr(obj, errors, "type", 256), expected_type) {
+        if t != want {
+            errors.push(FieldError::new("type", format!("`{t}` is not `{want}`")));
+        }
+    }
+    if let Some(t) = string_attr(obj, errors, "time", 64) {
+        if let Err(e) = Timestamp::parse(&t) {
+            errors.push(FieldError::new("time", e.reason));
+        }
+    }
+    if let Some(ct) = obj.get("datacontenttype") {
+        if ct != "application/json" {
+            errors.push(FieldError::new("datacontenttype", format!("{ct} is not supported; use \"application/json\"")));
+        }
+    }
+    if !obj.contains_key("data") {
+        errors.push(FieldError::new("data", "is required"));
+    }
+}
+
+fn string_attr(obj: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>, name: &str, max: usize) -> Option<String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new(name, "is required"));
+            None
+        }
+        Some(Value::String(s)) if s.is_empty() => {
+            errors.push(FieldError::new(name, "must not be empty"));
+            None
+        }
+        Some(Value::String(s)) if s.len() > max => {
+            errors.push(FieldError::new(name, format!("is {} bytes long; at most {max} are allowed", s.len())));
+            None
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            errors.push(FieldError::new(name, "must not contain control characters"));
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            errors.push(FieldError::new(name, format!("must be a string, got {other}")));
+            None
+        }
+    }
+}
+
+fn check_id(errors: &mut Vec<FieldError>, field: &str, id: i64) {
+    if id <= 0 {
+        errors.push(FieldError::new(format!("data.{field}"), format!("{id} is not a valid id; ids are positive")));
+    }
+}
+
+fn check_ms(errors: &mut Vec<FieldError>, field: &str, ms: u64) {
+    if ms > MAX_DURATION_MS {
+        errors.push(FieldError::new(format!("data.{field}"), format!("{ms} ms is longer than a day")));
+    }
+}
+
+fn check_usage(errors: &mut Vec<FieldError>, usage: &Usage) {
+    if let Err(mut e) = usage.validate() {
+        e.field = format!("data.{}", e.field);
+        errors.push(e);
+    }
+}
+
+fn check_content(errors: &mut Vec<FieldError>, content: &str) {
+    if content.len() > MAX_CONTENT_BYTES {
+        errors.push(FieldError::new("data.content", format!("is {} bytes; at most {MAX_CONTENT_BYTES} are allowed", content.len())));
+    }
+}
+
+/// A user's message as sent, on `raw-messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSent {
+    pub user_id: i64,
+    pub thread_id: i64,
+    pub message_id: i64,
+    pub model: ModelName,
+    pub content: String,
+}
+
+impl EventData for MessageSent {
+    const TYPE: &'static str = "llm-billing.message.sent";
+    const TOPIC: &'static str = topics::RAW_MESSAGES;
+    const SCHEMA: &'static str = "message-sent";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    fn check(&self, e: &mut Vec<FieldError>) {
+        check_id(e, "user_id", self.user_id);
+        check_id(e, "thread_id", self.thread_id);
+        check_id(e, "message_id", self.message_id);
+        check_content(e, &self.content);
+    }
+}
+
+/// The model's answer to a message, on `llm-responses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmResponse {
+    pub user_id: i64,
+    pub thread_id: i64,
+    /// The assistant message.
+    pub message_id: i64,
+    /// The user message it answers.
+    pub reply_to_message_id: i64,
+    pub model: ModelName,
+    pub provider: String,
+    #[serde(default)]
+    pub provider_message_id: Option<String>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    pub latency_ms: u64,
+    pub content: String,
+    pub usage: Usage,
+}
+
+impl EventData for LlmResponse {
+    const TYPE: &'static str = "llm-billing.llm.response";
+    const TOPIC: &'static str = topics::LLM_RESPONSES;
+    const SCHEMA: &'static str = "llm-response";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    fn check(&self, e: &mut Vec<FieldError>) {
+        check_id(e, "user_id", self.user_id);
+        check_id(e, "thread_id", self.thread_id);
+        check_id(e, "message_id", self.message_id);
+        check_id(e, "reply_to_message_id", self.reply_to_message_id);
+        check_ms(e, "latency_ms", self.latency_ms);
+        check_content(e, &self.content);
+        check_usage(e, &self.usage);
+    }
+}
+
+/// The tokens of one chat turn, on `token-metrics`: what gets billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenMetrics {
+    pub user_id: i64,
+    pub thread_id: i64,
+    /// The assistant message whose call used these tokens.
+    pub message_id: i64,
+    pub model: ModelName,
+    pub usage: Usage,
+    /// Latency of the provider call.
+    pub latency_ms: u64,
+}
+
+impl EventData for TokenMetrics {
+    const TYPE: &'static str = "llm-billing.token.metrics";
+    const TOPIC: &'static str = topics::TOKEN_METRICS;
+    const SCHEMA: &'static str = "token-metrics";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    fn check(&self, e: &mut Vec<FieldError>) {
+        check_id(e, "user_id", self.user_id);
+        check_id(e, "thread_id", self.thread_id);
+        check_id(e, "message_id", self.message_id);
+        check_ms(e, "latency_ms", self.latency_ms);
+        check_usage(e, &self.usage);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceStatus {
+    Succeeded,
+    Failed,
+}
+
+/// One call to an inference API made outside the chat (batch jobs, other
+/// services), collected by the `collector` component, on `inference-events`.
+/// Billed per token class and per resource (requests, compute time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceEvent {
+    pub user_id: i64,
+    pub model: ModelName,
+    /// The caller's request id, for tracing; not the identity (that is the envelope's source + id).
+    pub request_id: String,
+    pub status: InferenceStatus,
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub compute_ms: u64,
+    #[serde(default)]
+    pub usage: Usage,
+}
+
+impl EventData for InferenceEvent {
+    const TYPE: &'static str = "llm-billing.inference";
+    const TOPIC: &'static str = topics::INFERENCE_EVENTS;
+    const SCHEMA: &'static str = "inference-event";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    fn check(&self, e: &mut Vec<FieldError>) {
+        check_id(e, "user_id", self.user_id);
+        if self.request_id.is_empty() || self.request_id.len() > MAX_ID_LEN {
+            e.push(FieldError::new("data.request_id", format!("must be 1 to {MAX_ID_LEN} bytes")));
+        }
+        if let Some(s) = self.http_status {
+            if !(100..=599).contains(&s) {
+                e.push(FieldError::new("data.http_status", format!("{s} is not an HTTP status")));
+            }
+        }
+        check_ms(e, "latency_ms", self.latency_ms);
+        check_ms(e, "compute_ms", self.compute_ms);
+        check_usage(e, &self.usage);
+    }
+}
+
+/// What a consumer did with an event, on `processed-events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessedEvent {
+    pub user_id: i64,
+    pub original_source: String,
+    pub original_id: String,
+    pub original_type: String,
+    pub cost: Nanos,
+    pub line_items: u32,
+}
+
+impl EventData for ProcessedEvent {
+    const TYPE: &'static str = "llm-billing.processed";
+    const TOPIC: &'static str = topics::PROCESSED_EVENTS;
+    const SCHEMA: &'static str = "processed-event";
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+    fn check(&self, e: &mut Vec<FieldError>) {
+        check_id(e, "user_id", self.user_id);
+        if self.cost.0 < 0 {
+            e.push(FieldError::new("data.cost", "must not be negative"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn metrics() -> CloudEvent<TokenMetrics> {
+        CloudEvent::new(
+            "evt-1",
+            "/functions/messages",
+            Timestamp::parse("2026-03-01T10:00:00Z").unwrap(),
+            Some("thread/7".into()),
+            TokenMetrics {
+                user_id: 3,
+                thread_id: 7,
+                message_id: 11,
+                model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
+                usage: Usage { input_tokens: 10, output_tokens: 20, ..Default::default() },
+                latency_ms: 350,
+            },
+        )
+    }
+
+    // An event serialises to CloudEvents JSON with its type, schema and key, and parses back equal.
+    #[test]
+    fn round_trip() {
+        let ev = metrics();
+        let json = ev.to_json();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], "llm-billing.token.metrics");
+        assert_eq!(v["dataschema"], "urn:llm-billing:token-metrics:1");
+        assert_eq!(v["time"], "2026-03-01T10:00:00.000Z");
+        assert_eq!(ev.key(), "3");
+        assert_eq!(CloudEvent::<TokenMetrics>::from_json(&json).unwrap(), ev);
+    }
+
+    // Validation reports every problem at once, each with its path, in words.
+    #[test]
+    fn every_problem_reported() {
+        let v = json!({"specversion": "0.3", "id": "", "source": "s", "type": "other", "time": "noon", "data": {}});
+        let errs = CloudEvent::<TokenMetrics>::from_value(v).unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["specversion", "id", "type", "time"]);
+
+        let mut v: Value = serde_json::from_str(&metrics().to_json()).unwrap();
+        v["data"]["user_id"] = json!(0);
+        v["data"]["latency_ms"] = json!(100_000_000u64);
+        let errs = CloudEvent::<TokenMetrics>::from_value(v).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].to_string().contains("data.user_id: 0 is not a valid id"));
+
+        let mut v: Value = serde_json::from_str(&metrics().to_json()).unwrap();
+        v["data"]["tokens"] = json!(5);
+        let errs = CloudEvent::<TokenMetrics>::from_value(v).unwrap_err();
+        assert!(errs[0].reason.contains("unknown field `tokens`"), "{errs:?}");
+    }
+}
