@@ -1,0 +1,36 @@
+# LLM chat billing: the commands a newcomer needs.
+#
+#   make test   every test the project has (installs what it needs first)
+#
+# Build output lives outside the clone, in $(CACHE_DIR)/target, reached
+# through the `target` symlink so spin.toml's paths work the same for
+# `spin up` and for billing-host.
+
+CACHE_DIR ?= $(HOME)/.cache/llm-billing
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: test deps check-wasm lint clean-cache
+
+test: deps target
+	$(CARGO) test
+	$(MAKE) check-wasm
+
+deps:
+	scripts/ensure-deps.sh wasm redis sqlite3
+
+# The `target` symlink into the cache; a real directory is left alone.
+target:
+	@mkdir -p $(CACHE_DIR)/target
+	@[ -e target ] || ln -s $(CACHE_DIR)/target target
+
+# billing-core compiles for the components' target too.
+check-wasm: target
+	$(CARGO) build -p billing-core --target wasm32-wasip2
+
+lint: target
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean-cache:
+	rm -rf $(CACHE_DIR)/target

@@ -1,0 +1,168 @@
+//! The migration runner against real SQLite files.
+
+use billing_migrations::{embedded, from_dir, migrate, open, source_dir, MigrateError, Migration};
+use rusqlite::Connection;
+use std::path::Path;
+
+fn count(conn: &Connection, table: &str) -> i64 {
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+}
+
+fn copy_sql(to: &Path) {
+    for m in from_dir(source_dir()).unwrap() {
+        std::fs::write(to.join(&m.file), &m.sql).unwrap();
+    }
+}
+
+// Migrating an empty file applies everything and turns on WAL; the second run applies nothing and changes nothing.
+#[test]
+fn second_run_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nested/billing.db");
+    let mut conn = open(&db).unwrap();
+    let first = migrate(&mut conn, &embedded()).unwrap();
+    assert_eq!(first.applied, ["0001_schema.sql", "0002_seed.sql"]);
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    let users = count(&conn, "dim_users");
+    let stamps: Vec<String> = conn.prepare("SELECT applied_at FROM schema_migrations").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    drop(conn);
+
+    let mut conn = open(&db).unwrap();
+    let second = migrate(&mut conn, &embedded()).unwrap();
+    assert!(second.applied.is_empty());
+    assert_eq!(second.already.len(), 2);
+    assert_eq!(count(&conn, "dim_users"), users);
+    let again: Vec<String> = conn.prepare("SELECT applied_at FROM schema_migrations").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(stamps, again);
+}
+
+// An applied file that was edited afterwards is refused, and the error names the file.
+#[test]
+fn tampered_migration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_sql(dir.path());
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    migrate(&mut conn, &from_dir(dir.path()).unwrap()).unwrap();
+
+    let seed = dir.path().join("0002_seed.sql");
+    let mut sql = std::fs::read_to_string(&seed).unwrap();
+    sql.push_str("\nUPDATE dim_token_pricing SET input_price = 0;\n");
+    std::fs::write(&seed, sql).unwrap();
+    let err = migrate(&mut conn, &from_dir(dir.path()).unwrap()).unwrap_err();
+    assert!(matches!(&err, MigrateError::Tampered { file, .. } if file == "0002_seed.sql"), "{err}");
+    assert!(err.to_string().contains("0002_seed.sql was changed after it was applied"));
+    let price: i64 = conn.query_row("SELECT input_price FROM dim_token_pricing WHERE pricing_id = 3", [], |r| r.get(0)).unwrap();
+    assert_eq!(price, 3_000_000, "nothing of the edited file ran");
+}
+
+// A database migrated by a newer build (a version this list lacks) is refused.
+#[test]
+fn unknown_applied_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    migrate(&mut conn, &embedded()).unwrap();
+    let older: Vec<Migration> = embedded().into_iter().take(1).collect();
+    let err = migrate(&mut conn, &older).unwrap_err();
+    assert!(matches!(err, MigrateError::UnknownApplied { version: 2, .. }), "{err}");
+}
+
+// A failing file rolls back whole: no half-made tables, no record, and the error names the file.
+#[test]
+fn failed_migration_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    let mut list = embedded();
+    list.push(Migration::new("0003_broken.sql", "CREATE TABLE half_made (x INTEGER); INSERT INTO nowhere VALUES (1);").unwrap());
+    let err = migrate(&mut conn, &list).unwrap_err();
+    assert!(matches!(&err, MigrateError::Failed { file, .. } if file == "0003_broken.sql"), "{err}");
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'half_made'", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 0);
+    assert_eq!(count(&conn, "schema_migrations"), 2);
+}
+
+// Bad file names and two files with one number are refused before anything runs.
+#[test]
+fn file_names_checked() {
+    assert!(Migration::new("1_x.sql", "").is_err());
+    assert!(Migration::new("0001.sql", "").is_err());
+    assert!(Migration::new("0001_x.txt", "").is_err());
+    let dir = tempfile::tempdir().unwrap();
+    copy_sql(dir.path());
+    std::fs::write(dir.path().join("0002_other.sql"), "SELECT 1;").unwrap();
+    assert!(matches!(from_dir(dir.path()), Err(MigrateError::DuplicateVersion { version: 2, .. })));
+}
+
+// The build embeds exactly the .sql files of the directory, byte for byte.
+#[test]
+fn embedded_matches_directory() {
+    assert_eq!(embedded(), from_dir(source_dir()).unwrap());
+}
+
+// Two processes migrating one file at once apply each file exactly once.
+#[test]
+fn concurrent_migrations_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            std::thread::spawn(move || migrate(&mut open(&db).unwrap(), &embedded()).unwrap())
+        })
+        .collect();
+    let applied: usize = handles.into_iter().map(|h| h.join().unwrap().applied.len()).sum();
+    assert_eq!(applied, 2);
+    let conn = open(&db).unwrap();
+    assert_eq!(count(&conn, "dim_users"), 3);
+}
+
+// After seeding, foreign keys are consistent and the seed has what the product needs.
+#[test]
+fn seed_is_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    migrate(&mut conn, &embedded()).unwrap();
+    assert!(billing_migrations::foreign_key_violations(&conn).unwrap().is_empty());
+    let families: Vec<String> =
+        conn.prepare("SELECT DISTINCT family FROM dim_models ORDER BY family").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(families, ["haiku", "opus", "sonnet"]);
+    let unpriced: i64 = conn
+        .query_row("SELECT count(*) FROM dim_models m WHERE NOT EXISTS (SELECT 1 FROM dim_token_pricing p WHERE p.model_id = m.model_id)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(unpriced, 0);
+    assert_eq!(count(&conn, "dim_event_types"), 5);
+    let roles: Vec<(String, i64)> = conn
+        .prepare("SELECT role, count(*) FROM dim_users GROUP BY role ORDER BY role").unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(roles, [("admin".to_string(), 1), ("user".to_string(), 2)]);
+}
+
+// The schema refuses what billing must never hold: fractional or negative money, a line billed twice, a bad timestamp.
+#[test]
+fn schema_constraints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    migrate(&mut conn, &embedded()).unwrap();
+    let price = |v: &str, from: &str| {
+        conn.execute(
+            &format!("INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price) VALUES (5, '{from}', {v}, 1, 1, 1, 1)"),
+            [],
+        )
+    };
+    assert!(price("1.5", "2030-01-01T00:00:00.000Z").is_err(), "fractional price");
+    assert!(price("-1", "2030-01-01T00:00:00.000Z").is_err(), "negative price");
+    assert!(price("1", "2030-01-01 00:00:00").is_err(), "non-canonical timestamp");
+    assert!(price("1", "2030-01-01T00:00:00.000Z").is_ok());
+    assert!(price("2", "2030-01-01T00:00:00.000Z").is_err(), "second version at the same instant");
+
+    let line = |class: &str| {
+        conn.execute(
+            &format!("INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at) VALUES ('s', 'e1', 2, 5, 5, '{class}', 10, 1000000, 10000, '2026-01-01T00:00:00.000Z')"),
+            [],
+        )
+    };
+    assert!(line("input").is_ok());
+    assert!(line("input").is_err(), "same event and class twice");
+    assert!(line("output").is_ok());
+    assert!(line("bogus").is_err());
+}

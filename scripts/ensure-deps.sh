@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need, skipping what is already there.
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3]
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        say "need root to run: $*"; return 1
+    fi
+}
+
+apt_install() { # apt_install COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    say "installing $2 (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y -q "$2" >/dev/null 2>&1 || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q "$2" >/dev/null; }
+    command -v "$1" >/dev/null 2>&1 || { say "$2 did not install $1"; return 1; }
+}
+
+for want in "${@:-wasm redis sqlite3}"; do
+    for w in $want; do
+        case "$w" in
+            wasm)
+                if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+                    say "adding the wasm32-wasip2 Rust target"
+                    rustup target add wasm32-wasip2
+                fi ;;
+            redis) apt_install redis-server redis-server ;;
+            sqlite3) apt_install sqlite3 sqlite3 ;;
+            *) say "unknown dependency $w"; exit 2 ;;
+        esac
+    done
+done
