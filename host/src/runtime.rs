@@ -159,6 +159,13 @@ impl OutboundHooks {
 pub fn engine(limits: &Limits) -> Result<Engine> {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true).epoch_interruption(true);
+    // Compiled code is cached on disk (as Spin does), so a restart skips Cranelift.
+    match wasmtime::Cache::from_file(None) {
+        Ok(cache) => {
+            config.cache(Some(cache));
+        }
+        Err(e) => tracing::warn!(error = %e, "Compilation cache unavailable; components compile at every start."),
+    }
     let mut pooling = PoolingAllocationConfig::default();
     pooling.total_component_instances(1000).total_memories(1000).total_tables(1000).max_memory_size(limits.memory_bytes);
     let mut pooled = config.clone();
