@@ -24,14 +24,15 @@ fn tail<'a>(req: &'a Request, prefix: &str) -> &'a str {
 
 #[http_component]
 async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
+    // Routes without a wildcard (exact ones, captures) have no path info: they report headers.
     let info = match req.header("spin-path-info").and_then(|h| h.as_str()) {
         Some(i) if !i.is_empty() => i.to_owned(),
-        _ => req.path().to_owned(),
+        _ => "/headers".to_owned(),
     };
     let first = info.trim_start_matches('/').split('/').next().unwrap_or("").to_owned();
     Ok(match first.as_str() {
         "hello" => Response::new(200, "hello from probe"),
-        "headers" | "items" | "exact" => {
+        "headers" => {
             let mut lines: Vec<String> = req
                 .headers()
                 .filter(|(k, _)| k.starts_with("spin-") || *k == "host")
