@@ -1,6 +1,7 @@
 # LLM chat billing: the commands a newcomer needs.
 #
 #   make test   every test the project has (installs what it needs first)
+#   make bench  the benchmarks that fit in ten minutes
 #
 # Build output lives outside the clone, in $(CACHE_DIR)/target, reached
 # through the `target` symlink so spin.toml's paths work the same for
@@ -10,7 +11,7 @@ CACHE_DIR ?= $(HOME)/.cache/llm-billing
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: test deps check-wasm lint clean-cache
+.PHONY: test deps check-wasm lint clean-cache bench bench-host
 
 test: deps target
 	$(CARGO) test
@@ -34,3 +35,9 @@ lint: target
 
 clean-cache:
 	rm -rf $(CACHE_DIR)/target
+
+# Benchmarks (not part of `make test`; figures depend on the machine).
+bench: bench-host
+
+bench-host: deps target
+	host/bench/run.sh
