@@ -16,7 +16,7 @@ WASMTIME=$TOOLS/bin/wasmtime
 command -v wrk >/dev/null || { echo "==> installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; }
 if ! "$WASMTIME" --version 2>/dev/null | grep -q '^wasmtime 48.0.8'; then
     echo "==> installing wasmtime-cli 48.0.8 (about 10 minutes on 2 cores, once)"
-    cargo install --root "$TOOLS" wasmtime-cli --version 48.0.8 --locked --no-default-features --features serve,cranelift,component-model
+    cargo install --root "$TOOLS" wasmtime-cli --version 48.0.8 --locked
 fi
 echo "==> building billing-host (release) and the hello component"
 cargo build --release -p billing-host -q

@@ -1,0 +1,140 @@
+//! `billing-e2e`: starts the whole HTTP side as a user would run it — the
+//! repository's own spin.toml and components on billing-host — against a
+//! freshly migrated SQLite file and a redis-server of its own, and talks to
+//! it over real HTTP.
+
+use billing_host::{App, Limits};
+use billing_testkit::Redis;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Runs every component's build command from spin.toml, once per test binary.
+pub fn build_components() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| billing_host::build::build(&repo_root().join("spin.toml"), &[]).expect("components build"));
+}
+
+/// One running stack.
+pub struct Stack {
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub redis: Redis,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        build_components();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("billing.db");
+        billing_migrations::open_and_migrate(&db).expect("migrations apply");
+        let redis = Redis::start();
+        std::fs::write(
+            dir.path().join(".env"),
+            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\n", redis.url()),
+        )
+        .unwrap();
+        let rc = dir.path().join("runtime-config.toml");
+        std::fs::write(
+            &rc,
+            "[sqlite_database.default]\ntype = \"spin\"\npath = \"billing.db\"\n[[config_provider]]\ntype = \"env\"\ndotenv_path = \".env\"\n",
+        )
+        .unwrap();
+        let app = App::load(&repo_root().join("spin.toml"), Some(&rc), Limits::default()).expect("app loads");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(billing_host::server::serve(app, listener, async move {
+            let _ = rx.await;
+        }));
+        Self { addr, dir, redis, shutdown: Some(tx) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The database file, for checking what was (not) written.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("billing.db")).unwrap()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.db().query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    }
+
+    /// Sends a request with an optional key and JSON body; returns the
+    /// status, the content type and the body as JSON (Null when empty).
+    pub async fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+        let client = reqwest::Client::new();
+        let mut rb = client.request(method.parse().unwrap(), self.url(path));
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        Reply::from(rb.send().await.unwrap()).await
+    }
+
+    /// Sends raw bytes as the body.
+    pub async fn call_raw(&self, method: &str, path: &str, key: Option<&str>, content_type: &str, body: Vec<u8>) -> Reply {
+        let client = reqwest::Client::new();
+        let mut rb = client.request(method.parse().unwrap(), self.url(path)).header("content-type", content_type).body(body);
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        Reply::from(rb.send().await.unwrap()).await
+    }
+
+    /// Creates a user as admin and returns (user_id, api key).
+    pub async fn user(&self, name: &str, email: &str) -> (i64, String) {
+        let u = self.call("POST", "/api/users", Some(ADMIN_KEY), Some(serde_json::json!({"name": name, "email": email}))).await;
+        assert_eq!(u.status, 201, "{:?}", u.body);
+        let id = u.body["user_id"].as_i64().unwrap();
+        let k = self.call("POST", "/api/keys", Some(ADMIN_KEY), Some(serde_json::json!({"user_id": id, "label": "test"}))).await;
+        assert_eq!(k.status, 201, "{:?}", k.body);
+        (id, k.body["key"].as_str().unwrap().to_owned())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn from(r: reqwest::Response) -> Self {
+        let status = r.status().as_u16();
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let bytes = r.bytes().await.unwrap();
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
+        Self { status, content_type, body }
+    }
+
+    /// Asserts an RFC 9457 problem with this status, and returns its detail.
+    pub fn problem(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{:?}", self.body);
+        assert_eq!(self.content_type, "application/problem+json", "{:?}", self.body);
+        assert_eq!(self.body["status"], status);
+        assert!(self.body["type"].as_str().is_some_and(|t| t.starts_with("/problems/")));
+        self.body["detail"].as_str().unwrap_or_default().to_owned()
+    }
+}
