@@ -115,7 +115,7 @@ CREATE TABLE user_thread_messages (
     reply_to_message_id INTEGER REFERENCES user_thread_messages (message_id),
     provider_message_id TEXT,
     stop_reason         TEXT,
-    latency_ms          INTEGER CHECK (typeof(latency_ms) = 'integer' AND latency_ms >= 0),
+    latency_ms          INTEGER CHECK (latency_ms IS NULL OR (typeof(latency_ms) = 'integer' AND latency_ms >= 0)),
     created_at          TEXT    NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 -- History of a thread in order.

@@ -38,7 +38,7 @@ impl Stack {
         let redis = Redis::start();
         std::fs::write(
             dir.path().join(".env"),
-            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\n", redis.url()),
+            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\nSPIN_VARIABLE_PROVIDER_RETRY_BASE_MS=5\n", redis.url()),
         )
         .unwrap();
         let rc = dir.path().join("runtime-config.toml");
@@ -80,6 +80,16 @@ impl Stack {
         }
         if let Some(b) = body {
             rb = rb.json(&b);
+        }
+        Reply::from(rb.send().await.unwrap()).await
+    }
+
+    /// Sends a JSON body with extra headers.
+    pub async fn call_with(&self, method: &str, path: &str, key: &str, headers: &[(&str, &str)], body: Value) -> Reply {
+        let client = reqwest::Client::new();
+        let mut rb = client.request(method.parse().unwrap(), self.url(path)).bearer_auth(key).json(&body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
         }
         Reply::from(rb.send().await.unwrap()).await
     }

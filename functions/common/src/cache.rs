@@ -56,8 +56,13 @@ impl Cache {
         self.conn.as_ref().is_some_and(|c| c.publish(channel, &payload.to_vec()).is_ok())
     }
 
-    /// Runs a raw command, ignoring failures.
-    pub fn command(&self, command: &str, args: &[RedisParameter]) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.execute(command, args).is_ok())
+    /// Runs a raw command; `None` when Redis is down or the command failed.
+    pub fn execute(&self, command: &str, args: &[RedisParameter]) -> Option<Vec<spin_sdk::redis::RedisResult>> {
+        self.conn.as_ref()?.execute(command, args).ok()
+    }
+
+    /// INCR, returning the new value.
+    pub fn incr(&self, key: &str) -> Option<i64> {
+        self.conn.as_ref()?.incr(key).ok()
     }
 }

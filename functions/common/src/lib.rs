@@ -14,6 +14,7 @@ pub mod cache;
 pub mod clock;
 pub mod db;
 pub mod input;
+pub mod prices;
 pub mod problem;
 
 pub use auth::{Caller, Role};

@@ -1,0 +1,281 @@
+//! `llm-sim`: speaks the Anthropic Messages API at `/sim/v1/messages` and
+//! `/sim/v1/messages/count_tokens`, deterministically, so the real client
+//! path can be exercised without the vendor.
+//!
+//! - Answers are a function of the model and the prompt.
+//! - `usage` comes from the local tokenizer: the prompt's text plus a small
+//!   framing overhead per message; blocks up to the last `cache_control`
+//!   mark are cache tokens — written (5-minute, or 1-hour with
+//!   `"ttl": "1h"`) the first time that prefix is seen, read afterwards
+//!   (remembered in Redis for the TTL; without Redis every time is a write).
+//! - `"stream": true` answers with the SSE event sequence, usage cumulative.
+//! - Injection, by request header (or the `sim_*` variables):
+//!   `x-sim-latency-ms: N`; `x-sim-fail: 429|529|500|503|malformed|spend-limit`
+//!   with `x-sim-fail-times: N` (fail only the first N calls, counted per
+//!   `x-sim-fail-key`). `GET /sim/v1/calls?key=K` tells how many calls a key saw.
+
+use billing_core::tokenizer::count_text;
+use billing_fn_common::cache::Cache;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::redis::{RedisParameter, RedisResult};
+
+/// Framing tokens per message and per request, so counts resemble the API's.
+const PER_MESSAGE: u64 = 3;
+const PER_REQUEST: u64 = 4;
+
+const WORDS: [&str; 32] = [
+    "tokens", "billing", "cache", "invoice", "model", "price", "usage", "stream", "exact", "ledger", "cents", "rounding", "event",
+    "thread", "answer", "prompt", "latency", "budget", "credit", "meter", "daily", "window", "context", "reply", "summary",
+    "detail", "record", "signal", "total", "period", "report", "cost",
+];
+
+fn anthropic_error(status: u16, kind: &str, message: &str, request_id: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("request-id", request_id)
+        .body(json!({"type": "error", "error": {"type": kind, "message": message}}).to_string())
+        .build()
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.header(name).and_then(|h| h.as_str())
+}
+
+fn setting(req: &Request, name: &str) -> Option<String> {
+    header(req, &format!("x-sim-{}", name.replace('_', "-")))
+        .map(str::to_owned)
+        .or_else(|| spin_sdk::variables::get(&format!("sim_{name}")).ok().filter(|v| !v.is_empty()))
+}
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    let digest = hex::encode(Sha256::digest(req.body()));
+    let request_id = format!("req_sim_{}", &digest[..24]);
+    match (req.method(), req.path()) {
+        (Method::Post, "/sim/v1/messages") => messages(&req, &request_id, false),
+        (Method::Post, "/sim/v1/messages/count_tokens") => messages(&req, &request_id, true),
+        (Method::Get, "/sim/v1/calls") => {
+            let key = req.query().strip_prefix("key=").unwrap_or("");
+            let n = Cache::open().get_json::<i64>(&format!("sim:calls:{key}")).unwrap_or(0);
+            Response::builder().status(200).header("content-type", "application/json").body(json!({"key": key, "calls": n}).to_string()).build()
+        }
+        _ => anthropic_error(404, "not_found_error", &format!("{} {} is not part of the simulated API", req.method(), req.path()), &request_id),
+    }
+}
+
+/// Counts this call for `x-sim-fail-key` and decides whether to fail it.
+fn injected_failure(req: &Request, cache: &Cache) -> Option<String> {
+    let key = setting(req, "fail_key");
+    let call_no = key.as_ref().map(|k| incr(cache, &format!("sim:calls:{k}")));
+    let fail = setting(req, "fail")?;
+    let times: Option<i64> = setting(req, "fail_times").and_then(|t| t.parse().ok());
+    match (times, call_no) {
+        (Some(t), Some(Some(n))) if n > t => None,
+        _ => Some(fail),
+    }
+}
+
+fn incr(cache: &Cache, key: &str) -> Option<i64> {
+    cache.incr(key)
+}
+
+fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
+    let cache = Cache::open();
+    if let Some(ms) = setting(req, "latency_ms").and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+    }
+    if !count_only {
+        if let Some(fail) = injected_failure(req, &cache) {
+            return match fail.as_str() {
+                "429" => {
+                    let mut r = anthropic_error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit (simulated)", request_id);
+                    r.set_header("retry-after", "0");
+                    r
+                }
+                "spend-limit" => anthropic_error(429, "rate_limit_error", "You have reached your spend limit for this billing period (simulated)", request_id),
+                "529" => anthropic_error(529, "overloaded_error", "Overloaded (simulated)", request_id),
+                "503" => anthropic_error(503, "api_error", "Service unavailable (simulated)", request_id),
+                "malformed" => Response::builder().status(200).header("content-type", "application/json").header("request-id", request_id).body("{\"type\": \"message\", \"content\": [").build(),
+                _ => anthropic_error(500, "api_error", "Internal server error (simulated)", request_id),
+            };
+        }
+    }
+    let body: Value = match serde_json::from_slice(req.body()) {
+        Ok(v) => v,
+        Err(e) => return anthropic_error(400, "invalid_request_error", &format!("request body is not valid JSON: {e}"), request_id),
+    };
+    let prompt = match Prompt::parse(&body, count_only) {
+        Ok(p) => p,
+        Err(m) => return anthropic_error(400, "invalid_request_error", &m, request_id),
+    };
+    let (input, cache_5m, cache_1h, cache_read) = prompt.usage(&cache);
+    if count_only {
+        let total = input + cache_5m + cache_1h + cache_read;
+        return Response::builder().status(200).header("content-type", "application/json").body(json!({"input_tokens": total}).to_string()).build();
+    }
+    let (text, output_tokens, stop_reason) = answer(&prompt);
+    let id = format!("msg_sim_{}", &request_id[8..]);
+    let usage = json!({
+        "input_tokens": input,
+        "cache_creation_input_tokens": cache_5m + cache_1h,
+        "cache_read_input_tokens": cache_read,
+        "cache_creation": {"ephemeral_5m_input_tokens": cache_5m, "ephemeral_1h_input_tokens": cache_1h},
+        "output_tokens": output_tokens,
+        "service_tier": "standard",
+    });
+    if body["stream"].as_bool() == Some(true) {
+        return stream(&id, &prompt.model, &text, stop_reason, &usage, request_id);
+    }
+    let msg = json!({
+        "id": id, "type": "message", "role": "assistant", "model": prompt.model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason, "stop_sequence": null, "usage": usage,
+    });
+    Response::builder().status(200).header("content-type", "application/json").header("request-id", request_id).body(msg.to_string()).build()
+}
+
+struct Block {
+    text: String,
+    /// `Some("5m")` / `Some("1h")` when this block ends a cached prefix.
+    cache: Option<String>,
+}
+
+struct Prompt {
+    model: String,
+    max_tokens: u64,
+    messages: usize,
+    /// System blocks first, then message blocks, in order.
+    blocks: Vec<Block>,
+}
+
+fn blocks_of(v: &Value, field: &str, out: &mut Vec<Block>) -> Result<(), String> {
+    match v {
+        Value::String(s) => out.push(Block { text: s.clone(), cache: None }),
+        Value::Array(items) => {
+            for (i, b) in items.iter().enumerate() {
+                if b["type"] != "text" {
+                    return Err(format!("{field}.{i}.type: only text blocks are simulated"));
+                }
+                let text = b["text"].as_str().ok_or_else(|| format!("{field}.{i}.text: Field required"))?;
+                let cache = match &b["cache_control"] {
+                    Value::Null => None,
+                    cc if cc["type"] == "ephemeral" => Some(if cc["ttl"] == "1h" { "1h".to_owned() } else { "5m".to_owned() }),
+                    _ => return Err(format!("{field}.{i}.cache_control: type must be ephemeral")),
+                };
+                out.push(Block { text: text.to_owned(), cache });
+            }
+        }
+        _ => return Err(format!("{field}: Input should be a valid string or list")),
+    }
+    Ok(())
+}
+
+impl Prompt {
+    fn parse(body: &Value, count_only: bool) -> Result<Self, String> {
+        let model = body["model"].as_str().ok_or("model: Field required")?.to_owned();
+        let max_tokens = match body["max_tokens"].as_u64() {
+            Some(n) if n > 0 => n,
+            _ if count_only => u64::MAX,
+            _ => return Err("max_tokens: Field required (a positive integer)".into()),
+        };
+        let mut blocks = Vec::new();
+        if !body["system"].is_null() {
+            blocks_of(&body["system"], "system", &mut blocks)?;
+        }
+        let messages = body["messages"].as_array().ok_or("messages: Field required")?;
+        if messages.is_empty() {
+            return Err("messages: at least one message is required".into());
+        }
+        for (i, m) in messages.iter().enumerate() {
+            let role = m["role"].as_str().unwrap_or("");
+            if role != "user" && role != "assistant" {
+                return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant'"));
+            }
+            blocks_of(&m["content"], &format!("messages.{i}.content"), &mut blocks)?;
+        }
+        if messages[0]["role"] != "user" {
+            return Err("messages.0.role: the first message must use the user role".into());
+        }
+        Ok(Self { model, max_tokens, messages: messages.len(), blocks })
+    }
+
+    /// (uncached input, 5-minute writes, 1-hour writes, reads).
+    fn usage(&self, cache: &Cache) -> (u64, u64, u64, u64) {
+        let tokens: Vec<u64> = self.blocks.iter().map(|b| count_text(&self.model, &b.text).tokens).collect();
+        let framing = PER_REQUEST + PER_MESSAGE * self.messages as u64;
+        let Some(last) = self.blocks.iter().rposition(|b| b.cache.is_some()) else {
+            return (tokens.iter().sum::<u64>() + framing, 0, 0, 0);
+        };
+        let cached: u64 = tokens[..=last].iter().sum();
+        let rest: u64 = tokens[last + 1..].iter().sum::<u64>() + framing;
+        let ttl = self.blocks[last].cache.as_deref().unwrap_or("5m");
+        let mut h = Sha256::new();
+        h.update(self.model.as_bytes());
+        for b in &self.blocks[..=last] {
+            h.update(b.text.as_bytes());
+            h.update([0]);
+        }
+        let key = format!("sim:cache:{}", hex::encode(h.finalize()));
+        let ttl_s = if ttl == "1h" { 3600 } else { 300 };
+        // SET NX answers OK to the first writer and nil to everyone after.
+        let reply = cache.execute("SET", &[
+            RedisParameter::Binary(key.into_bytes()),
+            RedisParameter::Binary(b"1".to_vec()),
+            RedisParameter::Binary(b"NX".to_vec()),
+            RedisParameter::Binary(b"EX".to_vec()),
+            RedisParameter::Int64(ttl_s),
+        ]);
+        let seen = matches!(reply.as_deref(), Some([RedisResult::Nil]));
+        match (seen, ttl) {
+            (true, _) => (rest, 0, 0, cached),
+            (false, "1h") => (rest, 0, cached, 0),
+            (false, _) => (rest, cached, 0, 0),
+        }
+    }
+}
+
+/// The deterministic answer, truncated to `max_tokens`.
+fn answer(p: &Prompt) -> (String, u64, &'static str) {
+    let mut h = Sha256::new();
+    h.update(p.model.as_bytes());
+    for b in &p.blocks {
+        h.update(b.text.as_bytes());
+    }
+    let d = h.finalize();
+    let n = 12 + (d[0] as usize % 40);
+    let last_user = p.blocks.last().map(|b| b.text.chars().take(40).collect::<String>()).unwrap_or_default();
+    let mut words: Vec<String> = vec![format!("(llm-sim) About \"{last_user}\":")];
+    words.extend((0..n).map(|i| WORDS[d[(i + 1) % d.len()] as usize % WORDS.len()].to_owned()));
+    let mut text = words.join(" ") + ".";
+    let mut tokens = count_text(&p.model, &text).tokens;
+    let mut stop = "end_turn";
+    while tokens > p.max_tokens && words.len() > 1 {
+        words.pop();
+        text = words.join(" ");
+        tokens = count_text(&p.model, &text).tokens;
+        stop = "max_tokens";
+    }
+    (text, tokens, stop)
+}
+
+fn stream(id: &str, model: &str, text: &str, stop: &str, usage: &Value, request_id: &str) -> Response {
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let mut events = vec![
+        ("message_start", json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}})),
+        ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+    ];
+    let chunks: Vec<&str> = text.split_inclusive(' ').collect();
+    for c in chunks.chunks(4) {
+        events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": c.concat()}})));
+    }
+    events.push(("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": usage["output_tokens"]}})));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    let body: String = events.iter().map(|(e, d)| format!("event: {e}\ndata: {d}\n\n")).collect();
+    Response::builder().status(200).header("content-type", "text/event-stream").header("request-id", request_id).body(body).build()
+}

@@ -1,0 +1,236 @@
+//! One chat turn, from request to committed rows and events.
+
+use crate::provider::{self, Settings, Turn};
+use billing_core::events::{CloudEvent, EventData, LlmResponse, MessageSent, TokenMetrics};
+use billing_core::pricing::quote;
+use billing_core::{ModelName, Usage};
+use billing_fn_common::cache::Cache;
+use billing_fn_common::db::{col, int, opt_text, text};
+use billing_fn_common::input::{json_body, text_field};
+use billing_fn_common::prices::{model_by_id, model_by_name, price_in_force};
+use billing_fn_common::{clock, json, ApiError, ApiResult, Caller, Db};
+use serde::Deserialize;
+use serde_json::json;
+use spin_sdk::http::{Request, Response};
+
+/// Longest message accepted, in characters; larger bodies are refused as too large.
+pub const MAX_CONTENT_CHARS: usize = 100_000;
+const MAX_BODY_BYTES: usize = 512 * 1024;
+/// How many earlier messages are sent with a new one.
+const HISTORY_TURNS: i64 = 100;
+const HISTORY_TTL_S: i64 = 3600;
+pub const EVENT_SOURCE: &str = "/functions/messages";
+/// Channel the bridge listens on to relay the outbox at once.
+pub const OUTBOX_NUDGE: &str = "billing:outbox";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    content: String,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+fn history_key(thread_id: i64) -> String {
+    format!("thread:{thread_id}:history")
+}
+
+/// The thread's answered turns, oldest first: from Redis, else SQLite.
+fn history(db: &Db, cache: &Cache, thread_id: i64) -> ApiResult<Vec<Turn>> {
+    if let Some(turns) = cache.get_json::<Vec<Turn>>(&history_key(thread_id)) {
+        return Ok(turns);
+    }
+    let r = db.query(
+        "SELECT role, content FROM (
+             SELECT message_id, role, content FROM user_thread_messages
+             WHERE thread_id = ?1 AND status = 'ok' ORDER BY message_id DESC LIMIT ?2
+         ) ORDER BY message_id",
+        &[int(thread_id), int(HISTORY_TURNS)],
+    )?;
+    let turns = r
+        .rows()
+        .map(|row| Ok(Turn { role: col::<&str>(&row, "role")?.to_owned(), content: col::<&str>(&row, "content")?.to_owned() }))
+        .collect::<ApiResult<Vec<_>>>()?;
+    cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
+    Ok(turns)
+}
+
+fn event_id() -> ApiResult<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+fn outbox<T: EventData>(db: &Db, ev: &CloudEvent<T>) -> ApiResult<()> {
+    db.exec(
+        "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[text(T::TOPIC), text(ev.key()), text(ev.source.clone()), text(ev.id.clone()), text(ev.to_json())],
+    )
+}
+
+pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiResult<Response> {
+    let (thread_id, owner, thread_model, archived) = crate::visible_thread(db, caller, thread)?;
+    if owner != caller.user_id {
+        return Err(ApiError::Forbidden("only the thread's owner can send messages to it".into()));
+    }
+    if archived {
+        return Err(ApiError::Conflict(format!("thread {thread_id} is archived; unarchive it to send messages")));
+    }
+    let body: NewMessage = json_body(req, MAX_BODY_BYTES)?;
+    let content = text_field("content", &body.content, MAX_CONTENT_CHARS)?;
+    let model = match &body.model {
+        Some(name) => model_by_name(db, name)?.filter(|m| m.active).ok_or_else(|| ApiError::invalid("model", format!("`{name}` is not an active model")))?,
+        None => model_by_id(db, thread_model)?
+            .filter(|m| m.active)
+            .ok_or_else(|| ApiError::invalid("model", "the thread's model is retired; choose another model"))?,
+    };
+    let model_name = ModelName::parse(&model.name)?;
+    let started_at = clock::now();
+    let price = price_in_force(db, &model, started_at)?
+        .ok_or_else(|| ApiError::invalid("model", format!("`{}` has no price in force now, so it cannot be billed", model.name)))?;
+
+    let cache = Cache::open();
+    let mut turns = history(db, &cache, thread_id)?;
+    turns.push(Turn { role: "user".into(), content: content.clone() });
+
+    let t0 = clock::monotonic_ms();
+    let result = match model.provider.as_str() {
+        "anthropic" => provider::anthropic(&Settings::anthropic(req), &model.name, &turns).await,
+        "openai-compatible" => provider::openai(&Settings::openai(), &model.name, &turns).await,
+        other => Err(ApiError::Internal(format!("model `{}` has an unknown provider `{other}`", model.name))),
+    };
+    let latency_ms = clock::monotonic_ms() - t0;
+    let now = clock::now();
+
+    let reply = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Billed nothing; the user's message stays, marked failed with the reason.
+            db.exec(
+                "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, error, created_at) VALUES (?1, ?2, 'user', ?3, ?4, 'failed', ?5, ?6)",
+                &[int(thread_id), int(caller.user_id), text(content), int(model.model_id), text(e.detail()), text(now.to_rfc3339())],
+            )?;
+            return Err(e);
+        }
+    };
+    let q = quote(&price, &reply.usage)?;
+    let classes = reply.usage.by_class();
+
+    let (user_msg_id, answer_id, events) = db.transaction(|db| {
+        let ts = text(now.to_rfc3339());
+        let user_msg_id = db
+            .scalar_i64(
+                "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, created_at) VALUES (?1, ?2, 'user', ?3, ?4, 'ok', ?5) RETURNING message_id",
+                &[int(thread_id), int(caller.user_id), text(content.clone()), int(model.model_id), ts.clone()],
+            )?
+            .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
+        let answer_id = db
+            .scalar_i64(
+                "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, reply_to_message_id, provider_message_id, stop_reason, latency_ms, created_at)
+                 VALUES (?1, ?2, 'assistant', ?3, ?4, 'ok', ?5, ?6, ?7, ?8, ?9) RETURNING message_id",
+                &[
+                    int(thread_id),
+                    int(caller.user_id),
+                    text(reply.text.clone()),
+                    int(model.model_id),
+                    int(user_msg_id),
+                    opt_text(reply.provider_message_id.clone()),
+                    opt_text(reply.stop_reason.clone()),
+                    int(latency_ms as i64),
+                    ts.clone(),
+                ],
+            )?
+            .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
+        let u = &reply.usage;
+        db.exec(
+            "INSERT INTO message_tokens (message_id, thread_id, user_id, model_id, pricing_id, input_tokens, output_tokens, cache_creation_input_tokens,
+                 cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, cost_nanos, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            &[
+                int(answer_id),
+                int(thread_id),
+                int(caller.user_id),
+                int(model.model_id),
+                int(price.pricing_id),
+                int(u.input_tokens as i64),
+                int(u.output_tokens as i64),
+                int(u.cache_creation_input_tokens as i64),
+                int(classes[2].1 as i64),
+                int(classes[3].1 as i64),
+                int(u.cache_read_input_tokens as i64),
+                int(q.total.0),
+                ts.clone(),
+            ],
+        )?;
+        db.exec("UPDATE user_threads SET updated_at = ?1 WHERE thread_id = ?2", &[ts, int(thread_id)])?;
+        let subject = Some(format!("threads/{thread_id}"));
+        let sent = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject.clone(), MessageSent {
+            user_id: caller.user_id,
+            thread_id,
+            message_id: user_msg_id,
+            model: model_name.clone(),
+            content: content.clone(),
+        });
+        let response = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject.clone(), LlmResponse {
+            user_id: caller.user_id,
+            thread_id,
+            message_id: answer_id,
+            reply_to_message_id: user_msg_id,
+            model: model_name.clone(),
+            provider: model.provider.clone(),
+            provider_message_id: reply.provider_message_id.clone(),
+            stop_reason: reply.stop_reason.clone(),
+            latency_ms,
+            content: reply.text.clone(),
+            usage: reply.usage,
+        });
+        let metrics = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject, TokenMetrics {
+            user_id: caller.user_id,
+            thread_id,
+            message_id: answer_id,
+            model: model_name.clone(),
+            usage: reply.usage,
+            latency_ms,
+        });
+        outbox(db, &sent)?;
+        outbox(db, &response)?;
+        outbox(db, &metrics)?;
+        Ok((user_msg_id, answer_id, [sent.id, response.id, metrics.id]))
+    })?;
+
+    turns.push(Turn { role: "assistant".into(), content: reply.text.clone() });
+    cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
+    cache.publish(OUTBOX_NUDGE, b"messages");
+
+    Ok(json(201, &json!({
+        "thread_id": thread_id,
+        "user_message_id": user_msg_id,
+        "message": {
+            "message_id": answer_id,
+            "role": "assistant",
+            "content": reply.text,
+            "model": model.name,
+            "stop_reason": reply.stop_reason,
+            "latency_ms": latency_ms,
+            "created_at": now.to_rfc3339(),
+        },
+        "usage": usage_json(&reply.usage),
+        "cost": cost_json(&q),
+        "provider_attempts": reply.attempts,
+        "events": events,
+    })))
+}
+
+pub fn usage_json(u: &Usage) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (class, tokens) in u.by_class() {
+        m.insert(class.as_str().into(), json!(tokens));
+    }
+    serde_json::Value::Object(m)
+}
+
+fn cost_json(q: &billing_core::pricing::Quote) -> serde_json::Value {
+    let by_class: serde_json::Map<String, serde_json::Value> =
+        q.lines.iter().map(|l| (l.class.as_str().to_owned(), json!({"tokens": l.tokens, "unit_price": l.unit_price, "nanos": l.cost}))).collect();
+    json!({ "nanos": q.total, "display": q.total.display_usd(), "pricing_id": q.pricing_id, "by_class": by_class })
+}

@@ -1,0 +1,141 @@
+//! The chat path end to end with llm-sim behind the real Anthropic client:
+//! a full turn priced to the nano-USD, the outbox holding exactly its three
+//! events, provider failures retried and billed nothing, isolation, bad
+//! input, and Redis going away mid-test.
+
+use billing_e2e::{Stack, ADMIN_KEY};
+use serde_json::{json, Value};
+
+/// Claude Haiku 4.5 list prices in nano-USD per token ($1, $5, $1.25, $2, $0.10 per million).
+fn haiku_cost(u: &Value) -> i64 {
+    let t = |k: &str| u[k].as_i64().unwrap();
+    t("input") * 1000 + t("output") * 5000 + t("cache_write_5m") * 1250 + t("cache_write_1h") * 2000 + t("cache_read") * 100
+}
+
+async fn thread(s: &Stack, key: &str) -> i64 {
+    let t = s.call("POST", "/api/threads", Some(key), Some(json!({"title": "Chat"}))).await;
+    assert_eq!(t.status, 201, "{:?}", t.body);
+    t.body["thread_id"].as_i64().unwrap()
+}
+
+// A full turn: the reply, usage per class, the hand-computed cost, the rows, and exactly three outbox events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_turn() {
+    let s = Stack::start().await;
+    let (uid, key) = s.user("Chatty", "chatty@example.com").await;
+    let tid = thread(&s, &key).await;
+    let r = s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "What does a cache read cost?"}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert!(r.body["message"]["content"].as_str().unwrap().starts_with("(llm-sim) About \"What does a cache read cost?\""));
+    let usage = &r.body["usage"];
+    assert!(usage["input"].as_i64().unwrap() > 5 && usage["output"].as_i64().unwrap() > 5, "{usage}");
+    let cost = haiku_cost(usage);
+    assert_eq!(r.body["cost"]["nanos"].as_i64(), Some(cost));
+    assert_eq!(r.body["provider_attempts"], 1);
+    let answer_id = r.body["message"]["message_id"].as_i64().unwrap();
+
+    let (row_cost, row_in, row_out): (i64, i64, i64) = s
+        .db()
+        .query_row("SELECT cost_nanos, input_tokens, output_tokens FROM message_tokens WHERE message_id = ?1", [answer_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap();
+    assert_eq!((row_cost, row_in, row_out), (cost, usage["input"].as_i64().unwrap(), usage["output"].as_i64().unwrap()));
+
+    let db = s.db();
+    let mut stmt = db.prepare("SELECT topic, event_key, payload FROM outbox ORDER BY outbox_id").unwrap();
+    let rows: Vec<(String, String, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    let topics: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(topics, ["raw-messages", "llm-responses", "token-metrics"]);
+    assert!(rows.iter().all(|r| r.1 == uid.to_string()), "the Kafka key is the user id");
+    let metrics: Value = serde_json::from_str(&rows[2].2).unwrap();
+    assert_eq!((metrics["specversion"].as_str(), metrics["type"].as_str()), (Some("1.0"), Some("llm-billing.token.metrics")));
+    assert_eq!(metrics["data"]["usage"]["output_tokens"], usage["output"]);
+    assert_eq!(metrics["data"]["message_id"], answer_id);
+
+    let second = s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "And a write?"}))).await;
+    assert!(second.body["usage"]["input"].as_i64() > usage["input"].as_i64(), "the history is sent along");
+    let hist = s.call("GET", &format!("/api/threads/{tid}/messages"), Some(&key), None).await;
+    let items = hist.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    assert_eq!(items[1]["cost"]["nanos"].as_i64(), Some(cost));
+    assert!(items[0]["cost"].is_null(), "user messages carry no cost");
+    let thread = s.call("GET", &format!("/api/threads/{tid}"), Some(&key), None).await;
+    assert_eq!(thread.body["message_count"], 4);
+    assert_eq!(thread.body["cost_nanos"].as_i64(), Some(cost + haiku_cost(&second.body["usage"])));
+}
+
+// Each injected provider error: the retries llm-sim counted, the status we return, and nothing billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_errors() {
+    let s = Stack::start().await;
+    let (_, key) = s.user("Unlucky", "unlucky@example.com").await;
+    let tid = thread(&s, &key).await;
+    let path = format!("/api/threads/{tid}/messages");
+    for (fail, status, calls) in [("429", 503, 4), ("529", 503, 4), ("500", 502, 4), ("503", 503, 4), ("spend-limit", 503, 1), ("malformed", 502, 1)] {
+        let fail_key = format!("k-{fail}");
+        let r = s.call_with("POST", &path, &key, &[("x-sim-fail", fail), ("x-sim-fail-key", &fail_key)], json!({"content": "hi"})).await;
+        let detail = r.problem(status);
+        assert!(r.body["request_id"].as_str().is_some_and(|id| id.starts_with("req_sim_")), "{fail}: {:?}", r.body);
+        let seen = s.call("GET", &format!("/sim/v1/calls?key={fail_key}"), None, None).await;
+        assert_eq!(seen.body["calls"], calls, "{fail}: {detail}");
+    }
+    assert_eq!((s.count("message_tokens"), s.count("outbox")), (0, 0), "failures bill nothing");
+    let failed: i64 = s.db().query_row("SELECT count(*) FROM user_thread_messages WHERE status = 'failed' AND role = 'user'", [], |r| r.get(0)).unwrap();
+    assert_eq!(failed, 6, "the user's messages are kept, marked failed");
+
+    let r = s.call_with("POST", &path, &key, &[("x-sim-fail", "529"), ("x-sim-fail-times", "2"), ("x-sim-fail-key", "transient")], json!({"content": "again"})).await;
+    assert_eq!((r.status, r.body["provider_attempts"].as_i64()), (201, Some(3)), "{:?}", r.body);
+    assert_eq!((s.count("message_tokens"), s.count("outbox")), (1, 3), "billed once after the retries");
+}
+
+// Another user's thread is 404 to read and to post; a revoked key is 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation() {
+    let s = Stack::start().await;
+    let (_, akey) = s.user("A", "a@example.com").await;
+    let (_, bkey) = s.user("B", "b@example.com").await;
+    let tid = thread(&s, &akey).await;
+    let path = format!("/api/threads/{tid}/messages");
+    s.call("POST", &path, Some(&bkey), Some(json!({"content": "let me in"}))).await.problem(404);
+    s.call("GET", &path, Some(&bkey), None).await.problem(404);
+    s.call("POST", &path, Some(ADMIN_KEY), Some(json!({"content": "as admin"}))).await.problem(403);
+    let keys = s.call("GET", "/api/keys", Some(&akey), None).await;
+    let kid = keys.body["items"][0]["key_id"].as_i64().unwrap();
+    s.call("DELETE", &format!("/api/keys/{kid}"), Some(&akey), None).await;
+    s.call("POST", &path, Some(&akey), Some(json!({"content": "hi"}))).await.problem(401);
+    assert_eq!(s.count("user_thread_messages"), 0);
+}
+
+// Bad JSON, a missing field, an unknown model and a 1 MB message get 400/422/413 and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_writes_nothing() {
+    let s = Stack::start().await;
+    let (_, key) = s.user("Careless", "careless@example.com").await;
+    let tid = thread(&s, &key).await;
+    let path = format!("/api/threads/{tid}/messages");
+    s.call_raw("POST", &path, Some(&key), "application/json", b"{\"content\": ".to_vec()).await.problem(400);
+    s.call("POST", &path, Some(&key), Some(json!({"text": "wrong field"}))).await.problem(422);
+    s.call("POST", &path, Some(&key), Some(json!({"content": "   "}))).await.problem(422);
+    let unknown = s.call("POST", &path, Some(&key), Some(json!({"content": "hi", "model": "claude-9"}))).await;
+    assert!(unknown.problem(422).contains("`claude-9` is not an active model"));
+    s.call("POST", &path, Some(&key), Some(json!({"content": "hi", "model": "claude-3-opus-20240229"}))).await.problem(422);
+    let big = "x".repeat(1 << 20);
+    s.call("POST", &path, Some(&key), Some(json!({"content": big}))).await.problem(413);
+    assert_eq!((s.count("user_thread_messages"), s.count("message_tokens"), s.count("outbox")), (0, 0, 0));
+}
+
+// Redis stopped mid-test: chats keep working, history comes from SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down() {
+    let mut s = Stack::start().await;
+    let (_, key) = s.user("Resilient", "resilient@example.com").await;
+    let tid = thread(&s, &key).await;
+    let path = format!("/api/threads/{tid}/messages");
+    let first = s.call("POST", &path, Some(&key), Some(json!({"content": "one"}))).await;
+    assert_eq!(first.status, 201);
+    s.redis.stop();
+    let second = s.call("POST", &path, Some(&key), Some(json!({"content": "two"}))).await;
+    assert_eq!(second.status, 201, "{:?}", second.body);
+    assert!(second.body["usage"]["input"].as_i64() > first.body["usage"]["input"].as_i64(), "history read from SQLite");
+    assert_eq!(s.call("GET", &path, Some(&key), None).await.body["items"].as_array().unwrap().len(), 4);
+    assert_eq!(s.count("outbox"), 6);
+}
