@@ -69,6 +69,8 @@ pub struct App {
     pub limits: Limits,
     /// Where this app listens; self-requests (relative URLs) go there.
     pub self_addr: OnceLock<SocketAddr>,
+    /// Redis addresses found unreachable, so the log says so once, not per request.
+    redis_down: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The store data of one request.
@@ -262,7 +264,18 @@ impl App {
             variables,
             limits,
             self_addr: OnceLock::new(),
+            redis_down: Default::default(),
         }))
+    }
+
+    /// Logs a change in a Redis address's reachability, once per change.
+    pub fn redis_reachable(&self, address: &str, up: bool, error: &str) {
+        let mut down = self.redis_down.lock().unwrap_or_else(|p| p.into_inner());
+        if up && down.remove(address) {
+            tracing::info!(address, "Redis is reachable again.");
+        } else if !up && down.insert(address.to_owned()) {
+            tracing::warn!(address, error, "Redis is unreachable; components carry on without it.");
+        }
     }
 
     /// A fresh store for one request to `component`.

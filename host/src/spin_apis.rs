@@ -244,7 +244,16 @@ impl r2::HostConnection for InstanceState {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(self.app.limits.redis_connect_timeout)
             .set_response_timeout(self.app.limits.redis_response_timeout);
-        let conn = client.get_multiplexed_async_connection_with_config(&config).await.map_err(redis_error)?;
+        let conn = match client.get_multiplexed_async_connection_with_config(&config).await {
+            Ok(c) => {
+                self.app.redis_reachable(&address, true, "");
+                c
+            }
+            Err(e) => {
+                self.app.redis_reachable(&address, false, &e.to_string());
+                return Err(redis_error(e));
+            }
+        };
         self.redis_connections += 1;
         self.table.push(RedisConnection { conn }).map_err(|e| r2::Error::Other(e.to_string()))
     }

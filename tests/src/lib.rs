@@ -31,6 +31,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra application variables (`("NAME", "value")` for `SPIN_VARIABLE_NAME`).
+    pub async fn start_with(vars: &[(&str, &str)]) -> Self {
         build_components();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("billing.db");
@@ -38,7 +43,8 @@ impl Stack {
         let redis = Redis::start();
         std::fs::write(
             dir.path().join(".env"),
-            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\nSPIN_VARIABLE_PROVIDER_RETRY_BASE_MS=5\n", redis.url()),
+            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\nSPIN_VARIABLE_PROVIDER_RETRY_BASE_MS=5\n", redis.url())
+                + vars.iter().map(|(k, v)| format!("SPIN_VARIABLE_{k}={v}\n")).collect::<String>().as_str(),
         )
         .unwrap();
         let rc = dir.path().join("runtime-config.toml");

@@ -9,7 +9,7 @@ pub struct Cache {
 
 impl Cache {
     /// Connects if Redis is configured and reachable; otherwise every call
-    /// is a miss or a no-op, and one line on stderr says why.
+    /// is a miss or a no-op. (The host logs an unreachable Redis once.)
     pub fn open() -> Self {
         let Ok(url) = spin_sdk::variables::get("redis_url") else { return Self { conn: None } };
         if url.is_empty() {
@@ -17,10 +17,7 @@ impl Cache {
         }
         match Connection::open(&url) {
             Ok(conn) => Self { conn: Some(conn) },
-            Err(e) => {
-                eprintln!("redis unavailable, serving from SQLite: {e:?}");
-                Self { conn: None }
-            }
+            Err(_) => Self { conn: None },
         }
     }
 
