@@ -139,3 +139,47 @@ async fn redis_down() {
     assert_eq!(s.call("GET", &path, Some(&key), None).await.body["items"].as_array().unwrap().len(), 4);
     assert_eq!(s.count("outbox"), 6);
 }
+
+// A model whose provider is openai-compatible goes through the chat-completions client; its usage maps onto our classes and is priced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_compatible_provider() {
+    let s = Stack::start_with(&[("OPENAI_BASE_URL", "/sim/openai")]).await;
+    {
+        let db = s.db();
+        db.execute("INSERT INTO dim_models (model_id, model_name, display_name, provider, family, context_window, max_output_tokens) VALUES (100, 'gpt-4o-mini', 'GPT-4o mini', 'openai-compatible', 'gpt', 128000, 16384)", []).unwrap();
+        // $0.15 input, $0.60 output, $0.075 cached input per million tokens.
+        db.execute("INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price) VALUES (100, '2024-07-18T00:00:00.000Z', 150000, 600000, 150000, 150000, 75000)", []).unwrap();
+    }
+    let (_, key) = s.user("Polyglot", "poly@example.com").await;
+    let t = s.call("POST", "/api/threads", Some(&key), Some(json!({"model": "gpt-4o-mini"}))).await;
+    let tid = t.body["thread_id"].as_i64().unwrap();
+    let r = s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "Hello from the other provider"}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert!(r.body["message"]["content"].as_str().unwrap().starts_with("(llm-sim)"));
+    let u = &r.body["usage"];
+    assert_eq!((u["cache_write_5m"].as_i64(), u["cache_read"].as_i64()), (Some(0), Some(0)));
+    // 150 nano-USD per input token and 600 per output token (price / 1000).
+    let expected = u["input"].as_i64().unwrap() * 150 + u["output"].as_i64().unwrap() * 600;
+    assert_eq!(r.body["cost"]["nanos"].as_i64(), Some(expected));
+}
+
+// Models, prices and thread history are cached in Redis with TTLs; the history is rewritten after each turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_caches() {
+    let s = Stack::start().await;
+    let (_, key) = s.user("Cached", "cached@example.com").await;
+    let tid = thread(&s, &key).await;
+    s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "first"}))).await;
+    s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "second"}))).await;
+    let client = redis::Client::open(s.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    for (k, max) in [("model:id:5", 300), ("prices:5", 300), (&format!("thread:{tid}:history") as &str, 3600)] {
+        let ttl: i64 = redis::cmd("TTL").arg(k).query_async(&mut c).await.unwrap();
+        assert!(ttl > 0 && ttl <= max, "{k}: ttl {ttl}");
+    }
+    let history: String = redis::cmd("GET").arg(format!("thread:{tid}:history")).query_async(&mut c).await.unwrap();
+    let turns: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
+    let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    assert_eq!(turns[2]["content"], "second");
+}

@@ -1,12 +1,14 @@
 //! Prices as stored in `dim_token_pricing`, read into billing-core's types.
 
+use crate::cache::Cache;
 use crate::db::{col, int, text, Db};
+use billing_core::pricing::PriceBook;
 use crate::problem::{ApiError, ApiResult};
 use billing_core::pricing::{PriceVersion, TokenPrices};
 use billing_core::{PricePerMillion, Timestamp};
 
 /// A model row: id, name, provider, active.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub model_id: i64,
     pub name: String,
@@ -68,4 +70,90 @@ pub fn price_in_force(db: &Db, model: &Model, at: Timestamp) -> ApiResult<Option
         })
         .transpose();
     version
+}
+
+/// How long models and prices stay cached. Whoever changes them calls
+/// [`invalidate`], so the TTL only bounds staleness after a crash.
+pub const CACHE_TTL_S: i64 = 300;
+
+fn model_key(name: &str) -> String {
+    format!("model:{name}")
+}
+
+fn prices_key(model_id: i64) -> String {
+    format!("prices:{model_id}")
+}
+
+/// [`model_by_name`] through the cache.
+pub fn model_by_name_cached(db: &Db, cache: &Cache, name: &str) -> ApiResult<Option<Model>> {
+    if let Some(m) = cache.get_json::<Model>(&model_key(name)) {
+        return Ok(Some(m));
+    }
+    let m = model_by_name(db, name)?;
+    if let Some(m) = &m {
+        cache.set_json(&model_key(name), m, CACHE_TTL_S);
+    }
+    Ok(m)
+}
+
+fn model_id_key(id: i64) -> String {
+    format!("model:id:{id}")
+}
+
+/// [`model_by_id`] through the cache.
+pub fn model_by_id_cached(db: &Db, cache: &Cache, id: i64) -> ApiResult<Option<Model>> {
+    if let Some(m) = cache.get_json::<Model>(&model_id_key(id)) {
+        return Ok(Some(m));
+    }
+    let m = model_by_id(db, id)?;
+    if let Some(m) = &m {
+        cache.set_json(&model_id_key(id), m, CACHE_TTL_S);
+    }
+    Ok(m)
+}
+
+/// Every price version of a model, oldest first.
+pub fn price_versions(db: &Db, model: &Model) -> ApiResult<Vec<PriceVersion>> {
+    let r = db.query(
+        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+         FROM dim_token_pricing WHERE model_id = ?1 ORDER BY effective_from",
+        &[int(model.model_id)],
+    )?;
+    let versions = r
+        .rows()
+        .map(|row| {
+            Ok(PriceVersion {
+                pricing_id: col(&row, "pricing_id")?,
+                model: model.name.clone(),
+                effective_from: Timestamp::parse(col(&row, "effective_from")?).map_err(|e| ApiError::Internal(e.to_string()))?,
+                prices: TokenPrices {
+                    input: price(col(&row, "input_price")?)?,
+                    output: price(col(&row, "output_price")?)?,
+                    cache_write_5m: price(col(&row, "cache_write_5m_price")?)?,
+                    cache_write_1h: price(col(&row, "cache_write_1h_price")?)?,
+                    cache_read: price(col(&row, "cache_read_price")?)?,
+                },
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>();
+    versions
+}
+
+/// The version in force at `at`, from the cached list of versions.
+pub fn price_in_force_cached(db: &Db, cache: &Cache, model: &Model, at: Timestamp) -> ApiResult<Option<PriceVersion>> {
+    let versions = match cache.get_json::<Vec<PriceVersion>>(&prices_key(model.model_id)) {
+        Some(v) => v,
+        None => {
+            let v = price_versions(db, model)?;
+            cache.set_json(&prices_key(model.model_id), &v, CACHE_TTL_S);
+            v
+        }
+    };
+    let book = PriceBook::new(versions)?;
+    Ok(book.at(&model.name, at).cloned())
+}
+
+/// Drops the cached model and prices after a change.
+pub fn invalidate(cache: &Cache, model: &Model) {
+    cache.del(&[model_key(&model.name), model_id_key(model.model_id), prices_key(model.model_id)]);
 }

@@ -13,6 +13,9 @@
 //!   `x-sim-latency-ms: N`; `x-sim-fail: 429|529|500|503|malformed|spend-limit`
 //!   with `x-sim-fail-times: N` (fail only the first N calls, counted per
 //!   `x-sim-fail-key`). `GET /sim/v1/calls?key=K` tells how many calls a key saw.
+//! - `/sim/openai/v1/chat/completions` answers in the OpenAI-compatible
+//!   shape (`usage.prompt_tokens`, `prompt_tokens_details.cached_tokens`,
+//!   `completion_tokens`), for models whose provider is openai-compatible.
 
 use billing_core::tokenizer::count_text;
 use billing_fn_common::cache::Cache;
@@ -58,6 +61,7 @@ fn handle(req: Request) -> Response {
     match (req.method(), req.path()) {
         (Method::Post, "/sim/v1/messages") => messages(&req, &request_id, false),
         (Method::Post, "/sim/v1/messages/count_tokens") => messages(&req, &request_id, true),
+        (Method::Post, "/sim/openai/v1/chat/completions") => chat_completions(&req, &request_id),
         (Method::Get, "/sim/v1/calls") => {
             let key = req.query().strip_prefix("key=").unwrap_or("");
             let n = Cache::open().get_json::<i64>(&format!("sim:calls:{key}")).unwrap_or(0);
@@ -278,4 +282,29 @@ fn stream(id: &str, model: &str, text: &str, stop: &str, usage: &Value, request_
     events.push(("message_stop", json!({"type": "message_stop"})));
     let body: String = events.iter().map(|(e, d)| format!("event: {e}\ndata: {d}\n\n")).collect();
     Response::builder().status(200).header("content-type", "text/event-stream").header("request-id", request_id).body(body).build()
+}
+
+/// The OpenAI-compatible shape of the same simulation: cached prompt tokens
+/// are the ones a cache_control prefix would read.
+fn chat_completions(req: &Request, request_id: &str) -> Response {
+    let cache = Cache::open();
+    let body: Value = match serde_json::from_slice(req.body()) {
+        Ok(v) => v,
+        Err(e) => return anthropic_error(400, "invalid_request_error", &format!("request body is not valid JSON: {e}"), request_id),
+    };
+    let prompt = match Prompt::parse(&body, false) {
+        Ok(p) => p,
+        Err(m) => return anthropic_error(400, "invalid_request_error", &m, request_id),
+    };
+    let (input, w5, w1, read) = prompt.usage(&cache);
+    let (text, output_tokens, stop) = answer(&prompt);
+    let reply = json!({
+        "id": format!("chatcmpl-sim-{}", &request_id[8..]),
+        "object": "chat.completion",
+        "model": prompt.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": if stop == "end_turn" { "stop" } else { "length" }}],
+        "usage": {"prompt_tokens": input + w5 + w1 + read, "completion_tokens": output_tokens, "total_tokens": input + w5 + w1 + read + output_tokens,
+                  "prompt_tokens_details": {"cached_tokens": read}},
+    });
+    Response::builder().status(200).header("content-type", "application/json").header("x-request-id", request_id).body(reply.to_string()).build()
 }

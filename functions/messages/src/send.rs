@@ -7,7 +7,7 @@ use billing_core::{ModelName, Usage};
 use billing_fn_common::cache::Cache;
 use billing_fn_common::db::{col, int, opt_text, text};
 use billing_fn_common::input::{json_body, text_field};
-use billing_fn_common::prices::{model_by_id, model_by_name, price_in_force};
+use billing_fn_common::prices::{model_by_id_cached, model_by_name_cached, price_in_force_cached};
 use billing_fn_common::{clock, json, ApiError, ApiResult, Caller, Db};
 use serde::Deserialize;
 use serde_json::json;
@@ -78,18 +78,18 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
     }
     let body: NewMessage = json_body(req, MAX_BODY_BYTES)?;
     let content = text_field("content", &body.content, MAX_CONTENT_CHARS)?;
+    let cache = Cache::open();
     let model = match &body.model {
-        Some(name) => model_by_name(db, name)?.filter(|m| m.active).ok_or_else(|| ApiError::invalid("model", format!("`{name}` is not an active model")))?,
-        None => model_by_id(db, thread_model)?
+        Some(name) => model_by_name_cached(db, &cache, name)?.filter(|m| m.active).ok_or_else(|| ApiError::invalid("model", format!("`{name}` is not an active model")))?,
+        None => model_by_id_cached(db, &cache, thread_model)?
             .filter(|m| m.active)
             .ok_or_else(|| ApiError::invalid("model", "the thread's model is retired; choose another model"))?,
     };
     let model_name = ModelName::parse(&model.name)?;
     let started_at = clock::now();
-    let price = price_in_force(db, &model, started_at)?
+    let price = price_in_force_cached(db, &cache, &model, started_at)?
         .ok_or_else(|| ApiError::invalid("model", format!("`{}` has no price in force now, so it cannot be billed", model.name)))?;
 
-    let cache = Cache::open();
     let mut turns = history(db, &cache, thread_id)?;
     turns.push(Turn { role: "user".into(), content: content.clone() });
 
