@@ -1,5 +1,6 @@
 # LLM chat billing: the commands a newcomer needs.
 #
+#   make up     the system on embedded defaults, with the URL and demo keys
 #   make test   every test the project has (installs what it needs first)
 #   make bench  the benchmarks that fit in ten minutes
 #
@@ -11,7 +12,10 @@ CACHE_DIR ?= $(HOME)/.cache/llm-billing
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: test deps check-wasm lint clean-cache bench bench-host
+.PHONY: up test deps check-wasm lint clean-cache bench bench-host
+
+up:
+	scripts/up.sh
 
 test: deps target
 	$(CARGO) test
