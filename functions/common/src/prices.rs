@@ -47,13 +47,17 @@ fn price(v: i64) -> ApiResult<PricePerMillion> {
 /// The version of `model`'s prices in force at `at`.
 pub fn price_in_force(db: &Db, model: &Model, at: Timestamp) -> ApiResult<Option<PriceVersion>> {
     let r = db.query(
-        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
-         FROM dim_token_pricing WHERE model_id = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
+        &format!("{SELECT_VERSIONS} AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1"),
         &[int(model.model_id), text(at.to_rfc3339())],
     )?;
-    let version = r
-        .rows()
-        .next()
+    Ok(read_versions(&r, model)?.pop())
+}
+
+const SELECT_VERSIONS: &str = "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+     FROM dim_token_pricing WHERE model_id = ?1";
+
+fn read_versions(r: &spin_sdk::sqlite::QueryResult, model: &Model) -> ApiResult<Vec<PriceVersion>> {
+    r.rows()
         .map(|row| {
             Ok(PriceVersion {
                 pricing_id: col(&row, "pricing_id")?,
@@ -68,8 +72,7 @@ pub fn price_in_force(db: &Db, model: &Model, at: Timestamp) -> ApiResult<Option
                 },
             })
         })
-        .transpose();
-    version
+        .collect()
 }
 
 /// How long models and prices stay cached. Whoever changes them calls
@@ -114,29 +117,8 @@ pub fn model_by_id_cached(db: &Db, cache: &Cache, id: i64) -> ApiResult<Option<M
 
 /// Every price version of a model, oldest first.
 pub fn price_versions(db: &Db, model: &Model) -> ApiResult<Vec<PriceVersion>> {
-    let r = db.query(
-        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
-         FROM dim_token_pricing WHERE model_id = ?1 ORDER BY effective_from",
-        &[int(model.model_id)],
-    )?;
-    let versions = r
-        .rows()
-        .map(|row| {
-            Ok(PriceVersion {
-                pricing_id: col(&row, "pricing_id")?,
-                model: model.name.clone(),
-                effective_from: Timestamp::parse(col(&row, "effective_from")?).map_err(|e| ApiError::Internal(e.to_string()))?,
-                prices: TokenPrices {
-                    input: price(col(&row, "input_price")?)?,
-                    output: price(col(&row, "output_price")?)?,
-                    cache_write_5m: price(col(&row, "cache_write_5m_price")?)?,
-                    cache_write_1h: price(col(&row, "cache_write_1h_price")?)?,
-                    cache_read: price(col(&row, "cache_read_price")?)?,
-                },
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>();
-    versions
+    let r = db.query(&format!("{SELECT_VERSIONS} ORDER BY effective_from"), &[int(model.model_id)])?;
+    read_versions(&r, model)
 }
 
 /// The version in force at `at`, from the cached list of versions.

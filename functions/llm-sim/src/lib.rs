@@ -108,13 +108,9 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
             };
         }
     }
-    let body: Value = match serde_json::from_slice(req.body()) {
-        Ok(v) => v,
-        Err(e) => return anthropic_error(400, "invalid_request_error", &format!("request body is not valid JSON: {e}"), request_id),
-    };
-    let prompt = match Prompt::parse(&body, count_only) {
-        Ok(p) => p,
-        Err(m) => return anthropic_error(400, "invalid_request_error", &m, request_id),
+    let (body, prompt) = match parse_request(req, count_only, request_id) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let (input, cache_5m, cache_1h, cache_read) = prompt.usage(&cache);
     if count_only {
@@ -140,6 +136,14 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
         "stop_reason": stop_reason, "stop_sequence": null, "usage": usage,
     });
     Response::builder().status(200).header("content-type", "application/json").header("request-id", request_id).body(msg.to_string()).build()
+}
+
+/// The JSON body and the prompt in it, or the 400 to answer.
+fn parse_request(req: &Request, count_only: bool, request_id: &str) -> Result<(Value, Prompt), Response> {
+    let bad = |m: &str| anthropic_error(400, "invalid_request_error", m, request_id);
+    let body: Value = serde_json::from_slice(req.body()).map_err(|e| bad(&format!("request body is not valid JSON: {e}")))?;
+    let prompt = Prompt::parse(&body, count_only).map_err(|m| bad(&m))?;
+    Ok((body, prompt))
 }
 
 struct Block {
@@ -288,13 +292,9 @@ fn stream(id: &str, model: &str, text: &str, stop: &str, usage: &Value, request_
 /// are the ones a cache_control prefix would read.
 fn chat_completions(req: &Request, request_id: &str) -> Response {
     let cache = Cache::open();
-    let body: Value = match serde_json::from_slice(req.body()) {
-        Ok(v) => v,
-        Err(e) => return anthropic_error(400, "invalid_request_error", &format!("request body is not valid JSON: {e}"), request_id),
-    };
-    let prompt = match Prompt::parse(&body, false) {
-        Ok(p) => p,
-        Err(m) => return anthropic_error(400, "invalid_request_error", &m, request_id),
+    let prompt = match parse_request(req, false, request_id) {
+        Ok((_, p)) => p,
+        Err(r) => return r,
     };
     let (input, w5, w1, read) = prompt.usage(&cache);
     let (text, output_tokens, stop) = answer(&prompt);
