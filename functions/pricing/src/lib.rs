@@ -1,0 +1,311 @@
+//! `pricing`: models, effective-dated prices and quotes.
+//!
+//! - `GET /api/models`: every model, active and retired, with its price now.
+//! - `GET /api/pricing` (`?at=`, `?model=`): the version in force at `at`
+//!   (default now) per model, and each model's history.
+//! - `POST /api/pricing` (admin): a new version for a model. It may not
+//!   start in the past, nor inside a finalized invoice's period, nor at the
+//!   instant another version starts; every price is a non-negative integer
+//!   in micro-USD per million tokens. Versions never overlap: one holds
+//!   until the next starts.
+//! - `POST /api/price/quote` {model, usage by class, at?}: cost per class and total.
+//! - `GET /api/resource-pricing`, `POST /api/resource-pricing` (admin): the
+//!   same for resources (per request, per millisecond of compute, …).
+
+use billing_core::pricing::{check_new_version, quote, History, PriceBook, ResourcePriceVersion, TokenPrices};
+use billing_core::usage::CacheCreation;
+use billing_core::{PricePerMillion, Timestamp, Usage};
+use billing_fn_common::cache::Cache;
+use billing_fn_common::db::{col, col_opt, int, text};
+use billing_fn_common::input::{self, json_body, text_field, MAX_JSON_BYTES};
+use billing_fn_common::prices::{self, model_by_name, Model};
+use billing_fn_common::problem::Problems;
+use billing_fn_common::{auth, clock, json, respond, ApiError, ApiResult, Caller, Db};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    respond(route(&req))
+}
+
+fn route(req: &Request) -> ApiResult<Response> {
+    let db = Db::open()?;
+    let caller = auth::authenticate(req, &db)?;
+    let segs = input::segments(req);
+    match (req.method(), segs.as_slice()) {
+        (Method::Get, ["api", "models"]) => models(&db),
+        (Method::Get, ["api", "pricing"]) => pricing(&db, req),
+        (Method::Post, ["api", "pricing"]) => new_version(&db, &caller, req),
+        (Method::Post, ["api", "price", "quote"]) => quote_usage(&db, req),
+        (Method::Get, ["api", "resource-pricing"]) => resource_pricing(&db, req),
+        (Method::Post, ["api", "resource-pricing"]) => new_resource_version(&db, &caller, req),
+        (_, ["api", "models" | "pricing" | "resource-pricing"] | ["api", "price", "quote"]) => {
+            Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+        }
+        _ => Err(ApiError::NotFound(format!("no such endpoint: {}", req.path()))),
+    }
+}
+
+fn all_models(db: &Db) -> ApiResult<Vec<(Model, Value)>> {
+    let r = db.query(
+        "SELECT model_id, model_name, display_name, provider, family, context_window, max_output_tokens, is_active, released_at, retired_at FROM dim_models ORDER BY model_id",
+        &[],
+    )?;
+    r.rows()
+        .map(|row| {
+            let m = Model {
+                model_id: col(&row, "model_id")?,
+                name: col::<&str>(&row, "model_name")?.to_owned(),
+                provider: col::<&str>(&row, "provider")?.to_owned(),
+                active: col::<i64>(&row, "is_active")? == 1,
+            };
+            let v = json!({
+                "model_id": m.model_id, "model": m.name, "display_name": col::<&str>(&row, "display_name")?,
+                "provider": m.provider, "family": col::<&str>(&row, "family")?, "active": m.active,
+                "context_window": col::<i64>(&row, "context_window")?, "max_output_tokens": col::<i64>(&row, "max_output_tokens")?,
+                "released_at": col_opt::<&str>(&row, "released_at"), "retired_at": col_opt::<&str>(&row, "retired_at"),
+            });
+            Ok((m, v))
+        })
+        .collect()
+}
+
+fn prices_json(p: &TokenPrices) -> Value {
+    json!({
+        "input": p.input, "output": p.output, "cache_write_5m": p.cache_write_5m, "cache_write_1h": p.cache_write_1h, "cache_read": p.cache_read,
+        "display": {"input": p.input.display_usd(), "output": p.output.display_usd(), "cache_write_5m": p.cache_write_5m.display_usd(),
+                    "cache_write_1h": p.cache_write_1h.display_usd(), "cache_read": p.cache_read.display_usd()},
+    })
+}
+
+fn models(db: &Db) -> ApiResult<Response> {
+    let now = clock::now();
+    let items = all_models(db)?
+        .into_iter()
+        .map(|(m, mut v)| {
+            v["price_now"] = prices::price_in_force(db, &m, now)?.map(|p| json!({"pricing_id": p.pricing_id, "effective_from": p.effective_from, "prices": prices_json(&p.prices)})).unwrap_or(Value::Null);
+            Ok(v)
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(json(200, &json!({ "items": items })))
+}
+
+fn pricing(db: &Db, req: &Request) -> ApiResult<Response> {
+    let q = input::query(req)?;
+    let at = input::time_param(&q, "at")?.unwrap_or_else(clock::now);
+    let only = q.get("model");
+    let mut items = Vec::new();
+    for (m, _) in all_models(db)? {
+        if only.is_some_and(|o| *o != m.name) {
+            continue;
+        }
+        let versions = prices::price_versions(db, &m)?;
+        let book = PriceBook::new(versions.clone())?;
+        let in_force = book.at(&m.name, at);
+        items.push(json!({
+            "model": m.name,
+            "active": m.active,
+            "in_force": in_force.map(|v| json!({"pricing_id": v.pricing_id, "effective_from": v.effective_from, "prices": prices_json(&v.prices)})),
+            "history": versions.iter().map(|v| json!({"pricing_id": v.pricing_id, "effective_from": v.effective_from, "prices": prices_json(&v.prices)})).collect::<Vec<_>>(),
+        }));
+    }
+    if let Some(o) = only {
+        if items.is_empty() {
+            return Err(ApiError::NotFound(format!("there is no model `{o}`")));
+        }
+    }
+    Ok(json(200, &json!({ "at": at, "items": items })))
+}
+
+/// The end of the latest finalized invoice period: no new price may start before it.
+fn finalized_until(db: &Db) -> ApiResult<Option<Timestamp>> {
+    let r = db.query("SELECT max(period_end) AS e FROM user_invoices WHERE status = 'final'", &[])?;
+    let end = r.rows().next().and_then(|row| col_opt::<&str>(&row, "e").map(str::to_owned));
+    end.map(|e| Timestamp::parse(&e).map_err(|e| ApiError::Internal(e.to_string()))).transpose()
+}
+
+fn price_field(p: &mut Problems, field: &str, v: &Value) -> Option<PricePerMillion> {
+    match v.as_i64() {
+        Some(n) => p.check(PricePerMillion::new(n).map_err(|e| ApiError::invalid(field, e.reason))),
+        None => {
+            p.push(field, format!("{v} is not a whole number of micro-USD per million"));
+            None
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVersion {
+    model: String,
+    effective_from: String,
+    prices: serde_json::Map<String, Value>,
+}
+
+fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let body: NewVersion = json_body(req, MAX_JSON_BYTES)?;
+    let mut p = Problems::default();
+    let model = model_by_name(db, &body.model)?;
+    if model.is_none() {
+        p.push("model", format!("`{}` is not a known model", body.model));
+    }
+    let from = p.check(Timestamp::parse(&body.effective_from).map_err(|e| ApiError::invalid("effective_from", e.reason)));
+    for k in body.prices.keys() {
+        if !["input", "output", "cache_write_5m", "cache_write_1h", "cache_read"].contains(&k.as_str()) {
+            p.push(format!("prices.{k}"), "is not a token class; use input, output, cache_write_5m, cache_write_1h, cache_read");
+        }
+    }
+    let mut get = |k: &str| match body.prices.get(k) {
+        Some(v) => price_field(&mut p, &format!("prices.{k}"), v),
+        None => {
+            p.push(format!("prices.{k}"), "is required");
+            None
+        }
+    };
+    let prices = (get("input"), get("output"), get("cache_write_5m"), get("cache_write_1h"), get("cache_read"));
+    if let (Some(m), Some(from)) = (&model, from) {
+        let existing: Vec<Timestamp> = prices::price_versions(db, m)?.iter().map(|v| v.effective_from).collect();
+        p.check(check_new_version(&existing, from, clock::now(), finalized_until(db)?).map_err(ApiError::from));
+    }
+    p.finish()?;
+    let (model, from) = (model.expect("checked"), from.expect("checked"));
+    let (Some(i), Some(o), Some(w5), Some(w1), Some(r)) = prices else { unreachable!("checked") };
+    let id = db
+        .scalar_i64(
+            "INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING pricing_id",
+            &[int(model.model_id), text(from.to_rfc3339()), int(i.micros()), int(o.micros()), int(w5.micros()), int(w1.micros()), int(r.micros()), int(caller.user_id)],
+        )?
+        .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
+    prices::invalidate(&Cache::open(), &model);
+    let tp = TokenPrices { input: i, output: o, cache_write_5m: w5, cache_write_1h: w1, cache_read: r };
+    Ok(json(201, &json!({"pricing_id": id, "model": model.name, "effective_from": from, "prices": prices_json(&tp)})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuoteRequest {
+    model: String,
+    usage: ClassUsage,
+    #[serde(default)]
+    at: Option<String>,
+}
+
+/// Tokens per class, as the quote takes them.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClassUsage {
+    #[serde(default)]
+    input: u64,
+    #[serde(default)]
+    output: u64,
+    #[serde(default)]
+    cache_write_5m: u64,
+    #[serde(default)]
+    cache_write_1h: u64,
+    #[serde(default)]
+    cache_read: u64,
+}
+
+fn quote_usage(db: &Db, req: &Request) -> ApiResult<Response> {
+    let body: QuoteRequest = json_body(req, MAX_JSON_BYTES)?;
+    let at = match &body.at {
+        Some(a) => Timestamp::parse(a).map_err(|e| ApiError::invalid("at", e.reason))?,
+        None => clock::now(),
+    };
+    let model = model_by_name(db, &body.model)?.ok_or_else(|| ApiError::invalid("model", format!("`{}` is not a known model", body.model)))?;
+    let u = &body.usage;
+    let usage = Usage {
+        input_tokens: u.input,
+        output_tokens: u.output,
+        cache_creation_input_tokens: u.cache_write_5m.checked_add(u.cache_write_1h).ok_or_else(|| ApiError::invalid("usage", "too many tokens"))?,
+        cache_creation: Some(CacheCreation { ephemeral_5m_input_tokens: u.cache_write_5m, ephemeral_1h_input_tokens: u.cache_write_1h }),
+        cache_read_input_tokens: u.cache_read,
+    };
+    let version = prices::price_in_force(db, &model, at)?.ok_or_else(|| ApiError::invalid("at", format!("`{}` has no price in force at {at}", model.name)))?;
+    let q = quote(&version, &usage)?;
+    Ok(json(200, &json!({
+        "model": model.name, "at": at, "pricing_id": q.pricing_id, "effective_from": q.effective_from,
+        "lines": q.lines.iter().map(|l| json!({"token_class": l.class, "tokens": l.tokens, "unit_price": l.unit_price, "cost_nanos": l.cost, "cost": l.cost.display_usd()})).collect::<Vec<_>>(),
+        "total_nanos": q.total, "total": q.total.display_usd(),
+    })))
+}
+
+fn resource_versions(db: &Db) -> ApiResult<Vec<ResourcePriceVersion>> {
+    let r = db.query("SELECT resource_pricing_id, resource, unit, effective_from, unit_price FROM dim_resource_pricing ORDER BY resource, effective_from", &[])?;
+    r.rows()
+        .map(|row| {
+            Ok(ResourcePriceVersion {
+                resource_pricing_id: col(&row, "resource_pricing_id")?,
+                resource: col::<&str>(&row, "resource")?.to_owned(),
+                unit: col::<&str>(&row, "unit")?.to_owned(),
+                effective_from: Timestamp::parse(col(&row, "effective_from")?).map_err(|e| ApiError::Internal(e.to_string()))?,
+                unit_price: PricePerMillion::new(col(&row, "unit_price")?).map_err(|e| ApiError::Internal(e.to_string()))?,
+            })
+        })
+        .collect()
+}
+
+fn resource_pricing(db: &Db, req: &Request) -> ApiResult<Response> {
+    let q = input::query(req)?;
+    let at = input::time_param(&q, "at")?.unwrap_or_else(clock::now);
+    let book = History::new(resource_versions(db)?)?;
+    let items: Vec<Value> = book
+        .names()
+        .map(|name| {
+            json!({
+                "resource": name,
+                "in_force": book.at(name, at),
+                "history": book.versions(name),
+            })
+        })
+        .collect();
+    Ok(json(200, &json!({ "at": at, "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewResourceVersion {
+    resource: String,
+    unit: String,
+    effective_from: String,
+    unit_price: Value,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+fn new_resource_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let body: NewResourceVersion = json_body(req, MAX_JSON_BYTES)?;
+    let mut p = Problems::default();
+    let resource = p.check(text_field("resource", &body.resource, 64));
+    if resource.as_ref().is_some_and(|r| !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')) {
+        p.push("resource", "use lower-case letters, digits and underscores");
+    }
+    let unit = p.check(text_field("unit", &body.unit, 32));
+    let from = p.check(Timestamp::parse(&body.effective_from).map_err(|e| ApiError::invalid("effective_from", e.reason)));
+    let price = price_field(&mut p, "unit_price", &body.unit_price);
+    if let (Some(r), Some(from)) = (&resource, from) {
+        let existing: Vec<Timestamp> = resource_versions(db)?.iter().filter(|v| &v.resource == r).map(|v| v.effective_from).collect();
+        p.check(check_new_version(&existing, from, clock::now(), finalized_until(db)?).map_err(ApiError::from));
+    }
+    p.finish()?;
+    let id = db
+        .scalar_i64(
+            "INSERT INTO dim_resource_pricing (resource, unit, description, effective_from, unit_price, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING resource_pricing_id",
+            &[
+                text(resource.clone().expect("checked")),
+                text(unit.expect("checked")),
+                text(body.description.unwrap_or_default()),
+                text(from.expect("checked").to_rfc3339()),
+                int(price.expect("checked").micros()),
+                int(caller.user_id),
+            ],
+        )?
+        .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
+    Ok(json(201, &json!({"resource_pricing_id": id, "resource": resource, "effective_from": from, "unit_price": price})))
+}
