@@ -132,7 +132,21 @@ pub fn open(path: &Path) -> Result<Connection, MigrateError> {
 pub fn migrate(conn: &mut Connection, list: &[Migration]) -> Result<Report, MigrateError> {
     check_sequence(list)?;
     // WAL is a property of the file and cannot change inside a transaction.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Switching needs the file to itself, and SQLite answers BUSY at once
+    // (without the busy handler) while another process holds it: retry.
+    let mut tries = 0;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => break,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) && tries < 200 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
