@@ -133,16 +133,18 @@ impl Drop for Stack {
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
+    pub retry_after: Option<String>,
     pub body: Value,
 }
 
 impl Reply {
     async fn from(r: reqwest::Response) -> Self {
         let status = r.status().as_u16();
-        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (content_type, retry_after) = (header("content-type").unwrap_or_default(), header("retry-after"));
         let bytes = r.bytes().await.unwrap();
         let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
-        Self { status, content_type, body }
+        Self { status, content_type, retry_after, body }
     }
 
     /// Asserts an RFC 9457 problem with this status, and returns its detail.

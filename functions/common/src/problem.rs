@@ -12,6 +12,8 @@ pub enum ApiError {
     BadRequest(String),
     /// The input is well-formed but breaks the rules; every bad field listed.
     Invalid(Vec<FieldError>),
+    /// A batch with bad items (400): each problem with the item's index.
+    InvalidBatch(Vec<(usize, FieldError)>),
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
@@ -36,6 +38,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Invalid(_) => 422,
+            ApiError::InvalidBatch(_) => 400,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
@@ -53,6 +56,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ("bad-request", "Bad request"),
             ApiError::Invalid(_) => ("validation", "Invalid input"),
+            ApiError::InvalidBatch(_) => ("invalid-batch", "Invalid events"),
             ApiError::Unauthorized(_) => ("unauthorized", "Not signed in"),
             ApiError::Forbidden(_) => ("forbidden", "Not allowed"),
             ApiError::NotFound(_) => ("not-found", "Not found"),
@@ -70,6 +74,10 @@ impl ApiError {
         match self {
             ApiError::Invalid(errors) => errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
             ApiError::RateLimited { retry_after_s } => format!("slow down: retry after {retry_after_s} s"),
+            ApiError::InvalidBatch(errors) => {
+                let bad: std::collections::BTreeSet<usize> = errors.iter().map(|(i, _)| *i).collect();
+                format!("{} of the events are invalid; nothing was stored", bad.len())
+            }
             ApiError::BadRequest(d)
             | ApiError::Unauthorized(d)
             | ApiError::Forbidden(d)
@@ -94,6 +102,9 @@ impl ApiError {
         });
         if let ApiError::Invalid(errors) = &self {
             body["errors"] = json!(errors);
+        }
+        if let ApiError::InvalidBatch(errors) = &self {
+            body["errors"] = json!(errors.iter().map(|(i, e)| json!({"index": i, "field": e.field, "reason": e.reason})).collect::<Vec<_>>());
         }
         if let ApiError::Upstream { request_id: Some(id), .. } = &self {
             body["request_id"] = json!(id);

@@ -1,0 +1,200 @@
+//! `collector`: `POST /api/events` takes inference-API events as one
+//! CloudEvent (`application/cloudevents+json`) or a batch
+//! (`application/cloudevents-batch+json`, a JSON array).
+//!
+//! - Validation is all-or-nothing: a 400 lists every bad event by index,
+//!   field and reason, and nothing is stored.
+//! - An event whose (source, id) was accepted before — in an earlier
+//!   request or earlier in the same batch — is a duplicate: counted, not
+//!   stored again. The answer is 202 {accepted, duplicates} either way, so a
+//!   client may always retry.
+//! - Accepted events enter the outbox (topic inference-events, key = user
+//!   id) in one transaction per batch; the bridge bills them.
+//! - Caps: `collector_max_batch` events per request and the body size (413);
+//!   `collector_requests_per_second` per API key (429 with retry-after,
+//!   counted in Redis; without Redis there is no limit).
+//! - A user's key may report only that user's events; an admin's key any
+//!   user's (a service reporting for its users).
+
+use billing_core::events::{schema_uri, CloudEvent, EventData, InferenceEvent};
+use billing_core::FieldError;
+use billing_fn_common::cache::Cache;
+use billing_fn_common::db::{col, text, Value as Sql};
+use billing_fn_common::{auth, json, respond, ApiError, ApiResult, Caller, Db};
+use serde_json::{json, Value};
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+use std::collections::HashSet;
+
+const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Rows per multi-row INSERT, under SQLite's limit on bound parameters.
+const ROWS_PER_INSERT: usize = 1000;
+
+fn setting(name: &str, default: u64) -> u64 {
+    spin_sdk::variables::get(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[http_component]
+fn handle(req: Request) -> Response {
+    respond(route(&req))
+}
+
+fn route(req: &Request) -> ApiResult<Response> {
+    if req.path() != "/api/events" {
+        return Err(ApiError::NotFound(format!("no such endpoint: {}", req.path())));
+    }
+    if *req.method() != Method::Post {
+        return Err(ApiError::MethodNotAllowed("send events with POST".into()));
+    }
+    let db = Db::open()?;
+    let caller = auth::authenticate(req, &db)?;
+    rate_limit(req)?;
+    let events = parse(req)?;
+    let batch = validate(&db, &caller, events)?;
+    let (accepted, duplicates) = store(&db, &batch)?;
+    if accepted > 0 {
+        Cache::open().publish("billing:outbox", b"collector");
+    }
+    Ok(json(202, &json!({ "accepted": accepted, "duplicates": duplicates })))
+}
+
+/// Fixed one-second windows per key, in Redis.
+fn rate_limit(req: &Request) -> ApiResult<()> {
+    let limit = setting("collector_requests_per_second", 50) as i64;
+    let key = req.header("authorization").and_then(|h| h.as_str()).unwrap_or("");
+    let second = billing_fn_common::clock::now().millis() / 1000;
+    let bucket = format!("ratelimit:collector:{}:{second}", &auth::hash_key(key)[..16]);
+    let cache = Cache::open();
+    if let Some(n) = cache.incr(&bucket) {
+        if n == 1 {
+            cache.execute("EXPIRE", &[spin_sdk::redis::RedisParameter::Binary(bucket.into_bytes()), spin_sdk::redis::RedisParameter::Int64(2)]);
+        }
+        if n > limit {
+            return Err(ApiError::RateLimited { retry_after_s: 1 });
+        }
+    }
+    Ok(())
+}
+
+fn parse(req: &Request) -> ApiResult<Vec<Value>> {
+    let ct = req.header("content-type").and_then(|h| h.as_str()).unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let batch = match ct.as_str() {
+        "application/cloudevents-batch+json" => true,
+        "application/cloudevents+json" | "application/json" => false,
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "send application/cloudevents+json (one event) or application/cloudevents-batch+json (a batch), not `{other}`"
+            )))
+        }
+    };
+    let body = req.body();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge(format!("the body is {} bytes; at most {MAX_BODY_BYTES} are accepted", body.len())));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let events = match (batch, v) {
+        (true, Value::Array(a)) => a,
+        (true, _) => return Err(ApiError::BadRequest("a batch must be a JSON array of events".into())),
+        (false, Value::Array(a)) if ct == "application/json" => a,
+        (false, Value::Object(o)) => vec![Value::Object(o)],
+        (false, _) => return Err(ApiError::BadRequest("a single event must be a JSON object".into())),
+    };
+    let max = setting("collector_max_batch", 1000) as usize;
+    if events.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!("the batch has {} events; at most {max} are accepted per request", events.len())));
+    }
+    if events.is_empty() {
+        return Err(ApiError::BadRequest("the batch is empty".into()));
+    }
+    Ok(events)
+}
+
+/// Every event typed and checked; any problem anywhere refuses the whole batch.
+fn validate(db: &Db, caller: &Caller, raw: Vec<Value>) -> ApiResult<Vec<CloudEvent<InferenceEvent>>> {
+    let mut errors: Vec<(usize, FieldError)> = Vec::new();
+    let mut events = Vec::with_capacity(raw.len());
+    for (i, v) in raw.into_iter().enumerate() {
+        match CloudEvent::<InferenceEvent>::from_value(v) {
+            Ok(mut ev) => {
+                // Stored with the schema it was validated against.
+                ev.dataschema.get_or_insert_with(|| schema_uri(InferenceEvent::SCHEMA));
+                ev.datacontenttype.get_or_insert_with(|| "application/json".into());
+                events.push((i, ev))
+            }
+            Err(errs) => errors.extend(errs.into_iter().map(|e| (i, e))),
+        }
+    }
+    let users: HashSet<i64> = events.iter().map(|(_, e)| e.data.user_id).collect();
+    let models: HashSet<String> = events.iter().map(|(_, e)| e.data.model.as_str().to_owned()).collect();
+    let known_users = existing(db, "SELECT user_id AS k FROM dim_users WHERE user_id IN", users.iter().map(|u| Sql::Integer(*u)).collect())?;
+    let known_models = existing(db, "SELECT model_name AS k FROM dim_models WHERE model_name IN", models.iter().map(|m| text(m.clone())).collect())?;
+    for (i, ev) in &events {
+        let uid = ev.data.user_id;
+        if !caller.is_admin() && uid != caller.user_id {
+            errors.push((*i, FieldError::new("data.user_id", format!("{uid} is not you; a user's key reports only that user's events"))));
+        } else if !known_users.contains(&uid.to_string()) {
+            errors.push((*i, FieldError::new("data.user_id", format!("there is no user {uid}"))));
+        }
+        if !known_models.contains(ev.data.model.as_str()) {
+            errors.push((*i, FieldError::new("data.model", format!("`{}` is not a known model", ev.data.model))));
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|(i, _)| *i);
+        return Err(ApiError::InvalidBatch(errors));
+    }
+    Ok(events.into_iter().map(|(_, e)| e).collect())
+}
+
+/// The values of column `k` that `sql … IN (params)` finds.
+fn existing(db: &Db, sql: &str, params: Vec<Sql>) -> ApiResult<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in params.chunks(ROWS_PER_INSERT) {
+        let placeholders = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",");
+        let r = db.query(&format!("{sql} ({placeholders})"), chunk)?;
+        for row in r.rows() {
+            let k = match row.get::<i64>("k") {
+                Some(i) => i.to_string(),
+                None => col::<&str>(&row, "k")?.to_owned(),
+            };
+            found.insert(k);
+        }
+    }
+    Ok(found)
+}
+
+/// Stores the new events in one transaction; returns (accepted, duplicates).
+fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, usize)> {
+    // Duplicates inside the batch keep their first occurrence.
+    let mut seen = HashSet::new();
+    let unique: Vec<&CloudEvent<InferenceEvent>> = events.iter().filter(|e| seen.insert((e.source.as_str(), e.id.as_str()))).collect();
+    let accepted = db.transaction(|db| {
+        let mut accepted = 0;
+        for chunk in unique.chunks(ROWS_PER_INSERT / 2) {
+            let mut params = Vec::with_capacity(chunk.len() * 2);
+            for e in chunk {
+                params.push(text(e.source.clone()));
+                params.push(text(e.id.clone()));
+            }
+            let values = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect::<Vec<_>>().join(",");
+            let inserted = db.query(&format!("INSERT INTO collected_events (source, event_id) VALUES {values} ON CONFLICT DO NOTHING RETURNING source, event_id"), &params)?;
+            let new: HashSet<(String, String)> = inserted
+                .rows()
+                .map(|r| Ok((col::<&str>(&r, "source")?.to_owned(), col::<&str>(&r, "event_id")?.to_owned())))
+                .collect::<ApiResult<_>>()?;
+            let fresh: Vec<&&CloudEvent<InferenceEvent>> = chunk.iter().filter(|e| new.contains(&(e.source.clone(), e.id.clone()))).collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            let mut params = Vec::with_capacity(fresh.len() * 5);
+            for e in &fresh {
+                params.extend([text(InferenceEvent::TOPIC), text(e.key()), text(e.source.clone()), text(e.id.clone()), text(e.to_json())]);
+            }
+            let values = (0..fresh.len()).map(|i| format!("(?{}, ?{}, ?{}, ?{}, ?{})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5)).collect::<Vec<_>>().join(",");
+            db.exec(&format!("INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES {values}"), &params)?;
+            accepted += fresh.len();
+        }
+        Ok(accepted)
+    })?;
+    Ok((accepted, events.len() - accepted))
+}

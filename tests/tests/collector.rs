@@ -1,0 +1,110 @@
+//! The event collector: the validation matrix (all-or-nothing, every bad
+//! event by index), duplicate replay (billed once, same answer), caps and
+//! the per-key rate limit.
+
+use billing_e2e::{Stack, ADMIN_KEY};
+use serde_json::{json, Value};
+
+fn event(id: &str, user: i64) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "/services/batch-runner", "type": "llm-billing.inference",
+        "time": "2026-11-01T10:00:00Z",
+        "data": {"user_id": user, "model": "claude-haiku-4-5-20251001", "request_id": format!("req-{id}"), "status": "succeeded",
+                 "latency_ms": 420, "compute_ms": 380, "usage": {"input_tokens": 100, "output_tokens": 50}}
+    })
+}
+
+async fn post(s: &Stack, key: &str, ct: &str, body: &Value) -> billing_e2e::Reply {
+    s.call_raw("POST", "/api/events", Some(key), ct, serde_json::to_vec(body).unwrap()).await
+}
+
+const BATCH: &str = "application/cloudevents-batch+json";
+
+// One bad event refuses the whole batch; the 400 lists every problem by index; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_matrix() {
+    let s = Stack::start().await;
+    let (uid, key) = s.user("Reporter", "reporter@example.com").await;
+    let mut bad_spec = event("e2", uid);
+    bad_spec["specversion"] = json!("0.3");
+    let mut no_user = event("e3", uid);
+    no_user["data"].as_object_mut().unwrap().remove("user_id");
+    let mut unknown_model = event("e4", uid);
+    unknown_model["data"]["model"] = json!("gpt-17");
+    let mut negative = event("e5", uid);
+    negative["data"]["latency_ms"] = json!(-3);
+    let someone_else = event("e6", 2);
+    let mut bad_time = event("e7", uid);
+    bad_time["time"] = json!("last tuesday");
+    let batch = json!([event("e1", uid), bad_spec, no_user, unknown_model, negative, someone_else, bad_time]);
+    let r = post(&s, &key, BATCH, &batch).await;
+    assert!(r.problem(400).contains("nothing was stored"));
+    let errs: Vec<(i64, String)> = r.body["errors"].as_array().unwrap().iter().map(|e| (e["index"].as_i64().unwrap(), e["field"].as_str().unwrap().to_owned())).collect();
+    let indexes: Vec<i64> = errs.iter().map(|e| e.0).collect();
+    assert_eq!(indexes, [1, 2, 3, 4, 5, 6], "{errs:?}");
+    assert_eq!(errs[0].1, "specversion");
+    assert_eq!(errs[2].1, "data.model");
+    assert_eq!(errs[4].1, "data.user_id");
+    assert_eq!(errs[5].1, "time");
+    assert_eq!((s.count("outbox"), s.count("collected_events")), (0, 0));
+
+    // The admin's key may report for any user.
+    let ok = post(&s, ADMIN_KEY, BATCH, &json!([event("e1", uid), event("e6", 2)])).await;
+    assert_eq!((ok.status, ok.body["accepted"].as_i64()), (202, Some(2)), "{:?}", ok.body);
+}
+
+// The same batch twice is stored once and answered the same way; duplicates inside one batch count too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_replay() {
+    let s = Stack::start().await;
+    let (uid, key) = s.user("Replayer", "replayer@example.com").await;
+    let batch = json!([event("a", uid), event("b", uid), event("c", uid)]);
+    let first = post(&s, &key, BATCH, &batch).await;
+    assert_eq!((first.status, first.body.clone()), (202, json!({"accepted": 3, "duplicates": 0})));
+    let again = post(&s, &key, BATCH, &batch).await;
+    assert_eq!((again.status, again.body.clone()), (202, json!({"accepted": 0, "duplicates": 3})));
+    let inner = post(&s, &key, BATCH, &json!([event("d", uid), event("d", uid), event("a", uid)])).await;
+    assert_eq!(inner.body, json!({"accepted": 1, "duplicates": 2}));
+    assert_eq!(s.count("outbox"), 4);
+    let single = post(&s, &key, "application/cloudevents+json", &event("e", uid)).await;
+    assert_eq!(single.body, json!({"accepted": 1, "duplicates": 0}));
+
+    let payload: String = s.db().query_row("SELECT payload FROM outbox WHERE event_id = 'a'", [], |r| r.get(0)).unwrap();
+    let stored: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(stored["dataschema"], "urn:llm-billing:inference-event:1");
+    assert_eq!(stored["time"], "2026-11-01T10:00:00.000Z", "stored in the canonical form");
+    let topic_key: (String, String) = s.db().query_row("SELECT topic, event_key FROM outbox WHERE event_id = 'a'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(topic_key, ("inference-events".to_string(), uid.to_string()));
+}
+
+// Too many events or the wrong media type are refused whole; past the per-key rate a 429 says when to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_and_rate_limit() {
+    let s = Stack::start_with(&[("COLLECTOR_MAX_BATCH", "5"), ("COLLECTOR_REQUESTS_PER_SECOND", "2")]).await;
+    let (uid, key) = s.user("Flooder", "flooder@example.com").await;
+    // Spaced out, so these stay under the rate limit of 2 a second.
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(600));
+    let six: Vec<Value> = (0..6).map(|i| event(&format!("x{i}"), uid)).collect();
+    post(&s, &key, BATCH, &json!(six)).await.problem(413);
+    pause().await;
+    post(&s, &key, "text/csv", &json!([])).await.problem(415);
+    pause().await;
+    post(&s, &key, BATCH, &json!([])).await.problem(400);
+    pause().await;
+    s.call_raw("POST", "/api/events", Some(&key), BATCH, b"[{".to_vec()).await.problem(400);
+    pause().await;
+    assert_eq!(s.count("outbox"), 0);
+
+    let mut limited = None;
+    for i in 0..8 {
+        let r = post(&s, &key, BATCH, &json!([event(&format!("r{i}"), uid)])).await;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("the rate limit answers 429");
+    r.problem(429);
+    assert_eq!(r.retry_after.as_deref(), Some("1"));
+    assert!(s.count("outbox") <= 3, "refused requests store nothing");
+}
