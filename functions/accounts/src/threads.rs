@@ -1,7 +1,7 @@
 //! Threads: a user's conversations, with their running totals.
 
 use billing_core::Nanos;
-use billing_fn_common::db::{col, col_opt, int, text, Value};
+use billing_fn_common::db::{col, col_opt, int, text, Filter};
 use billing_fn_common::input::{self, json_body, text_field, MAX_JSON_BYTES};
 use billing_fn_common::problem::Problems;
 use billing_fn_common::{json, ApiError, ApiResult, Caller, Db};
@@ -112,40 +112,33 @@ pub fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let q = input::query(req)?;
     let limit = input::int_param(&q, "limit", 50, 1, 200)?;
     let offset = input::int_param(&q, "offset", 0, 0, i64::MAX)?;
-    let mut clauses: Vec<String> = Vec::new();
-    let mut params: Vec<Value> = Vec::new();
-    let mut bind = |clause: &str, v: Value, clauses: &mut Vec<String>| {
-        params.push(v);
-        clauses.push(clause.replace('?', &format!("?{}", params.len())));
-    };
+    let mut f = Filter::default();
     match q.get("user_id") {
-        Some(u) if caller.is_admin() => bind("t.user_id = ?", int(input::id(u, "user")?), &mut clauses),
+        Some(u) if caller.is_admin() => f.bind("t.user_id = ?", int(input::id(u, "user")?)),
         Some(_) => return Err(ApiError::Forbidden("only an admin may list another user's threads".into())),
         None if caller.is_admin() && q.get("all").is_some_and(|v| v == "true") => {}
-        None => bind("t.user_id = ?", int(caller.user_id), &mut clauses),
+        None => f.bind("t.user_id = ?", int(caller.user_id)),
     }
     if let Some(text_filter) = q.get("q").filter(|s| !s.is_empty()) {
         let escaped = text_filter.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        bind("t.title LIKE ? ESCAPE '\\'", text(format!("%{escaped}%")), &mut clauses);
+        f.bind("t.title LIKE ? ESCAPE '\\'", text(format!("%{escaped}%")));
     }
     match q.get("archived").map(String::as_str) {
-        None | Some("false") => clauses.push("t.archived_at IS NULL".into()),
-        Some("true") => clauses.push("t.archived_at IS NOT NULL".into()),
+        None | Some("false") => f.raw("t.archived_at IS NULL"),
+        Some("true") => f.raw("t.archived_at IS NOT NULL"),
         Some("all") => {}
         Some(other) => return Err(ApiError::invalid("archived", format!("`{other}` must be true, false or all"))),
     }
     if let Some(from) = input::time_param(&q, "from")? {
-        bind("t.created_at >= ?", text(from.to_rfc3339()), &mut clauses);
+        f.bind("t.created_at >= ?", text(from.to_rfc3339()));
     }
     if let Some(to) = input::time_param(&q, "to")? {
-        bind("t.created_at < ?", text(to.to_rfc3339()), &mut clauses);
+        f.bind("t.created_at < ?", text(to.to_rfc3339()));
     }
-    let filter = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
-    let total = db.scalar_i64(&format!("SELECT count(*) FROM user_threads t{filter}"), &params)?.unwrap_or(0);
-    let n = params.len();
-    params.push(int(limit));
-    params.push(int(offset));
-    let sql = format!("{SELECT}{filter} ORDER BY t.updated_at DESC, t.thread_id DESC LIMIT ?{} OFFSET ?{}", n + 1, n + 2);
+    let filter = f.sql();
+    let total = db.scalar_i64(&format!("SELECT count(*) FROM user_threads t{filter}"), &f.params)?.unwrap_or(0);
+    let (page, params) = f.paged(limit, offset);
+    let sql = format!("{SELECT}{filter} ORDER BY t.updated_at DESC, t.thread_id DESC{page}");
     let items = read(&db.query(&sql, &params)?)?;
     Ok(json(200, &serde_json::json!({ "items": items, "total": total, "limit": limit, "offset": offset })))
 }

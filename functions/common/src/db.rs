@@ -81,3 +81,40 @@ pub fn col<'a, T: TryFrom<&'a Value>>(row: &spin_sdk::sqlite::Row<'a>, name: &st
 pub fn col_opt<'a, T: TryFrom<&'a Value>>(row: &spin_sdk::sqlite::Row<'a>, name: &str) -> Option<T> {
     row.get::<T>(name)
 }
+
+/// A WHERE clause built from optional filters, with numbered parameters.
+#[derive(Default)]
+pub struct Filter {
+    clauses: Vec<String>,
+    pub params: Vec<Value>,
+}
+
+impl Filter {
+    /// Adds `clause`, whose one `?` is bound to `value`.
+    pub fn bind(&mut self, clause: &str, value: Value) {
+        self.params.push(value);
+        self.clauses.push(clause.replace('?', &format!("?{}", self.params.len())));
+    }
+
+    /// Adds a clause without parameters.
+    pub fn raw(&mut self, clause: &str) {
+        self.clauses.push(clause.to_owned());
+    }
+
+    /// ` WHERE a AND b`, or nothing.
+    pub fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    /// The parameters followed by LIMIT and OFFSET, with their placeholders.
+    pub fn paged(mut self, limit: i64, offset: i64) -> (String, Vec<Value>) {
+        let n = self.params.len();
+        self.params.push(Value::Integer(limit));
+        self.params.push(Value::Integer(offset));
+        (format!(" LIMIT ?{} OFFSET ?{}", n + 1, n + 2), self.params)
+    }
+}
