@@ -141,6 +141,8 @@ async fn redis() {
     std::io::Read::read_exact(&mut raw, &mut reply).unwrap();
     assert_eq!(post(&url, "smembers bin").await.1, "ok:err:type-error");
 
+    assert_eq!(get(&app.url(&format!("/redis-many?addr={}", redis.url()))).await.1, "err:too-many-connections:10", "ten connections per instance, as in Spin");
+
     let denied = app.url(&format!("/denied/redis?addr={}", redis.url()));
     assert_eq!(post(&denied, "get k").await.1, "err:invalid-address:", "not in allowed_outbound_hosts");
     let wrong_scheme = app.url("/redis?addr=http://127.0.0.1:80");

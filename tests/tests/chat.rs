@@ -70,7 +70,7 @@ async fn provider_errors() {
     let (_, key) = s.user("Unlucky", "unlucky@example.com").await;
     let tid = thread(&s, &key).await;
     let path = format!("/api/threads/{tid}/messages");
-    for (fail, status, calls) in [("429", 503, 4), ("529", 503, 4), ("500", 502, 4), ("503", 503, 4), ("spend-limit", 503, 1), ("malformed", 502, 1)] {
+    for (fail, status, calls) in [("429", 503, 4), ("529", 503, 4), ("500", 502, 4), ("503", 503, 4), ("spend-limit", 503, 1), ("malformed", 502, 1), ("400", 502, 1), ("401", 502, 1)] {
         let fail_key = format!("k-{fail}");
         let r = s.call_with("POST", &path, &key, &[("x-sim-fail", fail), ("x-sim-fail-key", &fail_key)], json!({"content": "hi"})).await;
         let detail = r.problem(status);
@@ -80,7 +80,7 @@ async fn provider_errors() {
     }
     assert_eq!((s.count("message_tokens"), s.count("outbox")), (0, 0), "failures bill nothing");
     let failed: i64 = s.db().query_row("SELECT count(*) FROM user_thread_messages WHERE status = 'failed' AND role = 'user'", [], |r| r.get(0)).unwrap();
-    assert_eq!(failed, 6, "the user's messages are kept, marked failed");
+    assert_eq!(failed, 8, "the user's messages are kept, marked failed");
 
     let r = s.call_with("POST", &path, &key, &[("x-sim-fail", "529"), ("x-sim-fail-times", "2"), ("x-sim-fail-key", "transient")], json!({"content": "again"})).await;
     assert_eq!((r.status, r.body["provider_attempts"].as_i64()), (201, Some(3)), "{:?}", r.body);

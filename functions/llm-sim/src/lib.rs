@@ -10,7 +10,7 @@
 //!   (remembered in Redis for the TTL; without Redis every time is a write).
 //! - `"stream": true` answers with the SSE event sequence, usage cumulative.
 //! - Injection, by request header (or the `sim_*` variables):
-//!   `x-sim-latency-ms: N`; `x-sim-fail: 429|529|500|503|malformed|spend-limit`
+//!   `x-sim-latency-ms: N`; `x-sim-fail: 400|401|429|529|500|503|malformed|spend-limit`
 //!   with `x-sim-fail-times: N` (fail only the first N calls, counted per
 //!   `x-sim-fail-key`). `GET /sim/v1/calls?key=K` tells how many calls a key saw.
 //! - `/sim/openai/v1/chat/completions` answers in the OpenAI-compatible
@@ -103,6 +103,8 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
                 "spend-limit" => anthropic_error(429, "rate_limit_error", "You have reached your spend limit for this billing period (simulated)", request_id),
                 "529" => anthropic_error(529, "overloaded_error", "Overloaded (simulated)", request_id),
                 "503" => anthropic_error(503, "api_error", "Service unavailable (simulated)", request_id),
+                "400" => anthropic_error(400, "invalid_request_error", "messages: invalid request (simulated)", request_id),
+                "401" => anthropic_error(401, "authentication_error", "invalid x-api-key (simulated)", request_id),
                 "malformed" => Response::builder().status(200).header("content-type", "application/json").header("request-id", request_id).body("{\"type\": \"message\", \"content\": [").build(),
                 _ => anthropic_error(500, "api_error", "Internal server error (simulated)", request_id),
             };

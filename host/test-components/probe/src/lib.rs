@@ -50,6 +50,21 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         "sqlite" => sqlite_v2(tail(&req, "/sqlite/"), req.body()),
         "sqlite3" => sqlite_v3(tail(&req, "/sqlite3/"), req.body()),
         "redis" => redis(query_param(&req, "addr").unwrap_or(""), req.body()),
+        "redis-many" => {
+            // Opens connections and keeps them until one is refused.
+            let addr = query_param(&req, "addr").unwrap_or("");
+            let mut open = Vec::new();
+            loop {
+                match spin_sdk::redis::Connection::open(addr) {
+                    Ok(c) => open.push(c),
+                    Err(spin_sdk::redis::Error::TooManyConnections) => break err("too-many-connections", open.len()),
+                    Err(e) => break err("other", format!("{e:?} after {}", open.len())),
+                }
+                if open.len() > 100 {
+                    break ok("no limit");
+                }
+            }
+        }
         "outbound" => {
             let url = String::from_utf8_lossy(req.body()).into_owned();
             let out = Request::builder().method(Method::Get).uri(url).build();
