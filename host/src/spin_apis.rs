@@ -55,6 +55,14 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         ),
     }
     .map_err(|e| s3::Error::Io(e.to_string()))?;
+    // Wait for a busy database as Spin does (5 s), but in short steps:
+    // SQLite's default handler sleeps up to 100 ms at a time, which makes
+    // concurrent writers queue far longer than the lock is held.
+    conn.busy_handler(Some(|attempt| {
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        attempt < 10_000
+    }))
+    .map_err(|e| s3::Error::Io(e.to_string()))?;
     Ok(SqliteConnection { conn: Arc::new(Mutex::new(conn)) })
 }
 
