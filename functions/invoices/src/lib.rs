@@ -68,9 +68,6 @@ struct NewInvoice {
     period_end: String,
 }
 
-const UNCLAIMED_TOKENS: &str = "FROM user_invoice_line_item WHERE user_id = ?1 AND invoice_id IS NULL AND occurred_at < ?2";
-const UNCLAIMED_RESOURCES: &str = "FROM resource_invoice_line_item WHERE user_id = ?1 AND invoice_id IS NULL AND occurred_at < ?2";
-
 fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     caller.require_admin()?;
     let body: NewInvoice = json_body(req, MAX_JSON_BYTES)?;
@@ -95,29 +92,36 @@ fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
                 &[int(body.user_id), text(start.to_rfc3339()), text(end.to_rfc3339())],
             )?
             .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-        let claim = |table: &str, from: &str| db.exec(&format!("UPDATE {table} SET invoice_id = ?3 WHERE line_item_id IN (SELECT line_item_id {from})"), &[params[0].clone(), params[1].clone(), int(id)]);
-        claim("user_invoice_line_item", UNCLAIMED_TOKENS)?;
-        claim("resource_invoice_line_item", UNCLAIMED_RESOURCES)?;
-        let total = invoice_total(db, id)?;
+        let claim = |table: &str| {
+            db.exec(
+                &format!("UPDATE {table} SET invoice_id = ?3 WHERE user_id = ?1 AND invoice_id IS NULL AND occurred_at < ?2"),
+                &[params[0].clone(), params[1].clone(), int(id)],
+            )
+        };
+        claim("user_invoice_line_item")?;
+        claim("resource_invoice_line_item")?;
+        let total = invoice_total(db, body.user_id, id)?;
         db.exec("UPDATE user_invoices SET total_nanos = ?1 WHERE invoice_id = ?2", &[int(total), int(id)])?;
         Ok(id)
     })?;
     Ok(json(201, &full(db, caller, &id.to_string(), 100, 0)?))
 }
 
-/// Exact sum of an invoice's lines.
-fn invoice_total(db: &Db, id: i64) -> ApiResult<i64> {
+/// Exact sum of an invoice's lines. (Lines are found through the user, by
+/// the (user_id, invoice_id, …) index.)
+fn invoice_total(db: &Db, user_id: i64, id: i64) -> ApiResult<i64> {
     Ok(db
         .scalar_i64(
-            "SELECT (SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item WHERE invoice_id = ?1)
-                  + (SELECT coalesce(sum(cost_nanos), 0) FROM resource_invoice_line_item WHERE invoice_id = ?1)",
-            &[int(id)],
+            "SELECT (SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item WHERE user_id = ?1 AND invoice_id = ?2)
+                  + (SELECT coalesce(sum(cost_nanos), 0) FROM resource_invoice_line_item WHERE user_id = ?1 AND invoice_id = ?2)",
+            &[int(user_id), int(id)],
         )?
         .unwrap_or(0))
 }
 
 struct Header {
     id: i64,
+    user_id: i64,
     status: String,
     json: Value,
 }
@@ -134,7 +138,7 @@ fn header(db: &Db, caller: &Caller, id: &str) -> ApiResult<Header> {
     if !caller.may_see(user_id) {
         return Err(ApiError::NotFound(format!("there is no invoice {id}")));
     }
-    Ok(Header { id, status: col::<&str>(&row, "status")?.to_owned(), json: header_json(&row)? })
+    Ok(Header { id, user_id, status: col::<&str>(&row, "status")?.to_owned(), json: header_json(&row)? })
 }
 
 fn header_json(row: &spin_sdk::sqlite::Row<'_>) -> ApiResult<Value> {
@@ -165,9 +169,9 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
     let h = header(db, caller, id)?;
     let models = db.query(
         "SELECT m.model_name AS model, l.token_class AS class, sum(l.tokens) AS tokens, sum(l.cost_nanos) AS cost
-         FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE l.invoice_id = ?1
+         FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE l.user_id = ?2 AND l.invoice_id = ?1
          GROUP BY m.model_name, l.token_class ORDER BY m.model_name, l.token_class",
-        &[int(h.id)],
+        &[int(h.id), int(h.user_id)],
     )?;
     let mut by_model: Vec<Value> = Vec::new();
     for row in models.rows() {
@@ -185,8 +189,8 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
         }
     }
     let resources = db.query(
-        "SELECT resource, sum(quantity) AS quantity, sum(cost_nanos) AS cost FROM resource_invoice_line_item WHERE invoice_id = ?1 GROUP BY resource ORDER BY resource",
-        &[int(h.id)],
+        "SELECT resource, sum(quantity) AS quantity, sum(cost_nanos) AS cost FROM resource_invoice_line_item WHERE user_id = ?2 AND invoice_id = ?1 GROUP BY resource ORDER BY resource",
+        &[int(h.id), int(h.user_id)],
     )?;
     let by_resource = resources
         .rows()
@@ -198,12 +202,12 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
     let lines = db.query(
         "SELECT * FROM (
              SELECT 'token' AS kind, l.line_item_id, l.occurred_at, m.model_name AS item, l.token_class AS detail, l.tokens AS quantity, l.unit_price, l.cost_nanos, l.thread_id, l.source, l.event_id
-             FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE l.invoice_id = ?1
+             FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE l.user_id = ?4 AND l.invoice_id = ?1
              UNION ALL
              SELECT 'resource', line_item_id, occurred_at, resource, NULL, quantity, unit_price, cost_nanos, NULL, source, event_id
-             FROM resource_invoice_line_item WHERE invoice_id = ?1
+             FROM resource_invoice_line_item WHERE user_id = ?4 AND invoice_id = ?1
          ) ORDER BY occurred_at, kind DESC, line_item_id LIMIT ?2 OFFSET ?3",
-        &[int(h.id), int(limit), int(offset)],
+        &[int(h.id), int(limit), int(offset), int(h.user_id)],
     )?;
     let lines = lines
         .rows()
@@ -219,8 +223,8 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
         .collect::<ApiResult<Vec<_>>>()?;
     let line_count = db
         .scalar_i64(
-            "SELECT (SELECT count(*) FROM user_invoice_line_item WHERE invoice_id = ?1) + (SELECT count(*) FROM resource_invoice_line_item WHERE invoice_id = ?1)",
-            &[int(h.id)],
+            "SELECT (SELECT count(*) FROM user_invoice_line_item WHERE user_id = ?2 AND invoice_id = ?1) + (SELECT count(*) FROM resource_invoice_line_item WHERE user_id = ?2 AND invoice_id = ?1)",
+            &[int(h.id), int(h.user_id)],
         )?
         .unwrap_or(0);
     let mut v = h.json;
@@ -241,7 +245,7 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
             if !still_draft {
                 return Ok(());
             }
-            let total = Nanos(invoice_total(db, h.id)?);
+            let total = Nanos(invoice_total(db, h.user_id, h.id)?);
             let (cents, rounding) = total.round_to_cents();
             let number = db.scalar_i64("SELECT coalesce(max(invoice_number), 0) + 1 FROM user_invoices", &[])?.unwrap_or(1);
             db.exec(
@@ -260,8 +264,8 @@ fn delete(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
         return Err(ApiError::Conflict(format!("invoice {} is final and never changes", h.id)));
     }
     db.transaction(|db| {
-        db.exec("UPDATE user_invoice_line_item SET invoice_id = NULL WHERE invoice_id = ?1", &[int(h.id)])?;
-        db.exec("UPDATE resource_invoice_line_item SET invoice_id = NULL WHERE invoice_id = ?1", &[int(h.id)])?;
+        db.exec("UPDATE user_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
+        db.exec("UPDATE resource_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
         db.exec("DELETE FROM user_invoices WHERE invoice_id = ?1 AND status = 'draft'", &[int(h.id)])
     })?;
     Ok(Response::new(204, ()))
