@@ -12,10 +12,14 @@ CACHE_DIR ?= $(HOME)/.cache/llm-billing
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: up test deps check-wasm lint clean-cache bench bench-host
+.PHONY: up components test deps check-wasm lint clean-cache bench bench-host
 
 up:
 	scripts/up.sh
+
+# Every component of spin.toml, built by its own build command.
+components: deps target
+	$(CARGO) run -q -p billing-host -- build
 
 test: deps target
 	$(CARGO) test

@@ -11,7 +11,7 @@ mod keys;
 mod threads;
 mod users;
 
-use billing_fn_common::{auth, respond, ApiError, ApiResult, Db};
+use billing_fn_common::{respond, ApiError, ApiResult};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
@@ -21,8 +21,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> ApiResult<Response> {
-    let db = Db::open()?;
-    let caller = auth::authenticate(req, &db)?;
+    let (db, caller) = billing_fn_common::authenticated(req)?;
     let segs = billing_fn_common::input::segments(req);
     match (req.method(), segs.as_slice()) {
         (Method::Get, ["api", "users", "me"]) => users::me(&db, &caller),

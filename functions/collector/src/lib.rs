@@ -46,8 +46,7 @@ fn route(req: &Request) -> ApiResult<Response> {
     if *req.method() != Method::Post {
         return Err(ApiError::MethodNotAllowed("send events with POST".into()));
     }
-    let db = Db::open()?;
-    let caller = auth::authenticate(req, &db)?;
+    let (db, caller) = billing_fn_common::authenticated(req)?;
     rate_limit(req)?;
     let events = parse(req)?;
     let batch = validate(&db, &caller, events)?;

@@ -32,6 +32,13 @@ pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
         .build()
 }
 
+/// How every API handler starts: the database, and who is calling (or 401/403).
+pub fn authenticated(req: &spin_sdk::http::Request) -> ApiResult<(Db, Caller)> {
+    let db = Db::open()?;
+    let caller = auth::authenticate(req, &db)?;
+    Ok((db, caller))
+}
+
 /// Turns a handler's result into the response, errors as problem+json.
 pub fn respond(result: ApiResult<Response>) -> Response {
     result.unwrap_or_else(|e| e.into_response())

@@ -15,7 +15,7 @@ mod history;
 mod provider;
 mod send;
 
-use billing_fn_common::{auth, respond, ApiError, ApiResult, Db};
+use billing_fn_common::{respond, ApiError, ApiResult, Db};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
@@ -25,8 +25,7 @@ async fn handle(req: Request) -> Response {
 }
 
 async fn route(req: &Request) -> ApiResult<Response> {
-    let db = Db::open()?;
-    let caller = auth::authenticate(req, &db)?;
+    let (db, caller) = billing_fn_common::authenticated(req)?;
     let segs = billing_fn_common::input::segments(req);
     match (req.method(), segs.as_slice()) {
         (Method::Post, ["api", "threads", id, "messages"]) => send::send(&db, &caller, req, id).await,

@@ -20,7 +20,7 @@ use billing_fn_common::db::{col, col_opt, int, text};
 use billing_fn_common::input::{self, json_body, text_field, MAX_JSON_BYTES};
 use billing_fn_common::prices::{self, model_by_name, Model};
 use billing_fn_common::problem::Problems;
-use billing_fn_common::{auth, clock, json, respond, ApiError, ApiResult, Caller, Db};
+use billing_fn_common::{clock, json, respond, ApiError, ApiResult, Caller, Db};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use spin_sdk::http::{Method, Request, Response};
@@ -32,8 +32,7 @@ fn handle(req: Request) -> Response {
 }
 
 fn route(req: &Request) -> ApiResult<Response> {
-    let db = Db::open()?;
-    let caller = auth::authenticate(req, &db)?;
+    let (db, caller) = billing_fn_common::authenticated(req)?;
     let segs = input::segments(req);
     match (req.method(), segs.as_slice()) {
         (Method::Get, ["api", "models"]) => models(&db),

@@ -12,7 +12,7 @@ use billing_core::money::line_cost;
 use billing_core::Nanos;
 use billing_fn_common::input::{json_body, MAX_JSON_BYTES};
 use billing_fn_common::prices::{model_by_name, price_in_force};
-use billing_fn_common::{auth, clock, json, respond, ApiError, ApiResult, Db};
+use billing_fn_common::{clock, json, respond, ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use spin_sdk::http::{Method, Request, Response};
@@ -50,8 +50,7 @@ async fn route(req: &Request) -> ApiResult<Response> {
     if (req.method(), req.path()) != (&Method::Post, "/api/tokens/count") {
         return Err(ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.path())));
     }
-    let db = Db::open()?;
-    auth::authenticate(req, &db)?;
+    let (db, _) = billing_fn_common::authenticated(req)?;
     let started = clock::monotonic_ms();
     let body: CountRequest = json_body(req, MAX_JSON_BYTES)?;
     let model = model_by_name(&db, &body.model)?.filter(|m| m.active).ok_or_else(|| ApiError::invalid("model", format!("`{}` is not an active model", body.model)))?;
