@@ -46,6 +46,8 @@ clean-cache:
 
 # Benchmarks (not part of `make test`; figures depend on the machine).
 bench: bench-host
+	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- collector --seconds 10 --clients 4
+	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- invoice --lines 1000000
 
 bench-host: deps target
 	host/bench/run.sh

@@ -38,18 +38,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let addr = listener.local_addr()?;
     let _ = app.self_addr.set(addr);
 
+    // The clock of the per-request deadlines; stops when serving ends.
     let engine = app.engine.clone();
+    let stop_ticker = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ticker = std::thread::spawn({
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
+        let stop = stop_ticker.clone();
         move || {
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
             }
         }
     });
-    let _ = ticker;
 
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -86,6 +86,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         _ = graceful.shutdown() => tracing::info!("All requests finished."),
         _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "Requests still running after the grace period; stopping anyway."),
     }
+    stop_ticker.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
     Ok(())
 }
 
