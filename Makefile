@@ -10,6 +10,9 @@
 
 CACHE_DIR ?= $(HOME)/.cache/llm-billing
 CARGO ?= cargo
+# Tools built once from crates.io (Tansu), found by the tests through $TANSU.
+export CACHE_DIR
+export TANSU ?= $(CACHE_DIR)/tools/bin/tansu
 SHELL := /bin/bash
 
 .PHONY: up components test deps check-wasm lint clean-cache bench bench-host
@@ -26,7 +29,7 @@ test: deps target
 	$(MAKE) check-wasm
 
 deps:
-	scripts/ensure-deps.sh wasm redis sqlite3
+	scripts/ensure-deps.sh wasm redis sqlite3 tansu
 
 # The `target` symlink into the cache; a real directory is left alone.
 target:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [tansu]
+#
+# Tools built from crates.io go to $CACHE_DIR/tools (default
+# ~/.cache/llm-billing/tools), outside the clone, and are reused.
 set -euo pipefail
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -29,6 +32,12 @@ for want in "${@:-wasm redis sqlite3}"; do
                 fi ;;
             redis) apt_install redis-server redis-server ;;
             sqlite3) apt_install sqlite3 sqlite3 ;;
+            tansu)
+                tools="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools"
+                if [ ! -x "$tools/bin/tansu" ]; then
+                    say "installing Tansu 0.6.0, the Kafka-protocol broker the tests run (about 20 minutes on 2 cores, once; cached in $tools)"
+                    cargo install --root "$tools" tansu --version 0.6.0 --features dynostore,libsql --locked
+                fi ;;
             *) say "unknown dependency $w"; exit 2 ;;
         esac
     done

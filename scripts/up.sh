@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # `make up`: the system on embedded defaults — a SQLite file under data/, a
-# local redis-server, billing-host serving spin.toml — then the URL and the
-# demo API keys. Ctrl-C stops everything this script started.
+# local redis-server, Tansu (a Kafka-protocol broker storing in
+# data/tansu.db), billing-host serving spin.toml and billing-bridge — then
+# the URL and the demo API keys. Ctrl-C stops everything this script started.
 #
-# Settings (environment): PORT (3000), REDIS_PORT (6379), ANTHROPIC_API_KEY
-# (unset: chats go to llm-sim).
+# Settings (environment): PORT (3000), REDIS_PORT (6379), KAFKA_PORT (9092),
+# ANTHROPIC_API_KEY (unset: chats go to llm-sim).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-3000}
 REDIS_PORT=${REDIS_PORT:-6379}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+TANSU=${TANSU:-${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/bin/tansu}
 say() { printf '==> %s\n' "$*"; }
 
-scripts/ensure-deps.sh wasm redis sqlite3
+scripts/ensure-deps.sh wasm redis sqlite3 tansu
 make -s target
 mkdir -p data
 
-say "building billing-host and billing-migrate (the first build takes several minutes)"
-cargo build -q -p billing-host -p billing-migrations
+say "building billing-host, billing-bridge and billing-migrate (the first build takes several minutes)"
+cargo build -q -p billing-host -p billing-bridge -p billing-migrations
 say "building the components"
 target/debug/billing-host build >/dev/null
 say "migrating data/billing.db"
@@ -38,6 +41,18 @@ else
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$PWD/data" --dbfilename redis.rdb --save 60 1 >data/redis.log 2>&1 &
     pids+=($!)
 fi
+
+say "starting Tansu (Kafka protocol) on port $KAFKA_PORT (data in data/tansu.db)"
+# Tansu resolves a sqlite:// path against its working directory.
+(cd data && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine "sqlite://tansu.db" >tansu.log 2>&1) &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
+
+say "starting billing-bridge (outbox relay, token-metrics consumer)"
+BILLING_DB=data/billing.db BILLING_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT" BILLING_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    target/debug/billing-bridge run 2>data/bridge.log &
+pids+=($!)
 
 [ -s data/admin-key ] || { printf 'lcb_admin_%s\n' "$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')" > data/admin-key; chmod 600 data/admin-key; }
 ADMIN_KEY=$(cat data/admin-key)
@@ -79,7 +94,7 @@ $(while read -r uid key; do name=$([ "$uid" = 2 ] && echo "Ada Lovelace" || echo
 
   Try:  curl -s -X POST http://127.0.0.1:$PORT/api/threads -H "authorization: Bearer <key>" \
           -H 'content-type: application/json' -d '{"title": "Hello"}'
-  Logs: data/host.log, data/redis.log.   Ctrl-C stops everything.
+  Logs: data/host.log, data/bridge.log, data/tansu.log, data/redis.log.   Ctrl-C stops everything.
 
 MSG
 wait "${pids[-1]}"

@@ -62,3 +62,66 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// The Tansu binary: `$TANSU`, else the one `scripts/ensure-deps.sh tansu`
+/// installs under `~/.cache/llm-billing/tools/bin`, else `tansu` on PATH.
+pub fn tansu_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TANSU") {
+        return p.into();
+    }
+    let cached = std::path::Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/llm-billing/tools/bin/tansu");
+    if cached.exists() {
+        cached
+    } else {
+        "tansu".into()
+    }
+}
+
+/// A Kafka-protocol broker of its own (Tansu) on a free port, storing in a
+/// SQLite file so it can be stopped and started again without losing data.
+pub struct Tansu {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn start(dir: &std::path::Path) -> Self {
+        let mut t = Self { port: free_port(), dir: dir.to_owned(), child: None };
+        t.restart();
+        t
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(tansu_bin())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            // Tansu resolves a sqlite:// path against its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu is installed (make test installs it: scripts/ensure-deps.sh tansu)");
+        self.child = Some(child);
+        wait_for_port(self.port, "tansu");
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

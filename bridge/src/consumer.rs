@@ -1,0 +1,178 @@
+//! Consumers: from topic messages to billed rows, exactly once in effect.
+//!
+//! [`bill_token_metrics`] turns one `token-metrics` event into
+//! `user_invoice_line_item` rows (one per token class with tokens), priced
+//! with the version in force at the event's `time`, and records the event
+//! in `processed_events` — all in one SQLite transaction, so a redelivered
+//! event finds itself in the ledger and changes nothing. An event that can
+//! never be billed (bad JSON, failed validation, unknown model, no price in
+//! force) is [`Outcome::Poison`]: it goes to the dead-letter topic and the
+//! consumer moves on. Database trouble is an `Err`: retried, never skipped.
+//!
+//! [`run`] is the Kafka loop: it stores a message's offset only after the
+//! writes it covers committed (or after the dead letter was delivered).
+
+use anyhow::{Context, Result};
+use billing_core::events::{topics, CloudEvent, TokenMetrics};
+use billing_core::pricing::{quote, PriceVersion, TokenPrices};
+use billing_core::{PricePerMillion, Timestamp};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use std::time::Duration;
+
+pub const TOKEN_METRICS_CONSUMER: &str = "token-metrics";
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Billed now: the line items written and their cost in nano-USD.
+    Billed { line_items: usize, cost_nanos: i64 },
+    /// Seen before: nothing changed.
+    Duplicate,
+    /// Can never be billed, and why.
+    Poison(String),
+}
+
+fn price(v: i64) -> Result<PricePerMillion> {
+    PricePerMillion::new(v).map_err(|e| anyhow::anyhow!("stored price: {e}"))
+}
+
+/// Bills one `token-metrics` message. `Err` means try again later.
+pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32, offset: i64) -> Result<Outcome> {
+    let text = match std::str::from_utf8(payload) {
+        Ok(t) => t,
+        Err(_) => return Ok(Outcome::Poison("the payload is not UTF-8".into())),
+    };
+    let ev = match CloudEvent::<TokenMetrics>::from_json(text) {
+        Ok(ev) => ev,
+        Err(errors) => return Ok(Outcome::Poison(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let seen: Option<i64> = tx
+        .query_row("SELECT 1 FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3", (TOKEN_METRICS_CONSUMER, &ev.source, &ev.id), |r| r.get(0))
+        .optional()?;
+    if seen.is_some() {
+        return Ok(Outcome::Duplicate);
+    }
+    let model = ev.data.model.as_str();
+    let Some(model_id) = tx.query_row("SELECT model_id FROM dim_models WHERE model_name = ?1", [model], |r| r.get::<_, i64>(0)).optional()? else {
+        return Ok(Outcome::Poison(format!("unknown model `{model}`")));
+    };
+    let version = tx
+        .query_row(
+            "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+             FROM dim_token_pricing WHERE model_id = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
+            (model_id, ev.time.to_rfc3339()),
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, [r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])),
+        )
+        .optional()?;
+    let Some((pricing_id, from, p)) = version else {
+        return Ok(Outcome::Poison(format!("no price of `{model}` is in force at {}", ev.time)));
+    };
+    let version = PriceVersion {
+        pricing_id,
+        model: model.to_owned(),
+        effective_from: Timestamp::parse(&from).map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
+        prices: TokenPrices { input: price(p[0])?, output: price(p[1])?, cache_write_5m: price(p[2])?, cache_write_1h: price(p[3])?, cache_read: price(p[4])? },
+    };
+    let q = match quote(&version, &ev.data.usage) {
+        Ok(q) => q,
+        Err(e) => return Ok(Outcome::Poison(e.to_string())),
+    };
+    let thread_exists: bool = tx.query_row("SELECT count(*) FROM user_threads WHERE thread_id = ?1", [ev.data.thread_id], |r| r.get(0))?;
+    let user_exists: bool = tx.query_row("SELECT count(*) FROM dim_users WHERE user_id = ?1", [ev.data.user_id], |r| r.get(0))?;
+    if !user_exists {
+        return Ok(Outcome::Poison(format!("there is no user {}", ev.data.user_id)));
+    }
+    let message_exists: bool = tx.query_row("SELECT count(*) FROM user_thread_messages WHERE message_id = ?1", [ev.data.message_id], |r| r.get(0))?;
+    let mut written = 0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO user_invoice_line_item (source, event_id, user_id, thread_id, message_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (source, event_id, token_class) DO NOTHING",
+        )?;
+        for line in q.lines.iter().filter(|l| l.tokens > 0) {
+            written += stmt.execute(rusqlite::params![
+                ev.source,
+                ev.id,
+                ev.data.user_id,
+                thread_exists.then_some(ev.data.thread_id),
+                message_exists.then_some(ev.data.message_id),
+                model_id,
+                pricing_id,
+                line.class.as_str(),
+                line.tokens as i64,
+                line.unit_price.micros(),
+                line.cost.0,
+                ev.time.to_rfc3339(),
+            ])?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        (TOKEN_METRICS_CONSUMER, &ev.source, &ev.id, topics::TOKEN_METRICS, partition, offset),
+    )?;
+    tx.commit()?;
+    Ok(Outcome::Billed { line_items: written, cost_nanos: q.total.0 })
+}
+
+/// Consumes `token-metrics` in consumer group `group` until `shutdown`.
+pub async fn run(brokers: &str, group: &str, conn: &mut Connection, dead_letters: &FutureProducer, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .context("creating the Kafka consumer")?;
+    consumer.subscribe(&[topics::TOKEN_METRICS])?;
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut shutdown => break,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka receive failed; retrying.");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let payload = msg.payload().unwrap_or_default();
+        let mut backoff = Duration::from_millis(50);
+        let outcome = loop {
+            match bill_token_metrics(conn, payload, msg.partition(), msg.offset()) {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), partition = msg.partition(), offset = msg.offset(), "Billing failed; retrying.");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Billed { line_items, cost_nanos } => tracing::info!(line_items, cost_nanos, offset = msg.offset(), "Billed token usage."),
+            Outcome::Duplicate => tracing::debug!(offset = msg.offset(), "Event seen before; nothing to do."),
+            Outcome::Poison(reason) => {
+                let headers = OwnedHeaders::new()
+                    .insert(Header { key: "dlq-reason", value: Some(reason.as_str()) })
+                    .insert(Header { key: "dlq-topic", value: Some(msg.topic()) })
+                    .insert(Header { key: "dlq-partition", value: Some(&msg.partition().to_string()) })
+                    .insert(Header { key: "dlq-offset", value: Some(&msg.offset().to_string()) });
+                let key = msg.key().unwrap_or_default();
+                let record = FutureRecord::to(topics::DEAD_LETTER).key(key).payload(payload).headers(headers);
+                dead_letters.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("dead-letter delivery failed: {e}"))?;
+                tracing::warn!(reason, offset = msg.offset(), "Sent an event that can never be billed to dead-letter.");
+            }
+        }
+        consumer.store_offset_from_message(&msg)?;
+    }
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    Ok(())
+}

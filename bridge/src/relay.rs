@@ -1,0 +1,191 @@
+//! The transactional-outbox relay.
+//!
+//! Components write an event's outbox row in the same SQLite transaction as
+//! the rows it describes. The relay reads the outbox in `outbox_id` order,
+//! produces each row to its topic (key = user id, CloudEvents structured
+//! mode) with an idempotent producer and `acks=all`, and deletes a row only
+//! after its delivery report says the broker stored it. A row the broker did
+//! not take stays for the next round, so nothing is lost while the broker is
+//! away; the outbox is the backlog. A crash between delivery and delete
+//! sends a row twice: consumers are idempotent on the event identity.
+
+use crate::config::{Config, RelayConfig};
+use anyhow::{Context, Result};
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use rusqlite::Connection;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The Redis channel components publish on after writing outbox rows.
+pub const NUDGE_CHANNEL: &str = "billing:outbox";
+
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub outbox_id: i64,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub read: usize,
+    pub delivered: usize,
+    pub failed: usize,
+}
+
+pub struct Relay {
+    db: Mutex<Connection>,
+    brokers: String,
+    /// Replaced after a round with failed deliveries: the timed-out messages
+    /// used up sequence numbers, and a broker that cannot bump the
+    /// producer's epoch would refuse everything after them.
+    producer: Mutex<FutureProducer>,
+    cfg: RelayConfig,
+}
+
+/// An idempotent producer: acks from all in-sync replicas, ordered retries.
+pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", delivery_timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .create()
+        .context("creating the Kafka producer")
+}
+
+impl Relay {
+    pub fn new(cfg: &Config) -> Result<Self> {
+        Self::with(&cfg.database, &cfg.brokers, cfg.relay.clone())
+    }
+
+    pub fn with(database: &Path, brokers: &str, cfg: RelayConfig) -> Result<Self> {
+        let db = billing_migrations::open(database).with_context(|| format!("opening {}", database.display()))?;
+        Ok(Self { db: Mutex::new(db), brokers: brokers.to_owned(), producer: Mutex::new(producer(brokers, cfg.delivery_timeout_ms)?), cfg })
+    }
+
+    /// Rows waiting in the outbox.
+    pub fn backlog(&self) -> Result<i64> {
+        Ok(self.db.lock().unwrap().query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+    }
+
+    fn read(&self) -> Result<Vec<OutboxRow>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt = db.prepare_cached("SELECT outbox_id, topic, event_key, payload FROM outbox ORDER BY outbox_id LIMIT ?1")?;
+        let rows = stmt.query_map([self.cfg.batch_size as i64], |r| Ok(OutboxRow { outbox_id: r.get(0)?, topic: r.get(1)?, key: r.get(2)?, payload: r.get(3)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn delete(&self, ids: &[i64]) -> Result<()> {
+        let mut db = self.db.lock().unwrap();
+        let tx = db.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE outbox_id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn note_failures(&self, failed: &[(i64, String)]) -> Result<()> {
+        let db = self.db.lock().unwrap();
+        let mut stmt = db.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE outbox_id = ?1")?;
+        for (id, err) in failed {
+            stmt.execute(rusqlite::params![id, err])?;
+        }
+        Ok(())
+    }
+
+    /// Produces one batch and deletes what the broker acknowledged.
+    pub async fn round(&self) -> Result<Round> {
+        let rows = self.read()?;
+        if rows.is_empty() {
+            return Ok(Round::default());
+        }
+        let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
+        let producer = self.producer.lock().unwrap().clone();
+        let sends = rows.iter().map(|row| {
+            let headers = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=utf-8") });
+            let record = FutureRecord::to(&row.topic).key(&row.key).payload(&row.payload).headers(headers);
+            producer.send(record, timeout)
+        });
+        let results = join_all(sends).await;
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(_) => delivered.push(row.outbox_id),
+                Err((e, _)) => failed.push((row.outbox_id, e.to_string())),
+            }
+        }
+        self.delete(&delivered)?;
+        if !failed.is_empty() {
+            tracing::warn!(failed = failed.len(), error = %failed[0].1, "The broker did not take some outbox rows; they stay for the next round.");
+            self.note_failures(&failed)?;
+            *self.producer.lock().unwrap() = producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
+        }
+        Ok(Round { read: rows.len(), delivered: delivered.len(), failed: failed.len() })
+    }
+
+    /// Relays until `shutdown` resolves: at once while rows keep coming, else
+    /// when `nudge` fires or the poll interval passes.
+    pub async fn run(&self, mut nudge: tokio::sync::mpsc::Receiver<()>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::pin!(shutdown);
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        loop {
+            let round = match self.round().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "Relay round failed; retrying.");
+                    Round { failed: 1, ..Round::default() }
+                }
+            };
+            if round.delivered > 0 {
+                tracing::debug!(delivered = round.delivered, "Relayed outbox rows.");
+            }
+            if round.read == self.cfg.batch_size && round.failed == 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = nudge.recv() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+/// Forwards Redis nudges on [`NUDGE_CHANNEL`] into `tx`, reconnecting
+/// while Redis is away (the relay polls meanwhile).
+pub async fn listen_for_nudges(redis_url: String, tx: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        let result: redis::RedisResult<()> = async {
+            let client = redis::Client::open(redis_url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(NUDGE_CHANNEL).await?;
+            let mut stream = pubsub.on_message();
+            use futures::StreamExt;
+            while stream.next().await.is_some() {
+                let _ = tx.try_send(());
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "No Redis nudges for now; polling.");
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

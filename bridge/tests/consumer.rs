@@ -1,0 +1,114 @@
+//! The token-metrics consumer against a real broker (Tansu) and SQLite:
+//! an outbox row becomes priced line items; the same event delivered twice
+//! bills once; a poison message lands in dead-letter with its reason and
+//! origin, and the next good message is billed.
+
+use billing_bridge::config::{RelayConfig, TopicsConfig};
+use billing_bridge::relay::{producer, Relay};
+use billing_core::events::{CloudEvent, TokenMetrics};
+use billing_core::{ModelName, Timestamp, Usage};
+use billing_testkit::Tansu;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureRecord;
+use rdkafka::ClientConfig;
+use std::time::Duration;
+
+fn metrics(id: &str, input: u64, output: u64, cache_read: u64) -> CloudEvent<TokenMetrics> {
+    CloudEvent::new(
+        id,
+        "/functions/messages",
+        Timestamp::parse("2026-03-10T12:00:00Z").unwrap(),
+        None,
+        TokenMetrics {
+            user_id: 2,
+            thread_id: 999,
+            message_id: 999,
+            model: ModelName::parse("claude-sonnet-4-5-20250929").unwrap(),
+            usage: Usage { input_tokens: input, output_tokens: output, cache_read_input_tokens: cache_read, ..Default::default() },
+            latency_ms: 300,
+        },
+    )
+}
+
+fn enqueue(db: &std::path::Path, ev: &CloudEvent<TokenMetrics>) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute(
+            "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('token-metrics', ?1, ?2, ?3, ?4)",
+            rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()],
+        )
+        .unwrap();
+}
+
+// The whole path: outbox → Kafka → consumer → line items, with a duplicate and a poison message in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bills_once_and_dead_letters_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(dir.path());
+    let db = dir.path().join("billing.db");
+    billing_migrations::open_and_migrate(&db).unwrap();
+    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 1, ..TopicsConfig::default() }).await.unwrap();
+    let relay = Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 1000, delivery_timeout_ms: 5000 }).unwrap();
+    let raw = producer(&tansu.brokers(), 5000).unwrap();
+
+    let first = metrics("m1", 1_000, 500, 2_000);
+    enqueue(&db, &first);
+    relay.round().await.unwrap();
+    // The same event again (a redelivery), a poison message, then a good one.
+    raw.send(FutureRecord::to("token-metrics").key("2").payload(&first.to_json()), Duration::from_secs(5)).await.unwrap();
+    raw.send(FutureRecord::to("token-metrics").key("2").payload("{not json"), Duration::from_secs(5)).await.unwrap();
+    let second = metrics("m2", 10, 20, 0);
+    enqueue(&db, &second);
+    relay.round().await.unwrap();
+
+    let mut conn = billing_migrations::open(&db).unwrap();
+    let dead_letters = producer(&tansu.brokers(), 5000).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let brokers = tansu.brokers();
+    let consumer = tokio::spawn(async move {
+        billing_bridge::consumer::run(&brokers, "bridge-test", &mut conn, &dead_letters, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let processed = || check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while processed() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(());
+    consumer.await.unwrap().unwrap();
+
+    assert_eq!(processed(), 2);
+    let lines: Vec<(String, String, i64, i64)> = check
+        .prepare("SELECT event_id, token_class, tokens, cost_nanos FROM user_invoice_line_item ORDER BY event_id, token_class")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Sonnet 4.5 on 2026-03-10: $3 input, $15 output, $0.30 cache read per million tokens.
+    let expected = vec![
+        ("m1".to_string(), "cache_read".to_string(), 2_000, 600_000),
+        ("m1".into(), "input".into(), 1_000, 3_000_000),
+        ("m1".into(), "output".into(), 500, 7_500_000),
+        ("m2".into(), "input".into(), 10, 30_000),
+        ("m2".into(), "output".into(), 20, 300_000),
+    ];
+    assert_eq!(lines, expected, "billed once, priced at the event's time");
+
+    let dlq: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    dlq.subscribe(&["dead-letter"]).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv()).await.expect("a dead letter").unwrap();
+    assert_eq!(m.payload().unwrap(), b"{not json");
+    let header = |k: &str| m.headers().unwrap().iter().find(|h| h.key == k).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap();
+    assert!(header("dlq-reason").contains("not JSON"), "{}", header("dlq-reason"));
+    assert_eq!((header("dlq-topic").as_str(), header("dlq-partition").as_str(), header("dlq-offset").as_str()), ("token-metrics", "0", "2"));
+}
