@@ -112,11 +112,11 @@ impl Relay {
             return Ok(Round::default());
         }
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
-        let producer = self.producer.lock().unwrap().clone();
+        let sender = self.producer.lock().unwrap().clone();
         let sends = rows.iter().map(|row| {
             let headers = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=utf-8") });
             let record = FutureRecord::to(&row.topic).key(&row.key).payload(&row.payload).headers(headers);
-            producer.send(record, timeout)
+            sender.send(record, timeout)
         });
         let results = join_all(sends).await;
         let mut delivered = Vec::new();
