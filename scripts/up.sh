@@ -92,8 +92,7 @@ cat <<MSG
     admin (Administrator)   $ADMIN_KEY
 $(while read -r uid key; do name=$([ "$uid" = 2 ] && echo "Ada Lovelace" || echo "Grace Hopper"); printf '    user %s (%s)  %s\n' "$uid" "$name" "$key"; done < data/demo-keys)
 
-  Try:  curl -s -X POST http://127.0.0.1:$PORT/api/threads -H "authorization: Bearer <key>" \
-          -H 'content-type: application/json' -d '{"title": "Hello"}'
+  Try:  curl -s -X POST http://127.0.0.1:$PORT/api/threads -H "authorization: Bearer <key>" -H 'content-type: application/json' -d '{"title": "Hello"}'
   Logs: data/host.log, data/bridge.log, data/tansu.log, data/redis.log.   Ctrl-C stops everything.
 
 MSG
