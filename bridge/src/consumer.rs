@@ -13,7 +13,7 @@
 //! writes it covers committed (or after the dead letter was delivered).
 
 use anyhow::{Context, Result};
-use billing_core::events::{topics, CloudEvent, TokenMetrics};
+use billing_core::events::{topics, CloudEvent, EventData, InferenceEvent, InferenceStatus, TokenMetrics};
 use billing_core::pricing::{quote, PriceVersion, TokenPrices};
 use billing_core::{PricePerMillion, Timestamp};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -24,6 +24,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use std::time::Duration;
 
 pub const TOKEN_METRICS_CONSUMER: &str = "token-metrics";
+pub const INFERENCE_CONSUMER: &str = "inference-events";
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,25 @@ pub enum Outcome {
 
 fn price(v: i64) -> Result<PricePerMillion> {
     PricePerMillion::new(v).map_err(|e| anyhow::anyhow!("stored price: {e}"))
+}
+
+/// The token prices of `model` in force at `at`.
+fn token_price_at(tx: &rusqlite::Transaction<'_>, model_id: i64, model: &str, at: Timestamp) -> Result<Option<PriceVersion>> {
+    let row = tx
+        .query_row(
+            "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+             FROM dim_token_pricing WHERE model_id = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
+            (model_id, at.to_rfc3339()),
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, [r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])),
+        )
+        .optional()?;
+    let Some((pricing_id, from, p)) = row else { return Ok(None) };
+    Ok(Some(PriceVersion {
+        pricing_id,
+        model: model.to_owned(),
+        effective_from: Timestamp::parse(&from).map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
+        prices: TokenPrices { input: price(p[0])?, output: price(p[1])?, cache_write_5m: price(p[2])?, cache_write_1h: price(p[3])?, cache_read: price(p[4])? },
+    }))
 }
 
 /// Bills one `token-metrics` message. `Err` means try again later.
@@ -61,22 +81,8 @@ pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32,
     let Some(model_id) = tx.query_row("SELECT model_id FROM dim_models WHERE model_name = ?1", [model], |r| r.get::<_, i64>(0)).optional()? else {
         return Ok(Outcome::Poison(format!("unknown model `{model}`")));
     };
-    let version = tx
-        .query_row(
-            "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
-             FROM dim_token_pricing WHERE model_id = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
-            (model_id, ev.time.to_rfc3339()),
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, [r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])),
-        )
-        .optional()?;
-    let Some((pricing_id, from, p)) = version else {
+    let Some(version) = token_price_at(&tx, model_id, model, ev.time)? else {
         return Ok(Outcome::Poison(format!("no price of `{model}` is in force at {}", ev.time)));
-    };
-    let version = PriceVersion {
-        pricing_id,
-        model: model.to_owned(),
-        effective_from: Timestamp::parse(&from).map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
-        prices: TokenPrices { input: price(p[0])?, output: price(p[1])?, cache_write_5m: price(p[2])?, cache_write_1h: price(p[3])?, cache_read: price(p[4])? },
     };
     let q = match quote(&version, &ev.data.usage) {
         Ok(q) => q,
@@ -102,7 +108,7 @@ pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32,
                 thread_exists.then_some(ev.data.thread_id),
                 message_exists.then_some(ev.data.message_id),
                 model_id,
-                pricing_id,
+                version.pricing_id,
                 line.class.as_str(),
                 line.tokens as i64,
                 line.unit_price.micros(),
@@ -119,7 +125,99 @@ pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32,
     Ok(Outcome::Billed { line_items: written, cost_nanos: q.total.0 })
 }
 
-/// Consumes `token-metrics` in consumer group `group` until `shutdown`.
+/// Bills one `inference-events` message: an `api_events` row, a token line
+/// per class with tokens, and resource lines (one request, the compute
+/// milliseconds) at the resource prices in force at the event's time — a
+/// resource without a price then is not billed. `Err` means try again later.
+pub fn bill_inference(conn: &mut Connection, payload: &[u8], partition: i32, offset: i64) -> Result<Outcome> {
+    let ev = match std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned()).and_then(|t| {
+        CloudEvent::<InferenceEvent>::from_json(t).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    }) {
+        Ok(ev) => ev,
+        Err(reason) => return Ok(Outcome::Poison(reason)),
+    };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let seen: Option<i64> = tx
+        .query_row("SELECT 1 FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3", (INFERENCE_CONSUMER, &ev.source, &ev.id), |r| r.get(0))
+        .optional()?;
+    if seen.is_some() {
+        return Ok(Outcome::Duplicate);
+    }
+    let d = &ev.data;
+    let model = d.model.as_str();
+    let Some(model_id) = tx.query_row("SELECT model_id FROM dim_models WHERE model_name = ?1", [model], |r| r.get::<_, i64>(0)).optional()? else {
+        return Ok(Outcome::Poison(format!("unknown model `{model}`")));
+    };
+    let user_exists: bool = tx.query_row("SELECT count(*) FROM dim_users WHERE user_id = ?1", [d.user_id], |r| r.get(0))?;
+    if !user_exists {
+        return Ok(Outcome::Poison(format!("there is no user {}", d.user_id)));
+    }
+    let Some(version) = token_price_at(&tx, model_id, model, ev.time)? else {
+        return Ok(Outcome::Poison(format!("no price of `{model}` is in force at {}", ev.time)));
+    };
+    let q = match quote(&version, &d.usage) {
+        Ok(q) => q,
+        Err(e) => return Ok(Outcome::Poison(e.to_string())),
+    };
+    let by_class = d.usage.by_class();
+    let event_type_id: i64 = tx.query_row("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1", [InferenceEvent::TYPE], |r| r.get(0))?;
+    let at = ev.time.to_rfc3339();
+    let api_event_id: i64 = tx.query_row(
+        "INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, http_status, latency_ms, compute_ms,
+             input_tokens, output_tokens, cache_creation_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, occurred_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) RETURNING api_event_id",
+        rusqlite::params![
+            ev.source, ev.id, event_type_id, d.user_id, model_id, d.request_id,
+            match d.status { InferenceStatus::Succeeded => "succeeded", InferenceStatus::Failed => "failed" },
+            d.http_status, d.latency_ms as i64, d.compute_ms as i64,
+            d.usage.input_tokens as i64, d.usage.output_tokens as i64, d.usage.cache_creation_input_tokens as i64,
+            by_class[2].1 as i64, by_class[3].1 as i64, d.usage.cache_read_input_tokens as i64, at,
+        ],
+        |r| r.get(0),
+    )?;
+    let mut written = 0;
+    let mut cost = q.total.0;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, token_class) DO NOTHING",
+        )?;
+        for line in q.lines.iter().filter(|l| l.tokens > 0) {
+            written += stmt.execute(rusqlite::params![ev.source, ev.id, d.user_id, model_id, version.pricing_id, line.class.as_str(), line.tokens as i64, line.unit_price.micros(), line.cost.0, at])?;
+        }
+    }
+    for (resource, quantity) in [("inference_request", 1u64), ("compute_time", d.compute_ms)] {
+        if quantity == 0 {
+            continue;
+        }
+        let in_force: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT resource_pricing_id, unit_price FROM dim_resource_pricing WHERE resource = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
+                (resource, &at),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((resource_pricing_id, unit_price)) = in_force else {
+            tracing::warn!(resource, at, "No resource price in force; the resource is not billed.");
+            continue;
+        };
+        let line_cost = billing_core::money::line_cost(quantity, price(unit_price)?)?;
+        cost += line_cost.0;
+        written += tx.execute(
+            "INSERT INTO resource_invoice_line_item (source, event_id, user_id, api_event_id, resource_pricing_id, resource, quantity, unit_price, cost_nanos, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, resource) DO NOTHING",
+            rusqlite::params![ev.source, ev.id, d.user_id, api_event_id, resource_pricing_id, resource, quantity as i64, unit_price, line_cost.0, at],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        (INFERENCE_CONSUMER, &ev.source, &ev.id, topics::INFERENCE_EVENTS, partition, offset),
+    )?;
+    tx.commit()?;
+    Ok(Outcome::Billed { line_items: written, cost_nanos: cost })
+}
+
+/// Consumes `token-metrics` and `inference-events` in consumer group `group` until `shutdown`.
 pub async fn run(brokers: &str, group: &str, conn: &mut Connection, dead_letters: &FutureProducer, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -129,7 +227,7 @@ pub async fn run(brokers: &str, group: &str, conn: &mut Connection, dead_letters
         .set("auto.offset.reset", "earliest")
         .create()
         .context("creating the Kafka consumer")?;
-    consumer.subscribe(&[topics::TOKEN_METRICS])?;
+    consumer.subscribe(&[topics::TOKEN_METRICS, topics::INFERENCE_EVENTS])?;
     tokio::pin!(shutdown);
     loop {
         let msg = tokio::select! {
@@ -147,7 +245,12 @@ pub async fn run(brokers: &str, group: &str, conn: &mut Connection, dead_letters
         let payload = msg.payload().unwrap_or_default();
         let mut backoff = Duration::from_millis(50);
         let outcome = loop {
-            match bill_token_metrics(conn, payload, msg.partition(), msg.offset()) {
+            let billed = if msg.topic() == topics::INFERENCE_EVENTS {
+                bill_inference(conn, payload, msg.partition(), msg.offset())
+            } else {
+                bill_token_metrics(conn, payload, msg.partition(), msg.offset())
+            };
+            match billed {
                 Ok(o) => break o,
                 Err(e) => {
                     tracing::warn!(error = format!("{e:#}"), partition = msg.partition(), offset = msg.offset(), "Billing failed; retrying.");
@@ -157,7 +260,7 @@ pub async fn run(brokers: &str, group: &str, conn: &mut Connection, dead_letters
             }
         };
         match &outcome {
-            Outcome::Billed { line_items, cost_nanos } => tracing::info!(line_items, cost_nanos, offset = msg.offset(), "Billed token usage."),
+            Outcome::Billed { line_items, cost_nanos } => tracing::info!(topic = msg.topic(), line_items, cost_nanos, offset = msg.offset(), "Billed an event."),
             Outcome::Duplicate => tracing::debug!(offset = msg.offset(), "Event seen before; nothing to do."),
             Outcome::Poison(reason) => {
                 let headers = OwnedHeaders::new()

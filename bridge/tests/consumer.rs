@@ -112,3 +112,79 @@ async fn bills_once_and_dead_letters_poison() {
     assert!(header("dlq-reason").contains("not JSON"), "{}", header("dlq-reason"));
     assert_eq!((header("dlq-topic").as_str(), header("dlq-partition").as_str(), header("dlq-offset").as_str()), ("token-metrics", "0", "2"));
 }
+
+// An inference event from the collector becomes an api_events row, token lines and resource lines, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bills_inference_events() {
+    use billing_core::events::{InferenceEvent, InferenceStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let tansu = Tansu::start(dir.path());
+    let db = dir.path().join("billing.db");
+    billing_migrations::open_and_migrate(&db).unwrap();
+    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
+    let ev = CloudEvent::new(
+        "inf-1",
+        "/services/batch",
+        Timestamp::parse("2026-03-10T12:00:00Z").unwrap(),
+        None,
+        InferenceEvent {
+            user_id: 2,
+            model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
+            request_id: "req-1".into(),
+            status: InferenceStatus::Succeeded,
+            http_status: Some(200),
+            latency_ms: 420,
+            compute_ms: 380,
+            usage: Usage { input_tokens: 100, output_tokens: 50, ..Default::default() },
+        },
+    );
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('inference-events', '2', ?1, ?2, ?3)",
+            rusqlite::params![ev.source, ev.id, ev.to_json()],
+        )
+        .unwrap();
+    let relay = Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 1000, delivery_timeout_ms: 5000 }).unwrap();
+    relay.round().await.unwrap();
+    producer(&tansu.brokers(), 5000).unwrap().send(FutureRecord::to("inference-events").key("2").payload(&ev.to_json()), Duration::from_secs(5)).await.unwrap();
+
+    let mut conn = billing_migrations::open(&db).unwrap();
+    let dead_letters = producer(&tansu.brokers(), 5000).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let brokers = tansu.brokers();
+    let consumer = tokio::spawn(async move {
+        billing_bridge::consumer::run(&brokers, "bridge-test-inference", &mut conn, &dead_letters, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give the redelivered copy time to arrive and be recognised.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(());
+    consumer.await.unwrap().unwrap();
+
+    let api: (String, i64, i64) = check.query_row("SELECT status, latency_ms, compute_ms FROM api_events", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    assert_eq!(api, ("succeeded".to_string(), 420, 380));
+    let tokens: Vec<(String, i64)> = check.prepare("SELECT token_class, cost_nanos FROM user_invoice_line_item ORDER BY token_class").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    // Haiku 4.5: 100 × 1,000 + 50 × 5,000 nano-USD.
+    assert_eq!(tokens, vec![("input".to_string(), 100_000), ("output".to_string(), 250_000)]);
+    let resources: Vec<(String, i64, i64)> = check.prepare("SELECT resource, quantity, cost_nanos FROM resource_invoice_line_item ORDER BY resource").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    // $1 per million ms of compute: 380 ms = 380,000 nano-USD; $100 per million requests: 100,000 nano-USD.
+    assert_eq!(resources, vec![("compute_time".to_string(), 380, 380_000), ("inference_request".to_string(), 1, 100_000)]);
+    assert_eq!(check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap(), 1, "the redelivered copy changed nothing");
+
+    // Both copies were consumed: the group's committed offsets add up to 2.
+    let probe: StreamConsumer = ClientConfig::new().set("bootstrap.servers", tansu.brokers()).set("group.id", "bridge-test-inference").create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition("inference-events", 0);
+    tpl.add_partition("inference-events", 1);
+    let committed = probe.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let total: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum();
+    assert_eq!(total, 2, "{committed:?}");
+}
