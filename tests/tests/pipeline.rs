@@ -1,0 +1,71 @@
+//! The money path end to end: a chat turn and a collected inference event
+//! go through the API, the outbox, a real Kafka-protocol broker (Tansu) and
+//! the bridge's consumers into line items, and an invoice drafted through
+//! the API totals exactly what the two answers said they cost.
+
+use billing_bridge::config::{RelayConfig, TopicsConfig};
+use billing_bridge::relay::{producer, Relay};
+use billing_e2e::{Stack, ADMIN_KEY};
+use billing_testkit::Tansu;
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_and_collected_event_reach_the_invoice() {
+    let s = Stack::start().await;
+    let tansu = Tansu::start(s.dir.path());
+    let db = s.dir.path().join("billing.db");
+    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
+
+    // The bridge, in-process: relay woken by the components' Redis nudges, and the consumers.
+    let relay = std::sync::Arc::new(Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000 }).unwrap());
+    let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(billing_bridge::relay::listen_for_nudges(s.redis.url(), nudge_tx));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let relay_task = tokio::spawn({
+        let (relay, rx) = (relay.clone(), stop_rx.clone());
+        async move { relay.run(nudge_rx, stopped(rx)).await }
+    });
+    let consumer_task = tokio::spawn({
+        let (brokers, rx, db) = (tansu.brokers(), stop_rx.clone(), db.clone());
+        async move {
+            let mut conn = billing_migrations::open(&db).unwrap();
+            let dlq = producer(&brokers, 5000).unwrap();
+            billing_bridge::consumer::run(&brokers, "e2e", &mut conn, &dlq, stopped(rx)).await
+        }
+    });
+
+    let (uid, key) = s.user("Paying", "paying@example.com").await;
+    let t = s.call("POST", "/api/threads", Some(&key), None).await.body["thread_id"].as_i64().unwrap();
+    let turn = s.call("POST", &format!("/api/threads/{t}/messages"), Some(&key), Some(json!({"content": "What will this cost me?"}))).await;
+    assert_eq!(turn.status, 201, "{:?}", turn.body);
+    let chat_cost = turn.body["cost"]["nanos"].as_i64().unwrap();
+    let event = json!([{
+        "specversion": "1.0", "id": "batch-job-1", "source": "/services/batch", "type": "llm-billing.inference",
+        "time": "2026-01-15T08:00:00Z",
+        "data": {"user_id": uid, "model": "claude-sonnet-4-5-20250929", "request_id": "r1", "status": "succeeded", "latency_ms": 900, "compute_ms": 750,
+                 "usage": {"input_tokens": 2000, "output_tokens": 400, "cache_read_input_tokens": 10000}}
+    }]);
+    let collected = s.call_raw("POST", "/api/events", Some(&key), "application/cloudevents-batch+json", serde_json::to_vec(&event).unwrap()).await;
+    assert_eq!(collected.body, json!({"accepted": 1, "duplicates": 0}));
+    // Sonnet 4.5: 2000 × $3 + 400 × $15 + 10000 × $0.30 per million = 6,000,000 + 6,000,000 + 3,000,000;
+    // one request at $100 per million = 100,000; 750 ms at $1 per million ms = 750,000 nano-USD.
+    let inference_cost = 15_850_000;
+
+    let check = s.db();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(relay.backlog().unwrap(), 0, "the outbox drained");
+    let _ = stop_tx.send(true);
+    relay_task.await.unwrap().unwrap();
+    consumer_task.await.unwrap().unwrap();
+
+    let inv = s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-01-01T00:00:00Z", "period_end": "2100-01-01T00:00:00Z"}))).await;
+    assert_eq!(inv.status, 201, "{:?}", inv.body);
+    assert_eq!(inv.body["total_nanos"].as_i64(), Some(chat_cost + inference_cost), "the invoice is what the answers said");
+}
