@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// The workspace's target directory.
 fn target_dir() -> PathBuf {
@@ -34,6 +33,7 @@ pub fn wasm(name: &str) -> PathBuf {
     p
 }
 
+#[allow(unused_imports)]
 pub use billing_testkit::{free_port, Redis};
 
 /// An app being served.
