@@ -14,13 +14,13 @@
 
 use anyhow::{Context, Result};
 use billing_core::events::{topics, CloudEvent, EventData, InferenceEvent, InferenceStatus, TokenMetrics};
-use billing_core::pricing::{quote, PriceVersion, TokenPrices};
-use billing_core::{PricePerMillion, Timestamp};
+use billing_core::pricing::{quote, PriceVersion, Quote, TokenPrices};
+use billing_core::{PricePerMillion, Timestamp, Usage};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::time::Duration;
 
 pub const TOKEN_METRICS_CONSUMER: &str = "token-metrics";
@@ -42,7 +42,7 @@ fn price(v: i64) -> Result<PricePerMillion> {
 }
 
 /// The token prices of `model` in force at `at`.
-fn token_price_at(tx: &rusqlite::Transaction<'_>, model_id: i64, model: &str, at: Timestamp) -> Result<Option<PriceVersion>> {
+fn token_price_at(tx: &Transaction<'_>, model_id: i64, model: &str, at: Timestamp) -> Result<Option<PriceVersion>> {
     let row = tx
         .query_row(
             "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
@@ -60,69 +60,101 @@ fn token_price_at(tx: &rusqlite::Transaction<'_>, model_id: i64, model: &str, at
     }))
 }
 
-/// Bills one `token-metrics` message. `Err` means try again later.
-pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32, offset: i64) -> Result<Outcome> {
-    let text = match std::str::from_utf8(payload) {
-        Ok(t) => t,
-        Err(_) => return Ok(Outcome::Poison("the payload is not UTF-8".into())),
-    };
-    let ev = match CloudEvent::<TokenMetrics>::from_json(text) {
-        Ok(ev) => ev,
-        Err(errors) => return Ok(Outcome::Poison(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))),
-    };
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Parses a payload as an event of type `T`, or says why it never will be one.
+fn parse<T: EventData>(payload: &[u8]) -> Result<CloudEvent<T>, String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
+    CloudEvent::<T>::from_json(text).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+}
+
+/// Who an event is: its identity and the user it bills.
+struct EventKey<'a> {
+    source: &'a str,
+    id: &'a str,
+    user_id: i64,
+}
+
+/// An event's tokens, priced: what both consumers share.
+struct Priced {
+    model_id: i64,
+    pricing_id: i64,
+    quote: Quote,
+}
+
+/// The steps every billed event takes inside its transaction: the ledger
+/// (already billed?), the user, the model, the price in force at `at`, the
+/// quote. `Ok(Err(outcome))` ends the event there (duplicate or poison).
+fn price_event(tx: &Transaction<'_>, consumer: &str, key: &EventKey<'_>, model: &str, at: Timestamp, usage: &Usage) -> Result<Result<Priced, Outcome>> {
+    let user_id = key.user_id;
     let seen: Option<i64> = tx
-        .query_row("SELECT 1 FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3", (TOKEN_METRICS_CONSUMER, &ev.source, &ev.id), |r| r.get(0))
+        .query_row("SELECT 1 FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3", (consumer, key.source, key.id), |r| r.get(0))
         .optional()?;
     if seen.is_some() {
-        return Ok(Outcome::Duplicate);
+        return Ok(Err(Outcome::Duplicate));
     }
-    let model = ev.data.model.as_str();
-    let Some(model_id) = tx.query_row("SELECT model_id FROM dim_models WHERE model_name = ?1", [model], |r| r.get::<_, i64>(0)).optional()? else {
-        return Ok(Outcome::Poison(format!("unknown model `{model}`")));
-    };
-    let Some(version) = token_price_at(&tx, model_id, model, ev.time)? else {
-        return Ok(Outcome::Poison(format!("no price of `{model}` is in force at {}", ev.time)));
-    };
-    let q = match quote(&version, &ev.data.usage) {
-        Ok(q) => q,
-        Err(e) => return Ok(Outcome::Poison(e.to_string())),
-    };
-    let thread_exists: bool = tx.query_row("SELECT count(*) FROM user_threads WHERE thread_id = ?1", [ev.data.thread_id], |r| r.get(0))?;
-    let user_exists: bool = tx.query_row("SELECT count(*) FROM dim_users WHERE user_id = ?1", [ev.data.user_id], |r| r.get(0))?;
+    let user_exists: bool = tx.query_row("SELECT count(*) FROM dim_users WHERE user_id = ?1", [user_id], |r| r.get(0))?;
     if !user_exists {
-        return Ok(Outcome::Poison(format!("there is no user {}", ev.data.user_id)));
+        return Ok(Err(Outcome::Poison(format!("there is no user {user_id}"))));
     }
-    let message_exists: bool = tx.query_row("SELECT count(*) FROM user_thread_messages WHERE message_id = ?1", [ev.data.message_id], |r| r.get(0))?;
+    let Some(model_id) = tx.query_row("SELECT model_id FROM dim_models WHERE model_name = ?1", [model], |r| r.get::<_, i64>(0)).optional()? else {
+        return Ok(Err(Outcome::Poison(format!("unknown model `{model}`"))));
+    };
+    let Some(version) = token_price_at(tx, model_id, model, at)? else {
+        return Ok(Err(Outcome::Poison(format!("no price of `{model}` is in force at {at}"))));
+    };
+    match quote(&version, usage) {
+        Ok(quote) => Ok(Ok(Priced { model_id, pricing_id: version.pricing_id, quote })),
+        Err(e) => Ok(Err(Outcome::Poison(e.to_string()))),
+    }
+}
+
+/// One `user_invoice_line_item` per token class with tokens; a class already
+/// written for this event is left as it is. Returns the rows written.
+fn insert_token_lines(tx: &Transaction<'_>, key: &EventKey<'_>, thread: Option<i64>, message: Option<i64>, p: &Priced, at: &str) -> Result<usize> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO user_invoice_line_item (source, event_id, user_id, thread_id, message_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (source, event_id, token_class) DO NOTHING",
+    )?;
     let mut written = 0;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO user_invoice_line_item (source, event_id, user_id, thread_id, message_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (source, event_id, token_class) DO NOTHING",
-        )?;
-        for line in q.lines.iter().filter(|l| l.tokens > 0) {
-            written += stmt.execute(rusqlite::params![
-                ev.source,
-                ev.id,
-                ev.data.user_id,
-                thread_exists.then_some(ev.data.thread_id),
-                message_exists.then_some(ev.data.message_id),
-                model_id,
-                version.pricing_id,
-                line.class.as_str(),
-                line.tokens as i64,
-                line.unit_price.micros(),
-                line.cost.0,
-                ev.time.to_rfc3339(),
-            ])?;
-        }
+    for line in p.quote.lines.iter().filter(|l| l.tokens > 0) {
+        written += stmt.execute(rusqlite::params![
+            key.source, key.id, key.user_id, thread, message, p.model_id, p.pricing_id,
+            line.class.as_str(), line.tokens as i64, line.unit_price.micros(), line.cost.0, at,
+        ])?;
     }
+    Ok(written)
+}
+
+/// The ledger entry that makes a redelivery a no-op; written last, in the same transaction.
+fn record_processed(tx: &Transaction<'_>, consumer: &str, key: &EventKey<'_>, topic: &str, partition: i32, offset: i64) -> Result<()> {
     tx.execute(
         "INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        (TOKEN_METRICS_CONSUMER, &ev.source, &ev.id, topics::TOKEN_METRICS, partition, offset),
+        (consumer, key.source, key.id, topic, partition, offset),
     )?;
+    Ok(())
+}
+
+/// Bills one `token-metrics` message. `Err` means try again later.
+pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32, offset: i64) -> Result<Outcome> {
+    let ev = match parse::<TokenMetrics>(payload) {
+        Ok(ev) => ev,
+        Err(reason) => return Ok(Outcome::Poison(reason)),
+    };
+    let d = &ev.data;
+    let key = EventKey { source: &ev.source, id: &ev.id, user_id: d.user_id };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let priced = match price_event(&tx, TOKEN_METRICS_CONSUMER, &key, d.model.as_str(), ev.time, &d.usage)? {
+        Ok(p) => p,
+        Err(outcome) => return Ok(outcome),
+    };
+    // The thread and message are referenced when they exist here (they do
+    // unless the event came from elsewhere); the bill does not depend on them.
+    let thread_exists: bool = tx.query_row("SELECT count(*) FROM user_threads WHERE thread_id = ?1", [d.thread_id], |r| r.get(0))?;
+    let message_exists: bool = tx.query_row("SELECT count(*) FROM user_thread_messages WHERE message_id = ?1", [d.message_id], |r| r.get(0))?;
+    let at = ev.time.to_rfc3339();
+    let written = insert_token_lines(&tx, &key, thread_exists.then_some(d.thread_id), message_exists.then_some(d.message_id), &priced, &at)?;
+    record_processed(&tx, TOKEN_METRICS_CONSUMER, &key, topics::TOKEN_METRICS, partition, offset)?;
     tx.commit()?;
-    Ok(Outcome::Billed { line_items: written, cost_nanos: q.total.0 })
+    Ok(Outcome::Billed { line_items: written, cost_nanos: priced.quote.total.0 })
 }
 
 /// Bills one `inference-events` message: an `api_events` row, a token line
@@ -130,34 +162,16 @@ pub fn bill_token_metrics(conn: &mut Connection, payload: &[u8], partition: i32,
 /// milliseconds) at the resource prices in force at the event's time — a
 /// resource without a price then is not billed. `Err` means try again later.
 pub fn bill_inference(conn: &mut Connection, payload: &[u8], partition: i32, offset: i64) -> Result<Outcome> {
-    let ev = match std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned()).and_then(|t| {
-        CloudEvent::<InferenceEvent>::from_json(t).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
-    }) {
+    let ev = match parse::<InferenceEvent>(payload) {
         Ok(ev) => ev,
         Err(reason) => return Ok(Outcome::Poison(reason)),
     };
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let seen: Option<i64> = tx
-        .query_row("SELECT 1 FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3", (INFERENCE_CONSUMER, &ev.source, &ev.id), |r| r.get(0))
-        .optional()?;
-    if seen.is_some() {
-        return Ok(Outcome::Duplicate);
-    }
     let d = &ev.data;
-    let model = d.model.as_str();
-    let Some(model_id) = tx.query_row("SELECT model_id FROM dim_models WHERE model_name = ?1", [model], |r| r.get::<_, i64>(0)).optional()? else {
-        return Ok(Outcome::Poison(format!("unknown model `{model}`")));
-    };
-    let user_exists: bool = tx.query_row("SELECT count(*) FROM dim_users WHERE user_id = ?1", [d.user_id], |r| r.get(0))?;
-    if !user_exists {
-        return Ok(Outcome::Poison(format!("there is no user {}", d.user_id)));
-    }
-    let Some(version) = token_price_at(&tx, model_id, model, ev.time)? else {
-        return Ok(Outcome::Poison(format!("no price of `{model}` is in force at {}", ev.time)));
-    };
-    let q = match quote(&version, &d.usage) {
-        Ok(q) => q,
-        Err(e) => return Ok(Outcome::Poison(e.to_string())),
+    let key = EventKey { source: &ev.source, id: &ev.id, user_id: d.user_id };
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let priced = match price_event(&tx, INFERENCE_CONSUMER, &key, d.model.as_str(), ev.time, &d.usage)? {
+        Ok(p) => p,
+        Err(outcome) => return Ok(outcome),
     };
     let by_class = d.usage.by_class();
     let event_type_id: i64 = tx.query_row("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1", [InferenceEvent::TYPE], |r| r.get(0))?;
@@ -167,7 +181,7 @@ pub fn bill_inference(conn: &mut Connection, payload: &[u8], partition: i32, off
              input_tokens, output_tokens, cache_creation_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, occurred_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) RETURNING api_event_id",
         rusqlite::params![
-            ev.source, ev.id, event_type_id, d.user_id, model_id, d.request_id,
+            ev.source, ev.id, event_type_id, d.user_id, priced.model_id, d.request_id,
             match d.status { InferenceStatus::Succeeded => "succeeded", InferenceStatus::Failed => "failed" },
             d.http_status, d.latency_ms as i64, d.compute_ms as i64,
             d.usage.input_tokens as i64, d.usage.output_tokens as i64, d.usage.cache_creation_input_tokens as i64,
@@ -175,17 +189,8 @@ pub fn bill_inference(conn: &mut Connection, payload: &[u8], partition: i32, off
         ],
         |r| r.get(0),
     )?;
-    let mut written = 0;
-    let mut cost = q.total.0;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, token_class) DO NOTHING",
-        )?;
-        for line in q.lines.iter().filter(|l| l.tokens > 0) {
-            written += stmt.execute(rusqlite::params![ev.source, ev.id, d.user_id, model_id, version.pricing_id, line.class.as_str(), line.tokens as i64, line.unit_price.micros(), line.cost.0, at])?;
-        }
-    }
+    let mut written = insert_token_lines(&tx, &key, None, None, &priced, &at)?;
+    let mut cost = priced.quote.total.0;
     for (resource, quantity) in [("inference_request", 1u64), ("compute_time", d.compute_ms)] {
         if quantity == 0 {
             continue;
@@ -209,10 +214,7 @@ pub fn bill_inference(conn: &mut Connection, payload: &[u8], partition: i32, off
             rusqlite::params![ev.source, ev.id, d.user_id, api_event_id, resource_pricing_id, resource, quantity as i64, unit_price, line_cost.0, at],
         )?;
     }
-    tx.execute(
-        "INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        (INFERENCE_CONSUMER, &ev.source, &ev.id, topics::INFERENCE_EVENTS, partition, offset),
-    )?;
+    record_processed(&tx, INFERENCE_CONSUMER, &key, topics::INFERENCE_EVENTS, partition, offset)?;
     tx.commit()?;
     Ok(Outcome::Billed { line_items: written, cost_nanos: cost })
 }
