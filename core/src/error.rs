@@ -20,9 +20,6 @@ pub enum BillingError {
     #[error("{0}")]
     Invalid(FieldError),
 
-    #[error("{} problems: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
-    InvalidMany(Vec<FieldError>),
-
     #[error("amount too large: {what} overflows")]
     Overflow { what: &'static str },
 

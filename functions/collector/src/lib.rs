@@ -47,23 +47,23 @@ fn route(req: &Request) -> ApiResult<Response> {
         return Err(ApiError::MethodNotAllowed("send events with POST".into()));
     }
     let (db, caller) = billing_fn_common::authenticated(req)?;
-    rate_limit(req)?;
+    let cache = Cache::open();
+    rate_limit(req, &cache)?;
     let events = parse(req)?;
     let batch = validate(&db, &caller, events)?;
     let (accepted, duplicates) = store(&db, &batch)?;
     if accepted > 0 {
-        Cache::open().publish("billing:outbox", b"collector");
+        cache.publish("billing:outbox", b"collector");
     }
     Ok(json(202, &json!({ "accepted": accepted, "duplicates": duplicates })))
 }
 
 /// Fixed one-second windows per key, in Redis.
-fn rate_limit(req: &Request) -> ApiResult<()> {
+fn rate_limit(req: &Request, cache: &Cache) -> ApiResult<()> {
     let limit = setting("collector_requests_per_second", 50) as i64;
     let key = req.header("authorization").and_then(|h| h.as_str()).unwrap_or("");
     let second = billing_fn_common::clock::now().millis() / 1000;
     let bucket = format!("ratelimit:collector:{}:{second}", &auth::hash_key(key)[..16]);
-    let cache = Cache::open();
     if let Some(n) = cache.incr(&bucket) {
         if n == 1 {
             cache.execute("EXPIRE", &[spin_sdk::redis::RedisParameter::Binary(bucket.into_bytes()), spin_sdk::redis::RedisParameter::Int64(2)]);

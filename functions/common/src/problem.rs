@@ -131,7 +131,6 @@ impl From<BillingError> for ApiError {
     fn from(e: BillingError) -> Self {
         match e {
             BillingError::Invalid(f) => ApiError::Invalid(vec![f]),
-            BillingError::InvalidMany(v) => ApiError::Invalid(v),
             BillingError::UnknownModel { model } => ApiError::invalid("model", format!("`{model}` is not a known model")),
             BillingError::NoPriceInForce { model, at } => ApiError::invalid("model", format!("`{model}` has no price in force at {at}")),
             other => ApiError::Internal(other.to_string()),
