@@ -41,6 +41,29 @@ fn enqueue(db: &std::path::Path, ev: &CloudEvent<TokenMetrics>) {
         .unwrap();
 }
 
+/// Runs the consumers in `group` until `processed_events` holds `n` rows (30 s at most)
+/// and `settle` more has passed, then stops them, which commits their offsets.
+async fn consume_until(db: &std::path::Path, brokers: &str, group: &str, n: i64, settle: Duration) {
+    let mut conn = billing_migrations::open(db).unwrap();
+    let dead_letters = producer(brokers, 5000).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (brokers, group) = (brokers.to_owned(), group.to_owned());
+    let consumer = tokio::spawn(async move {
+        billing_bridge::consumer::run(&brokers, &group, &mut conn, &dead_letters, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let check = rusqlite::Connection::open(db).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < n && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(settle).await;
+    let _ = stop_tx.send(());
+    consumer.await.unwrap().unwrap();
+}
+
 // The whole path: outbox → Kafka → consumer → line items, with a duplicate and a poison message in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bills_once_and_dead_letters_poison() {
@@ -62,24 +85,9 @@ async fn bills_once_and_dead_letters_poison() {
     enqueue(&db, &second);
     relay.round().await.unwrap();
 
-    let mut conn = billing_migrations::open(&db).unwrap();
-    let dead_letters = producer(&tansu.brokers(), 5000).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let brokers = tansu.brokers();
-    let consumer = tokio::spawn(async move {
-        billing_bridge::consumer::run(&brokers, "bridge-test", &mut conn, &dead_letters, async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    consume_until(&db, &tansu.brokers(), "bridge-test", 2, Duration::ZERO).await;
     let check = rusqlite::Connection::open(&db).unwrap();
     let processed = || check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while processed() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = stop_tx.send(());
-    consumer.await.unwrap().unwrap();
 
     assert_eq!(processed(), 2);
     let lines: Vec<(String, String, i64, i64)> = check
@@ -149,25 +157,9 @@ async fn bills_inference_events() {
     relay.round().await.unwrap();
     producer(&tansu.brokers(), 5000).unwrap().send(FutureRecord::to("inference-events").key("2").payload(&ev.to_json()), Duration::from_secs(5)).await.unwrap();
 
-    let mut conn = billing_migrations::open(&db).unwrap();
-    let dead_letters = producer(&tansu.brokers(), 5000).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let brokers = tansu.brokers();
-    let consumer = tokio::spawn(async move {
-        billing_bridge::consumer::run(&brokers, "bridge-test-inference", &mut conn, &dead_letters, async {
-            let _ = stop_rx.await;
-        })
-        .await
-    });
+    // The redelivered copy adds no ledger row; the settle time lets it arrive (the offsets below prove it did).
+    consume_until(&db, &tansu.brokers(), "bridge-test-inference", 1, Duration::from_secs(2)).await;
     let check = rusqlite::Connection::open(&db).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < 1 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Give the redelivered copy time to arrive and be recognised.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = stop_tx.send(());
-    consumer.await.unwrap().unwrap();
 
     let api: (String, i64, i64) = check.query_row("SELECT status, latency_ms, compute_ms FROM api_events", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
     assert_eq!(api, ("succeeded".to_string(), 420, 380));

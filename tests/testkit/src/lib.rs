@@ -20,16 +20,41 @@ pub fn wait_for_port(port: u16, what: &str) {
     panic!("{what} did not start listening on {port}");
 }
 
+/// A server process on a port, killed (SIGKILL, as a crash would) when
+/// stopped or dropped.
+struct Process(Option<Child>);
+
+impl Process {
+    fn spawn(cmd: &mut Command, port: u16, what: &str, install_hint: &str) -> Self {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{what} did not start ({e}); {install_hint}"));
+        let p = Self(Some(child));
+        wait_for_port(port, what);
+        p
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A redis-server of its own on a free port, without persistence.
 pub struct Redis {
     pub port: u16,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Redis {
     pub fn start() -> Self {
-        let port = free_port();
-        let mut r = Self { port, child: None };
+        let mut r = Self { port: free_port(), process: Process(None) };
         r.restart();
         r
     }
@@ -40,26 +65,13 @@ impl Redis {
 
     /// Starts it again on the same port after [`Redis::stop`].
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (make test installs it)");
-        self.child = Some(child);
-        wait_for_port(self.port, "redis-server");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
+        self.process = Process::spawn(&mut cmd, self.port, "redis-server", "make test installs it");
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
+        self.process.stop();
     }
 }
 
@@ -82,12 +94,12 @@ pub fn tansu_bin() -> std::path::PathBuf {
 pub struct Tansu {
     pub port: u16,
     dir: std::path::PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl Tansu {
     pub fn start(dir: &std::path::Path) -> Self {
-        let mut t = Self { port: free_port(), dir: dir.to_owned(), child: None };
+        let mut t = Self { port: free_port(), dir: dir.to_owned(), process: Process(None) };
         t.restart();
         t
     }
@@ -98,30 +110,16 @@ impl Tansu {
 
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        let mut cmd = Command::new(tansu_bin());
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             // Tansu resolves a sqlite:// path against its working directory.
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu is installed (make test installs it: scripts/ensure-deps.sh tansu)");
-        self.child = Some(child);
-        wait_for_port(self.port, "tansu");
+            .current_dir(&self.dir);
+        self.process = Process::spawn(&mut cmd, self.port, "tansu", "make test installs it: scripts/ensure-deps.sh tansu");
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.stop();
     }
 }
