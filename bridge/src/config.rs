@@ -14,8 +14,43 @@ pub struct Config {
     pub brokers: String,
     /// Redis, for nudges and aggregates (`BILLING_REDIS_URL`). Example: `redis://127.0.0.1:6379`.
     pub redis_url: String,
+    /// The bootstrap admin key, the same value as the components'
+    /// `admin_api_key` variable (`BILLING_ADMIN_API_KEY`); empty: only
+    /// stored API keys open the live stream. Example: "" .
+    pub admin_api_key: String,
     pub relay: RelayConfig,
     pub topics: TopicsConfig,
+    pub consumer: ConsumerConfig,
+    pub aggregates: AggregatesConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Kafka consumer group; every bridge process in it shares the partitions. Example: "billing-bridge".
+    pub group: String,
+    /// Most messages handled in one SQLite transaction. Example: 500.
+    pub batch_size: usize,
+    /// How long a batch waits for more messages after its first, in ms. Example: 5.
+    pub batch_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatesConfig {
+    /// How long Redis remembers that an event reached the aggregates, in
+    /// seconds; keep it above the topics' retention. Example: 691200 (8 days).
+    pub mark_ttl_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of /healthz, /readyz, /metrics and /events/stream (`BILLING_HTTP_LISTEN`). Example: "127.0.0.1:3100".
+    pub listen: String,
+    /// Seconds between heartbeat comments on an idle live stream. Example: 15.
+    pub sse_heartbeat_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +63,10 @@ pub struct RelayConfig {
     /// How long a message may wait for the broker before the round gives up
     /// on it (it stays in the outbox), in ms. Example: 10000.
     pub delivery_timeout_ms: u64,
+    /// One bridge process relays at a time (in outbox order); it holds a
+    /// lease in SQLite renewed every round. Another takes over when the
+    /// lease is this old, in ms. Example: 15000.
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,15 +86,37 @@ impl Default for Config {
             database: PathBuf::from("data/billing.db"),
             brokers: "127.0.0.1:9092".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            admin_api_key: String::new(),
             relay: RelayConfig::default(),
             topics: TopicsConfig::default(),
+            consumer: ConsumerConfig::default(),
+            aggregates: AggregatesConfig::default(),
+            http: HttpConfig::default(),
         }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self { group: "billing-bridge".into(), batch_size: 500, batch_wait_ms: 5 }
+    }
+}
+
+impl Default for AggregatesConfig {
+    fn default() -> Self {
+        Self { mark_ttl_s: 8 * 24 * 3600 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:3100".into(), sse_heartbeat_s: 15 }
     }
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { batch_size: 500, poll_interval_ms: 500, delivery_timeout_ms: 10_000 }
+        Self { batch_size: 500, poll_interval_ms: 500, delivery_timeout_ms: 10_000, lease_ms: 15_000 }
     }
 }
 
@@ -84,6 +145,12 @@ impl Config {
         if let Ok(v) = std::env::var("BILLING_REDIS_URL") {
             c.redis_url = v;
         }
+        if let Ok(v) = std::env::var("BILLING_ADMIN_API_KEY") {
+            c.admin_api_key = v;
+        }
+        if let Ok(v) = std::env::var("BILLING_HTTP_LISTEN") {
+            c.http.listen = v;
+        }
         c.check()?;
         Ok(c)
     }
@@ -98,11 +165,29 @@ impl Config {
         if self.relay.poll_interval_ms == 0 {
             bail!("relay.poll_interval_ms must be positive");
         }
+        if self.relay.lease_ms <= self.relay.poll_interval_ms || self.relay.lease_ms <= self.relay.delivery_timeout_ms {
+            bail!("relay.lease_ms = {} must exceed relay.poll_interval_ms and relay.delivery_timeout_ms", self.relay.lease_ms);
+        }
         if self.topics.partitions < 1 || self.topics.replication < 1 {
             bail!("topics.partitions and topics.replication must be at least 1");
         }
         if self.topics.retention_ms < -1 || self.topics.retention_ms == 0 {
             bail!("topics.retention_ms = {}: use a positive number of ms, or -1 to keep forever", self.topics.retention_ms);
+        }
+        if self.consumer.group.trim().is_empty() {
+            bail!("consumer.group must not be empty");
+        }
+        if self.consumer.batch_size == 0 || self.consumer.batch_size > 10_000 {
+            bail!("consumer.batch_size = {}: use 1 to 10000", self.consumer.batch_size);
+        }
+        if self.aggregates.mark_ttl_s < 3600 {
+            bail!("aggregates.mark_ttl_s = {}: use at least 3600, and more than the topics' retention", self.aggregates.mark_ttl_s);
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!("http.listen = {:?}: give an address such as 127.0.0.1:3100", self.http.listen);
+        }
+        if self.http.sse_heartbeat_s == 0 {
+            bail!("http.sse_heartbeat_s must be positive");
         }
         Ok(())
     }

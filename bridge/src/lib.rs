@@ -6,16 +6,21 @@
 //! - [`relay`]: the transactional-outbox relay — produces outbox rows in
 //!   order with an idempotent producer (acks=all) and deletes a row only
 //!   after its delivery report says the broker has it.
-//!
-//! - [`consumer`]: the `token-metrics` consumer — line items priced at the
-//!   event's time, idempotent on the event identity, poison to dead-letter,
-//!   offsets stored only after the writes they cover.
-//!
-//! Still to come: the inference-events and analytics consumers, Redis
-//! aggregates, processed-events, live updates (SSE), metrics, `rebuild-redis`.
+//! - [`billing`]: one message to its SQLite rows (line items, api events,
+//!   the ledger with the event's facts), idempotent on the event identity.
+//! - [`aggregates`]: the Redis dashboard aggregates, marked and
+//!   incremented together by one script; `rebuild-redis`.
+//! - [`consumer`]: the consumer-group loop — batches, dead letters,
+//!   aggregates, processed-events, offsets stored last.
+//! - [`live`]: `/healthz`, `/readyz`, `/metrics` and the SSE live updates.
+//! - [`metrics`]: the Prometheus registry.
 
+pub mod aggregates;
+pub mod billing;
 pub mod config;
 pub mod consumer;
+pub mod live;
+pub mod metrics;
 pub mod relay;
 pub mod topics;
 

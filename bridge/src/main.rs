@@ -1,10 +1,15 @@
-//! `billing-bridge`: `run` relays the outbox to Kafka; `migrate` applies the
-//! schema; `topics` creates the missing topics.
+//! `billing-bridge`: `run` relays the outbox to Kafka, consumes the topics
+//! into SQLite and Redis and serves live updates; `migrate` applies the
+//! schema; `topics` creates the missing topics; `rebuild-redis` rebuilds
+//! the dashboard aggregates from SQLite.
 
 use anyhow::Context;
-use billing_bridge::{consumer, relay, topics, Config};
+use billing_bridge::aggregates::{self, Aggregates};
+use billing_bridge::{consumer, live, relay, topics, Config};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(version, about = "Relays the billing outbox between SQLite, Kafka and Redis")]
@@ -18,12 +23,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create missing topics, then relay the outbox until SIGINT/SIGTERM.
+    /// Migrate, create missing topics, then relay, consume and serve until SIGINT/SIGTERM.
     Run,
     /// Apply pending migrations to the database.
     Migrate,
     /// Create missing topics and exit.
     Topics,
+    /// Rebuild every dashboard aggregate in Redis from SQLite (after Redis lost its data).
+    RebuildRedis,
 }
 
 fn main() {
@@ -40,44 +47,79 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
+    let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Cmd::Migrate => {
             let (_, report) = billing_migrations::open_and_migrate(&cfg.database).with_context(|| format!("migrating {}", cfg.database.display()))?;
             println!("{}: {} applied now, {} already applied", cfg.database.display(), report.applied.len(), report.already.len());
             Ok(())
         }
-        Cmd::Topics => tokio::runtime::Runtime::new()?.block_on(async {
+        Cmd::Topics => rt.block_on(async {
             let created = topics::ensure(&cfg.brokers, &cfg.topics).await?;
             println!("created: {created:?}");
             Ok(())
         }),
-        Cmd::Run => tokio::runtime::Runtime::new()?.block_on(async {
-            billing_migrations::open_and_migrate(&cfg.database)?;
-            topics::ensure(&cfg.brokers, &cfg.topics).await?;
-            let relay = relay::Relay::new(&cfg)?;
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tokio::spawn(relay::listen_for_nudges(cfg.redis_url.clone(), tx));
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            let mut conn = billing_migrations::open(&cfg.database)?;
-            let dead_letters = relay::producer(&cfg.brokers, cfg.relay.delivery_timeout_ms)?;
-            tracing::info!(brokers = %cfg.brokers, database = %cfg.database.display(), "Relaying the outbox and billing token metrics.");
-            let brokers = cfg.brokers.clone();
-            let consumer = tokio::spawn({
-                let rx = stop_rx.clone();
-                async move { consumer::run(&brokers, "billing-bridge", &mut conn, &dead_letters, stopped(rx)).await }
-            });
-            let relayed = relay.run(rx, async {
-                shutdown().await;
-                let _ = stop_tx.send(true);
-            });
-            relayed.await?;
-            consumer.await??;
+        Cmd::RebuildRedis => rt.block_on(async {
+            let conn = billing_migrations::open(&cfg.database)?;
+            let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r = aggregates::rebuild(&conn, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await?;
+            println!("rebuilt from {} events: {} keys removed, {} changes written, {} events marked", r.events, r.keys_removed, r.commands, r.marks);
             Ok(())
         }),
+        Cmd::Run => rt.block_on(serve(cfg)),
     }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    billing_migrations::open_and_migrate(&cfg.database).with_context(|| format!("migrating {}", cfg.database.display()))?;
+    topics::ensure(&cfg.brokers, &cfg.topics).await?;
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await.with_context(|| format!("listening on {}", cfg.http.listen))?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+
+    let relay = relay::Relay::new(&cfg)?;
+    let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(relay::listen_for_nudges(cfg.redis_url.clone(), nudge_tx));
+    let relayed = tokio::spawn({
+        let mut stop = stop.clone();
+        async move {
+            relay
+                .run(nudge_rx, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+
+    let mut conn = billing_migrations::open(&cfg.database)?;
+    let producer = relay::producer(&cfg.brokers, cfg.relay.delivery_timeout_ms)?;
+    let settings = consumer::Settings { group: cfg.consumer.group.clone(), batch_size: cfg.consumer.batch_size, batch_wait_ms: cfg.consumer.batch_wait_ms };
+    let mut aggs = Aggregates::new(&cfg.redis_url, cfg.aggregates.mark_ttl_s);
+    let consumed = tokio::spawn({
+        let (brokers, stop) = (cfg.brokers.clone(), stop.clone());
+        async move { consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggs, stop).await }
+    });
+
+    let (notices, _) = tokio::sync::broadcast::channel(1024);
+    tokio::spawn(live::relay_notices(cfg.redis_url.clone(), notices.clone(), stop.clone()));
+    let live = Arc::new(live::Live {
+        database: cfg.database.clone(),
+        redis_url: cfg.redis_url.clone(),
+        brokers: cfg.brokers.clone(),
+        admin_api_key: cfg.admin_api_key.clone(),
+        heartbeat: Duration::from_secs(cfg.http.sse_heartbeat_s),
+        notices,
+    });
+    let served = tokio::spawn(live::serve(listener, live, stop.clone()));
+    tracing::info!(brokers = %cfg.brokers, database = %cfg.database.display(), http = %cfg.http.listen, group = %cfg.consumer.group, "Relaying the outbox, consuming, serving /events/stream and /metrics.");
+
+    shutdown().await;
+    tracing::info!("Stopping: finishing the batch in hand, storing offsets.");
+    let _ = stop_tx.send(true);
+    relayed.await??;
+    consumed.await??;
+    served.await??;
+    tracing::info!("Stopped.");
+    Ok(())
 }
 
 async fn shutdown() {

@@ -47,6 +47,8 @@ pub struct Relay {
     /// producer's epoch would refuse everything after them.
     producer: Mutex<FutureProducer>,
     cfg: RelayConfig,
+    /// This process's name in the relay lease.
+    holder: String,
 }
 
 /// An idempotent producer: acks from all in-sync replicas, ordered retries.
@@ -68,7 +70,18 @@ impl Relay {
 
     pub fn with(database: &Path, brokers: &str, cfg: RelayConfig) -> Result<Self> {
         let db = billing_migrations::open(database).with_context(|| format!("opening {}", database.display()))?;
-        Ok(Self { db: Mutex::new(db), brokers: brokers.to_owned(), producer: Mutex::new(producer(brokers, cfg.delivery_timeout_ms)?), cfg })
+        let holder = format!("{}-{}-{}", std::env::var("HOSTNAME").unwrap_or_default(), std::process::id(), crate::consumer::now_ms());
+        Ok(Self { db: Mutex::new(db), brokers: brokers.to_owned(), producer: Mutex::new(producer(brokers, cfg.delivery_timeout_ms)?), cfg, holder })
+    }
+
+    /// Takes or renews the relay lease; false while another process holds it.
+    fn lease(&self) -> Result<bool> {
+        let now = crate::consumer::now_ms();
+        let db = self.db.lock().unwrap();
+        let taken = db
+            .prepare_cached("UPDATE relay_lease SET holder = ?1, expires_ms = ?2 WHERE lease_id = 1 AND (holder = ?1 OR expires_ms < ?3)")?
+            .execute(rusqlite::params![self.holder, now + self.cfg.lease_ms as i64, now])?;
+        Ok(taken == 1)
     }
 
     /// Rows waiting in the outbox.
@@ -107,8 +120,12 @@ impl Relay {
 
     /// Produces one batch and deletes what the broker acknowledged.
     pub async fn round(&self) -> Result<Round> {
+        if !self.lease()? {
+            return Ok(Round::default());
+        }
         let rows = self.read()?;
         if rows.is_empty() {
+            crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), 0);
             return Ok(Round::default());
         }
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
@@ -133,6 +150,10 @@ impl Relay {
             self.note_failures(&failed)?;
             *self.producer.lock().unwrap() = producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
         }
+        let m = crate::metrics::global();
+        m.inc("billing_bridge_relay_delivered_total", String::new(), delivered.len() as u64);
+        m.inc("billing_bridge_relay_failed_total", String::new(), failed.len() as u64);
+        m.set("billing_bridge_outbox_backlog", String::new(), self.backlog()?);
         Ok(Round { read: rows.len(), delivered: delivered.len(), failed: failed.len() })
     }
 

@@ -47,7 +47,7 @@ async fn consume(brokers: &str, topic: &str, expect: usize) -> BTreeMap<String, 
 }
 
 fn relay(db: &std::path::Path, brokers: &str) -> Relay {
-    Relay::with(db, brokers, RelayConfig { batch_size: 100, poll_interval_ms: 10_000, delivery_timeout_ms: 3_000 }).unwrap()
+    Relay::with(db, brokers, RelayConfig { batch_size: 100, poll_interval_ms: 10_000, delivery_timeout_ms: 3_000, ..RelayConfig::default() }).unwrap()
 }
 
 // Outbox rows become Kafka messages (key = user id, CloudEvents content type) and are deleted only once delivered.

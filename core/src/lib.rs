@@ -9,9 +9,11 @@
 //! - [`pricing`]: effective-dated price versions and quotes.
 //! - [`invoice`]: assembling line items into an invoice and finalising it.
 //! - [`events`]: the CloudEvents envelope and the typed event payloads.
+//! - [`aggregates`]: the dashboard aggregates in Redis: key layout and what each event adds.
 //! - [`tokenizer`]: local token counts (exact for OpenAI BPE, estimates for Claude).
 //! - [`error`]: [`BillingError`], every way the rules can say no.
 
+pub mod aggregates;
 pub mod error;
 pub mod events;
 pub mod invoice;

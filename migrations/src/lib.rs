@@ -72,6 +72,7 @@ pub struct Report {
 const EMBEDDED: &[(&str, &str)] = &[
     ("0001_schema.sql", include_str!("../0001_schema.sql")),
     ("0002_seed.sql", include_str!("../0002_seed.sql")),
+    ("0003_event_facts.sql", include_str!("../0003_event_facts.sql")),
 ];
 
 /// The migrations compiled into this build.

@@ -21,7 +21,7 @@ fn second_run_is_a_no_op() {
     let db = dir.path().join("nested/billing.db");
     let mut conn = open(&db).unwrap();
     let first = migrate(&mut conn, &embedded()).unwrap();
-    assert_eq!(first.applied, ["0001_schema.sql", "0002_seed.sql"]);
+    assert_eq!(first.applied, ["0001_schema.sql", "0002_seed.sql", "0003_event_facts.sql"]);
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
     let users = count(&conn, "dim_users");
@@ -31,7 +31,7 @@ fn second_run_is_a_no_op() {
     let mut conn = open(&db).unwrap();
     let second = migrate(&mut conn, &embedded()).unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.already.len(), 2);
+    assert_eq!(second.already.len(), 3);
     assert_eq!(count(&conn, "dim_users"), users);
     let again: Vec<String> = conn.prepare("SELECT applied_at FROM schema_migrations").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(stamps, again);
@@ -73,12 +73,14 @@ fn failed_migration_rolls_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = open(&dir.path().join("b.db")).unwrap();
     let mut list = embedded();
-    list.push(Migration::new("0003_broken.sql", "CREATE TABLE half_made (x INTEGER); INSERT INTO nowhere VALUES (1);").unwrap());
+    let shipped = list.len() as i64;
+    let broken = format!("{:04}_broken.sql", shipped + 1);
+    list.push(Migration::new(&broken, "CREATE TABLE half_made (x INTEGER); INSERT INTO nowhere VALUES (1);").unwrap());
     let err = migrate(&mut conn, &list).unwrap_err();
-    assert!(matches!(&err, MigrateError::Failed { file, .. } if file == "0003_broken.sql"), "{err}");
+    assert!(matches!(&err, MigrateError::Failed { file, .. } if *file == broken), "{err}");
     let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'half_made'", [], |r| r.get(0)).unwrap();
     assert_eq!(tables, 0);
-    assert_eq!(count(&conn, "schema_migrations"), 2);
+    assert_eq!(count(&conn, "schema_migrations"), shipped);
 }
 
 // Bad file names and two files with one number are refused before anything runs.
@@ -111,7 +113,7 @@ fn concurrent_migrations_apply_once() {
         })
         .collect();
     let applied: usize = handles.into_iter().map(|h| h.join().unwrap().applied.len()).sum();
-    assert_eq!(applied, 2);
+    assert_eq!(applied, embedded().len());
     let conn = open(&db).unwrap();
     assert_eq!(count(&conn, "dim_users"), 3);
 }

@@ -18,7 +18,7 @@ async fn chat_and_collected_event_reach_the_invoice() {
     billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
 
     // The bridge, in-process: relay woken by the components' Redis nudges, and the consumers.
-    let relay = std::sync::Arc::new(Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000 }).unwrap());
+    let relay = std::sync::Arc::new(Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap());
     let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(billing_bridge::relay::listen_for_nudges(s.redis.url(), nudge_tx));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -30,11 +30,13 @@ async fn chat_and_collected_event_reach_the_invoice() {
         async move { relay.run(nudge_rx, stopped(rx)).await }
     });
     let consumer_task = tokio::spawn({
-        let (brokers, rx, db) = (tansu.brokers(), stop_rx.clone(), db.clone());
+        let (brokers, rx, db, redis_url) = (tansu.brokers(), stop_rx.clone(), db.clone(), s.redis.url());
         async move {
             let mut conn = billing_migrations::open(&db).unwrap();
             let dlq = producer(&brokers, 5000).unwrap();
-            billing_bridge::consumer::run(&brokers, "e2e", &mut conn, &dlq, stopped(rx)).await
+            let settings = billing_bridge::consumer::Settings { group: "e2e".into(), batch_size: 100, batch_wait_ms: 5 };
+            let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
+            billing_bridge::consumer::run(&brokers, &settings, &mut conn, &dlq, &mut aggregates, rx).await
         }
     });
 
@@ -57,7 +59,8 @@ async fn chat_and_collected_event_reach_the_invoice() {
 
     let check = s.db();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < 2 && tokio::time::Instant::now() < deadline {
+    // The turn's three events (message, answer, tokens) and the collected one.
+    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < 4 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(relay.backlog().unwrap(), 0, "the outbox drained");

@@ -1,0 +1,277 @@
+//! The dashboard aggregates in Redis, changed exactly once per event.
+//!
+//! A batch of facts is applied by one Lua script that marks and increments
+//! together: it first looks for each event's mark (`billing:seen:{day}`,
+//! field `{topic}|{source}|{id}`); if none is marked it sets every mark,
+//! applies the batch's merged changes ([`billing_core::aggregates`]) and
+//! appends a notice per billed event to the `billing:notices` stream and
+//! channel — all or nothing, atomically. If some are marked already (a
+//! redelivery after a crash between the SQLite commit and Redis), it
+//! changes nothing and names them; [`Aggregates::apply`] drops them and
+//! tries again with the rest.
+//!
+//! While `billing-bridge rebuild-redis` runs, the script refuses (the
+//! consumers retry), so a rebuild never races a live increment.
+
+use anyhow::{Context, Result};
+use billing_core::aggregates::{Changes, Fact, Op, PREFIX};
+use billing_core::Timestamp;
+use redis::aio::MultiplexedConnection;
+use rusqlite::Connection;
+use std::collections::BTreeSet;
+
+/// Present while aggregates are being rebuilt.
+pub const REBUILD_FLAG: &str = "billing:rebuilding";
+/// Stream and channel of the live notices (one per billed event).
+pub const NOTICES: &str = "billing:notices";
+/// Notices kept in the stream for clients that reconnect.
+pub const NOTICES_KEPT: u32 = 10_000;
+
+const SCRIPT: &str = r#"
+if redis.call('EXISTS', ARGV[1]) == 1 then
+  return redis.error_reply('REBUILDING the aggregates are being rebuilt')
+end
+local ttl, stream, kept = ARGV[2], ARGV[3], ARGV[4]
+local n = tonumber(ARGV[5])
+local seen = {}
+for j = 0, n - 1 do
+  if redis.call('HEXISTS', ARGV[6 + 2 * j], ARGV[7 + 2 * j]) == 1 then seen[#seen + 1] = j end
+end
+if #seen > 0 then return seen end
+local expire = {}
+for j = 0, n - 1 do
+  redis.call('HSET', ARGV[6 + 2 * j], ARGV[7 + 2 * j], 1)
+  expire[ARGV[6 + 2 * j]] = true
+end
+for k, _ in pairs(expire) do redis.call('EXPIRE', k, ttl) end
+local p = 6 + 2 * n
+local m = tonumber(ARGV[p]); p = p + 1
+for j = 1, m do
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', kept, '*', 'user', ARGV[p], 'data', ARGV[p + 1])
+  redis.call('PUBLISH', stream, id .. '\n' .. ARGV[p] .. '\n' .. ARGV[p + 1])
+  p = p + 2
+end
+while p <= #ARGV do
+  local op, key, a, b = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
+  if op == 'h' then redis.call('HINCRBY', key, a, b)
+  elseif op == 'f' then redis.call('HSET', key, a, b)
+  elseif op == 's' then redis.call('SADD', key, a)
+  elseif op == 'z' then redis.call('ZINCRBY', key, b, a)
+  elseif op == 'g' then redis.call('ZADD', key, 'GT', b, a) end
+  p = p + 4
+end
+return {}
+"#;
+
+/// The mark of a fact: its hash key and field.
+pub fn mark(f: &Fact) -> (String, String) {
+    (format!("billing:seen:{}", &f.occurred_at.to_rfc3339()[..10]), format!("{}|{}|{}", f.kind.topic(), f.source, f.id))
+}
+
+/// The live notice of a billed fact (JSON).
+pub fn notice(f: &Fact) -> String {
+    serde_json::json!({
+        "type": "billed",
+        "event_type": f.kind.topic(),
+        "source": f.source,
+        "event_id": f.id,
+        "user_id": f.user_id,
+        "model": f.model,
+        "thread_id": f.thread_id,
+        "occurred_at": f.occurred_at.to_rfc3339(),
+        "cost_nanos": f.cost_nanos,
+        "tokens": {
+            "input": f.tokens[0], "output": f.tokens[1], "cache_write_5m": f.tokens[2], "cache_write_1h": f.tokens[3], "cache_read": f.tokens[4],
+        },
+        "latency_ms": f.latency_ms,
+    })
+    .to_string()
+}
+
+fn push_op(cmd: &mut Vec<String>, op: Op) {
+    let (code, key, a, b) = match op {
+        Op::HashIncr { key, field, by } => ("h", key, field, by.to_string()),
+        Op::HashSet { key, field, value } => ("f", key, field, value),
+        Op::SetAdd { key, member } => ("s", key, member, String::new()),
+        Op::ZIncr { key, member, by } => ("z", key, member, by.to_string()),
+        Op::ZMax { key, member, score } => ("g", key, member, score.to_string()),
+    };
+    cmd.extend([code.to_owned(), key, a, b]);
+}
+
+/// The connection to Redis and the marking script.
+pub struct Aggregates {
+    url: String,
+    conn: Option<MultiplexedConnection>,
+    script: redis::Script,
+    mark_ttl_s: u64,
+}
+
+impl Aggregates {
+    pub fn new(url: &str, mark_ttl_s: u64) -> Self {
+        Self { url: url.to_owned(), conn: None, script: redis::Script::new(SCRIPT), mark_ttl_s }
+    }
+
+    async fn conn(&mut self) -> Result<MultiplexedConnection> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let client = redis::Client::open(self.url.as_str()).with_context(|| format!("Redis URL {}", self.url))?;
+        let c = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {}", self.url))?;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Applies `facts` that were not applied before; returns the ones
+    /// applied now (whose notices went out). `Err` (Redis away, a rebuild
+    /// running) means nothing changed: try again later.
+    pub async fn apply(&mut self, facts: &[Fact]) -> Result<Vec<usize>> {
+        // A batch may hold the same event twice (a redelivery right behind
+        // the original): it counts once.
+        let mut marks = BTreeSet::new();
+        let mut todo: Vec<usize> = (0..facts.len()).filter(|&i| marks.insert(mark(&facts[i]))).collect();
+        while !todo.is_empty() {
+            let mut changes = Changes::default();
+            let mut args: Vec<String> = vec![REBUILD_FLAG.into(), self.mark_ttl_s.to_string(), NOTICES.into(), NOTICES_KEPT.to_string(), todo.len().to_string()];
+            for &i in &todo {
+                let (k, f) = mark(&facts[i]);
+                args.extend([k, f]);
+                changes.add(&facts[i]);
+            }
+            let notices: Vec<usize> = todo.iter().copied().filter(|&i| facts[i].kind.is_billed()).collect();
+            args.push(notices.len().to_string());
+            for &i in &notices {
+                args.extend([facts[i].user_id.to_string(), notice(&facts[i])]);
+            }
+            for op in changes.ops() {
+                push_op(&mut args, op);
+            }
+            let mut conn = self.conn().await?;
+            let mut invocation = self.script.prepare_invoke();
+            for a in &args {
+                invocation.arg(a);
+            }
+            let seen: Vec<usize> = match invocation.invoke_async(&mut conn).await {
+                Ok(s) => s,
+                Err(e) => {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                        self.conn = None;
+                    }
+                    return Err(anyhow::Error::from(e).context("applying aggregates in Redis"));
+                }
+            };
+            if seen.is_empty() {
+                return Ok(todo);
+            }
+            let seen: BTreeSet<usize> = seen.into_iter().map(|j| todo[j]).collect();
+            tracing::info!(already = seen.len(), "Some events had reached the aggregates before; applying the rest.");
+            todo.retain(|i| !seen.contains(i));
+        }
+        Ok(todo)
+    }
+
+    /// Pings Redis.
+    pub async fn ping(&mut self) -> Result<()> {
+        let mut c = self.conn().await?;
+        let r: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
+        if r.is_err() {
+            self.conn = None;
+        }
+        r.map(|_| ()).context("Redis did not answer PING")
+    }
+}
+
+/// What [`rebuild`] did.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    pub events: u64,
+    pub keys_removed: u64,
+    pub commands: u64,
+    pub marks: u64,
+}
+
+/// Rebuilds every aggregate from the SQLite ledger: raises the rebuild flag
+/// (consumers wait), removes every `billing:agg:*` and `billing:seen:*`
+/// key, replays the facts of every processed event, marks those processed
+/// within `mark_ttl_s` (a redelivery can only come from them), lowers the flag.
+pub async fn rebuild(conn: &Connection, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+    let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
+    let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    let raised: bool = redis::cmd("SET").arg(REBUILD_FLAG).arg(std::process::id()).arg("NX").arg("EX").arg(120).query_async::<Option<String>>(&mut r).await?.is_some();
+    anyhow::ensure!(raised, "another rebuild is running ({REBUILD_FLAG} is set); wait for it, or delete the key if that rebuild died");
+    let result = rebuild_flagged(conn, &mut r, mark_ttl_s, now).await;
+    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(REBUILD_FLAG).query_async(&mut r).await;
+    result
+}
+
+async fn rebuild_flagged(conn: &Connection, r: &mut MultiplexedConnection, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+    let mut out = Rebuilt::default();
+    for pattern in [format!("{PREFIX}*"), "billing:seen:*".to_owned()] {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(r).await?;
+            if !keys.is_empty() {
+                out.keys_removed += keys.len() as u64;
+                let _: () = redis::cmd("UNLINK").arg(&keys).query_async(r).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    let mark_since = Timestamp::from_millis(now.millis() - mark_ttl_s as i64 * 1000).map_err(|e| anyhow::anyhow!("{e}"))?.to_rfc3339();
+    let mut changes = Changes::default();
+    let mut marks: Vec<(String, String)> = Vec::new();
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT consumer, source, event_id, processed_at, user_id, model, thread_id, occurred_at, latency_ms, cost_nanos,
+                    input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
+             FROM processed_events",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let consumer: String = row.get(0)?;
+            let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else { continue };
+            let fact = crate::billing::fact_from_row(row, kind, row.get(1)?, row.get(2)?, 4)??;
+            changes.add(&fact);
+            out.events += 1;
+            if row.get::<_, String>(3)? >= mark_since {
+                marks.push(mark(&fact));
+            }
+        }
+    }
+    tx.commit()?;
+    let ops = changes.ops();
+    for chunk in ops.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for op in chunk {
+            match op {
+                Op::HashIncr { key, field, by } => pipe.cmd("HINCRBY").arg(key).arg(field).arg(*by),
+                Op::HashSet { key, field, value } => pipe.cmd("HSET").arg(key).arg(field).arg(value),
+                Op::SetAdd { key, member } => pipe.cmd("SADD").arg(key).arg(member),
+                Op::ZIncr { key, member, by } => pipe.cmd("ZINCRBY").arg(key).arg(*by).arg(member),
+                Op::ZMax { key, member, score } => pipe.cmd("ZADD").arg(key).arg("GT").arg(*score).arg(member),
+            }
+            .ignore();
+        }
+        pipe.cmd("EXPIRE").arg(REBUILD_FLAG).arg(120).ignore();
+        let _: () = pipe.query_async(r).await?;
+        out.commands += chunk.len() as u64;
+    }
+    let mut keys = BTreeSet::new();
+    for chunk in marks.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for (k, f) in chunk {
+            pipe.cmd("HSET").arg(k).arg(f).arg(1).ignore();
+            keys.insert(k.clone());
+        }
+        let _: () = pipe.query_async(r).await?;
+        out.marks += chunk.len() as u64;
+    }
+    for k in keys {
+        let _: () = redis::cmd("EXPIRE").arg(k).arg(mark_ttl_s).query_async(r).await?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,375 @@
+//! The `billing-bridge` binary as operators run it, against its own Tansu
+//! and redis-server: killed mid-batch and restarted, two processes in one
+//! consumer group, Redis flushed and rebuilt, the live stream and the
+//! operations endpoints, SIGTERM.
+
+use billing_core::events::{CloudEvent, TokenMetrics};
+use billing_core::{ModelName, Timestamp, Usage};
+use billing_testkit::{free_port, wait_for_port, Redis, Tansu};
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const ADMIN_KEY: &str = "lcb_admin_test_key";
+const USER2_KEY: &str = "lcb_0000000000000000000000000000000000000002";
+
+/// A running `billing-bridge run`.
+struct Bridge {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Bridge {
+    fn start(dir: &Path, name: &str, tansu: &Tansu, redis: &Redis) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"database = "{db}"
+brokers = "{brokers}"
+redis_url = "{redis}"
+admin_api_key = "{ADMIN_KEY}"
+[relay]
+poll_interval_ms = 100
+delivery_timeout_ms = 3000
+lease_ms = 4000
+[topics]
+partitions = 4
+[consumer]
+group = "bridge-under-test"
+batch_size = 200
+[http]
+listen = "127.0.0.1:{port}"
+sse_heartbeat_s = 1
+"#,
+                db = dir.join("billing.db").display(),
+                brokers = tansu.brokers(),
+                redis = redis.url(),
+            ),
+        )
+        .unwrap();
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::File::options().create(true).append(true).open(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
+            .args(["--config", config.to_str().unwrap(), "run"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "billing-bridge");
+        Self { child, port, log: log_path }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status (within 20 s).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("billing-bridge did not stop within 20 s of SIGTERM");
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("SHOW_BRIDGE_LOGS").is_some() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- {} (last lines) ---\n{}", self.log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
+}
+
+/// A migrated database with users 10..10+n and their API keys where asked.
+fn database(dir: &Path, users: i64) -> PathBuf {
+    let db = dir.join("billing.db");
+    let (conn, _) = billing_migrations::open_and_migrate(&db).unwrap();
+    for u in 10..10 + users {
+        conn.execute("INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')", rusqlite::params![u, format!("User {u}"), format!("u{u}@example.com")]).unwrap();
+    }
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(USER2_KEY.as_bytes()));
+    conn.execute("INSERT INTO api_keys (user_id, key_prefix, key_hash) VALUES (2, 'lcb_0000', ?1)", [hash]).unwrap();
+    db
+}
+
+/// Haiku 4.5: $1 input, $5 output per million tokens = 1,000 and 5,000 nano-USD a token.
+fn event(i: i64, user: i64) -> CloudEvent<TokenMetrics> {
+    CloudEvent::new(
+        format!("ev-{i}"),
+        "/test/load",
+        Timestamp::from_millis(Timestamp::parse("2026-06-01T00:00:00Z").unwrap().millis() + i * 997).unwrap(),
+        None,
+        TokenMetrics {
+            user_id: user,
+            thread_id: 1_000 + user,
+            message_id: i + 1,
+            model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
+            usage: Usage { input_tokens: (i % 50 + 1) as u64, output_tokens: (i % 7 + 1) as u64, ..Default::default() },
+            latency_ms: 100,
+        },
+    )
+}
+
+/// Writes events `range` to the outbox for users 10..10+users; returns the cost they must bill.
+fn enqueue(db: &Path, range: std::ops::Range<i64>, users: i64) -> i64 {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    let mut cost = 0;
+    for i in range {
+        let ev = event(i, 10 + i % users);
+        cost += ev.data.usage.input_tokens as i64 * 1_000 + ev.data.usage.output_tokens as i64 * 5_000;
+        tx.execute(
+            "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('token-metrics', ?1, ?2, ?3, ?4)",
+            rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    cost
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+async fn redis_conn(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Σ `*|cost` and `*|turns` over the day buckets.
+async fn redis_totals(redis: &Redis) -> (i64, i64) {
+    let mut r = redis_conn(redis).await;
+    let got: Vec<Option<i64>> = redis::cmd("HMGET").arg("billing:agg:d:2026-06-01").arg("*|cost").arg("*|turns").query_async(&mut r).await.unwrap();
+    (got[0].unwrap_or(0), got[1].unwrap_or(0))
+}
+
+/// Waits (60 s at most) until every event is billed and aggregated and the outbox is empty.
+async fn drained(db: &Path, redis: &Redis, events: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = count(db, "SELECT count(*) FROM processed_events") == events && count(db, "SELECT count(*) FROM outbox") == 0 && redis_totals(redis).await.1 == events;
+        if done {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not drained: {} processed, {} in the outbox, aggregates {:?}", count(db, "SELECT count(*) FROM processed_events"), count(db, "SELECT count(*) FROM outbox"), redis_totals(redis).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Line items, their cost and the aggregates are exactly what was sent.
+async fn assert_exact(db: &Path, redis: &Redis, events: i64, cost: i64) {
+    assert_eq!(count(db, "SELECT count(*) FROM processed_events"), events);
+    assert_eq!(count(db, "SELECT count(*) FROM user_invoice_line_item"), events * 2, "one input and one output line per event");
+    assert_eq!(count(db, "SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item"), cost, "billed exactly once");
+    assert_eq!(redis_totals(redis).await, (cost, events), "the aggregates count every event once");
+}
+
+/// Every `billing:agg:*` key and its contents, sorted.
+async fn dump(redis: &Redis) -> BTreeMap<String, Vec<String>> {
+    let mut r = redis_conn(redis).await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("billing:agg:*").query_async(&mut r).await.unwrap();
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let kind: String = redis::cmd("TYPE").arg(&k).query_async(&mut r).await.unwrap();
+        let mut v: Vec<String> = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(&k).query_async(&mut r).await.unwrap(),
+            "set" => redis::cmd("SMEMBERS").arg(&k).query_async(&mut r).await.unwrap(),
+            "zset" => redis::cmd("ZRANGE").arg(&k).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut r).await.unwrap(),
+            other => panic!("unexpected {other} at {k}"),
+        };
+        if kind != "zset" {
+            let mut pairs: Vec<String> = if kind == "hash" { v.chunks(2).map(|p| format!("{}={}", p[0], p[1])).collect() } else { v };
+            pairs.sort();
+            v = pairs;
+        }
+        out.insert(k, v);
+    }
+    out
+}
+
+// SIGKILL while batches are in flight (relay and consumers), then a restart: every event billed and aggregated exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_batch_then_restarted_totals_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let db = database(dir.path(), 20);
+    let events = 4_000;
+    let cost = enqueue(&db, 0..events, 20);
+
+    let bridge = Bridge::start(dir.path(), "first", &tansu, &redis);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count(&db, "SELECT count(*) FROM processed_events") < 200 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was processed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bridge.kill();
+    let at_kill = count(&db, "SELECT count(*) FROM processed_events");
+    assert!(at_kill < events, "the kill came after everything was done ({at_kill}); the test proves nothing");
+
+    let bridge = Bridge::start(dir.path(), "second", &tansu, &redis);
+    drained(&db, &redis, events).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exact(&db, &redis, events, cost).await;
+    assert!(bridge.terminate().success());
+}
+
+// Two processes in one group share the partitions; then Redis is flushed and `rebuild-redis` restores every aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_share_partitions_and_redis_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let db = database(dir.path(), 20);
+    let a = Bridge::start(dir.path(), "a", &tansu, &redis);
+    let b = Bridge::start(dir.path(), "b", &tansu, &redis);
+    // Let both join the group before the load arrives.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let events = 3_000;
+    let cost = enqueue(&db, 0..events, 20);
+    drained(&db, &redis, events).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exact(&db, &redis, events, cost).await;
+
+    let handled = |metrics: &str| -> u64 {
+        metrics.lines().filter(|l| l.starts_with("billing_bridge_events_total{topic=\"token-metrics\"")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    };
+    let (ma, mb) = (reqwest::get(a.url("/metrics")).await.unwrap().text().await.unwrap(), reqwest::get(b.url("/metrics")).await.unwrap().text().await.unwrap());
+    let (ha, hb) = (handled(&ma), handled(&mb));
+    assert!(ha > 0 && hb > 0, "both processes consumed: {ha} and {hb}");
+    assert!(ha + hb >= events as u64);
+
+    let before = dump(&redis).await;
+    assert!(before.len() > 10, "{:?}", before.keys());
+    let mut r = redis_conn(&redis).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
+        .args(["--config", dir.path().join("a.toml").to_str().unwrap(), "rebuild-redis"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("rebuilt from {events} events")), "{}", String::from_utf8_lossy(&out.stdout));
+    let after = dump(&redis).await;
+    let differ: Vec<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
+    assert!(differ.is_empty(), "the rebuilt aggregates differ from the live ones at {differ:?}: {:?} vs {:?}", differ.first().map(|k| before.get(*k)), differ.first().map(|k| after.get(*k)));
+    // The rebuild marked the events: a redelivered one changes nothing.
+    let again = event(7, 17);
+    rdkafka::producer::FutureProducer::send(
+        &billing_bridge::relay::producer(&tansu.brokers(), 5000).unwrap(),
+        rdkafka::producer::FutureRecord::to("token-metrics").key(&again.key()).payload(&again.to_json()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(dump(&redis).await, before);
+    a.kill();
+    b.kill();
+}
+
+/// Reads SSE `data:` events (with their ids) from `url` for `window`, or until `max` arrived.
+async fn sse(url: &str, key: &str, last_event_id: Option<&str>, window: Duration, max: usize) -> (Vec<(String, serde_json::Value)>, String) {
+    let mut req = reqwest::Client::new().get(url).bearer_auth(key);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.bytes_stream();
+    let mut raw = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while events.len() < max {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => raw.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+        events = raw
+            .split("\n\n")
+            .filter_map(|frame| {
+                let id = frame.lines().find_map(|l| l.strip_prefix("id: "))?;
+                let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((id.to_owned(), serde_json::from_str(data).ok()?))
+            })
+            .collect();
+    }
+    (events, raw)
+}
+
+// The live stream: each user only their own notices, admin all, heartbeats, replay after Last-Event-ID; health, readiness, metrics; SIGTERM stops cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_stream_and_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let db = database(dir.path(), 0);
+    let bridge = Bridge::start(dir.path(), "live", &tansu, &redis);
+
+    assert_eq!(reqwest::get(bridge.url("/healthz")).await.unwrap().status(), 200);
+    let ready: serde_json::Value = reqwest::get(bridge.url("/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let denied = reqwest::Client::new().get(bridge.url("/events/stream")).bearer_auth("lcb_wrong").send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["content-type"], "application/problem+json");
+
+    let stream_url = bridge.url("/events/stream");
+    let user = tokio::spawn({
+        let url = stream_url.clone();
+        async move { sse(&url, USER2_KEY, None, Duration::from_secs(15), 2).await }
+    });
+    let admin = tokio::spawn({
+        let url = stream_url.clone();
+        async move { sse(&url, ADMIN_KEY, None, Duration::from_secs(15), 3).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Users 2, 3, 2.
+    for (i, u) in [(1, 2), (2, 3), (3, 2)] {
+        let ev = event(i, u);
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute("INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('token-metrics', ?1, ?2, ?3, ?4)", rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()])
+            .unwrap();
+    }
+    let (admin_events, _) = admin.await.unwrap();
+    let (user_events, user_raw) = user.await.unwrap();
+    let users = |evs: &[(String, serde_json::Value)]| evs.iter().map(|(_, v)| v["user_id"].as_i64().unwrap()).collect::<Vec<_>>();
+    let mut all = users(&admin_events);
+    all.sort();
+    assert_eq!(all, vec![2, 2, 3], "admin sees everyone's");
+    assert_eq!(users(&user_events), vec![2, 2], "a user sees only their own");
+    assert!(user_events.iter().all(|(_, v)| v["cost_nanos"].as_i64().unwrap() > 0 && v["event_type"] == "token-metrics"));
+    assert!(user_raw.contains(": heartbeat") || user_raw.contains(": connected"), "{user_raw}");
+
+    // Reconnecting after the first notice replays the rest, in order.
+    let (replayed, _) = sse(&stream_url, ADMIN_KEY, Some(&admin_events[0].0), Duration::from_secs(3), 2).await;
+    assert_eq!(replayed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), admin_events[1..].iter().map(|(id, _)| id.clone()).collect::<Vec<_>>());
+    // An idle stream gets heartbeats.
+    let (_, idle) = sse(&stream_url, USER2_KEY, None, Duration::from_millis(2500), 1).await;
+    assert!(idle.contains(": heartbeat"), "{idle}");
+
+    let metrics = reqwest::get(bridge.url("/metrics")).await.unwrap().text().await.unwrap();
+    for series in ["billing_bridge_outbox_backlog 0", "billing_bridge_events_total{topic=\"token-metrics\",outcome=\"billed\"} 3", "billing_bridge_event_billed_latency_seconds_count 3"] {
+        assert!(metrics.contains(series), "{series} missing from\n{metrics}");
+    }
+    let status = bridge.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = std::fs::read_to_string(dir.path().join("live.log")).unwrap();
+    assert!(log.contains("Stopped."), "{log}");
+}
