@@ -4,8 +4,17 @@
 //!   cargo run --release -p billing-e2e --bin billing-bench -- collector [--seconds 10] [--batch 500] [--clients 4]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- invoice [--lines 1000000]
 //!
+//!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20]
+//!
 //! `collector`: accepted events/s posting batches of fresh inference events.
 //! `invoice`: the time to draft one invoice over a user's line items.
+//! `bridge`: the bridge end to end (outbox → Kafka → consumers → line items
+//! and Redis aggregates) against its own Tansu and redis-server: sustained
+//! events/s draining a preloaded outbox, event→billed latency at a fixed
+//! offered load, and the raw produce+consume rate of the same broker in
+//! the same run (the ceiling).
+
+mod bridge;
 
 use billing_e2e::{Stack, ADMIN_KEY};
 use serde_json::json;
@@ -27,8 +36,9 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("collector") => collector().await,
         Some("invoice") => invoice().await,
+        Some("bridge") => bridge::run(arg("--events", 20_000) as i64, arg("--rate", 1_000) as i64, arg("--seconds", 20) as i64).await,
         _ => {
-            eprintln!("usage: billing-bench collector|invoice [options]");
+            eprintln!("usage: billing-bench collector|invoice|bridge [options]");
             std::process::exit(2);
         }
     }
