@@ -22,6 +22,10 @@ use std::collections::BTreeSet;
 
 /// Present while aggregates are being rebuilt.
 pub const REBUILD_FLAG: &str = "billing:rebuilding";
+/// Present when the aggregates cover everything in SQLite: set by a
+/// rebuild. Redis losing its data loses it too; readers then fall back to
+/// SQLite and the bridge rebuilds.
+pub const COMPLETE: &str = "billing:aggregates-complete";
 /// Stream and channel of the live notices (one per billed event).
 pub const NOTICES: &str = "billing:notices";
 /// Notices kept in the stream for clients that reconnect.
@@ -194,17 +198,64 @@ pub struct Rebuilt {
 /// (consumers wait), removes every `billing:agg:*` and `billing:seen:*`
 /// key, replays the facts of every processed event, marks those processed
 /// within `mark_ttl_s` (a redelivery can only come from them), lowers the flag.
-pub async fn rebuild(conn: &Connection, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+pub async fn rebuild(conn: &mut Connection, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
     let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
     let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
     let raised: bool = redis::cmd("SET").arg(REBUILD_FLAG).arg(std::process::id()).arg("NX").arg("EX").arg(120).query_async::<Option<String>>(&mut r).await?.is_some();
     anyhow::ensure!(raised, "another rebuild is running ({REBUILD_FLAG} is set); wait for it, or delete the key if that rebuild died");
     let result = rebuild_flagged(conn, &mut r, mark_ttl_s, now).await;
+    if result.is_ok() {
+        let _: () = redis::cmd("SET").arg(COMPLETE).arg(now.to_rfc3339()).query_async(&mut r).await?;
+    }
     let _: redis::RedisResult<()> = redis::cmd("DEL").arg(REBUILD_FLAG).query_async(&mut r).await;
     result
 }
 
-async fn rebuild_flagged(conn: &Connection, r: &mut MultiplexedConnection, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+/// Rebuilds when Redis lacks [`COMPLETE`] (first start, or Redis lost its
+/// data). `Ok(None)`: nothing to do, or another process is rebuilding.
+pub async fn ensure_complete(conn: &mut Connection, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Option<Rebuilt>> {
+    let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
+    let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    let (complete, rebuilding): (bool, bool) = redis::pipe().cmd("EXISTS").arg(COMPLETE).cmd("EXISTS").arg(REBUILD_FLAG).query_async(&mut r).await?;
+    if complete || rebuilding {
+        return Ok(None);
+    }
+    match rebuild(conn, redis_url, mark_ttl_s, now).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.to_string().contains("another rebuild is running") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every ledger row's changes, merged, and the marks of those processed since `mark_since`.
+fn ledger_changes(conn: &mut Connection, mark_since: &str) -> Result<(Changes, Vec<(String, String)>, u64)> {
+    let mut changes = Changes::default();
+    let mut marks = Vec::new();
+    let mut events = 0;
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare(
+            "SELECT consumer, source, event_id, processed_at, user_id, model, thread_id, occurred_at, latency_ms, cost_nanos,
+                    input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
+             FROM processed_events",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let consumer: String = row.get(0)?;
+            let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else { continue };
+            let fact = crate::billing::fact_from_row(row, kind, row.get(1)?, row.get(2)?, 4)??;
+            changes.add(&fact);
+            events += 1;
+            if row.get::<_, String>(3)?.as_str() >= mark_since {
+                marks.push(mark(&fact));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((changes, marks, events))
+}
+
+async fn rebuild_flagged(conn: &mut Connection, r: &mut MultiplexedConnection, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
     let mut out = Rebuilt::default();
     for pattern in [format!("{PREFIX}*"), "billing:seen:*".to_owned()] {
         let mut cursor: u64 = 0;
@@ -221,28 +272,8 @@ async fn rebuild_flagged(conn: &Connection, r: &mut MultiplexedConnection, mark_
         }
     }
     let mark_since = Timestamp::from_millis(now.millis() - mark_ttl_s as i64 * 1000).map_err(|e| anyhow::anyhow!("{e}"))?.to_rfc3339();
-    let mut changes = Changes::default();
-    let mut marks: Vec<(String, String)> = Vec::new();
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare(
-            "SELECT consumer, source, event_id, processed_at, user_id, model, thread_id, occurred_at, latency_ms, cost_nanos,
-                    input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
-             FROM processed_events",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let consumer: String = row.get(0)?;
-            let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else { continue };
-            let fact = crate::billing::fact_from_row(row, kind, row.get(1)?, row.get(2)?, 4)??;
-            changes.add(&fact);
-            out.events += 1;
-            if row.get::<_, String>(3)? >= mark_since {
-                marks.push(mark(&fact));
-            }
-        }
-    }
-    tx.commit()?;
+    let (changes, marks, events) = ledger_changes(conn, &mark_since)?;
+    out.events = events;
     let ops = changes.ops();
     for chunk in ops.chunks(1000) {
         let mut pipe = redis::pipe();

@@ -42,6 +42,9 @@ pub struct AggregatesConfig {
     /// How long Redis remembers that an event reached the aggregates, in
     /// seconds; keep it above the topics' retention. Example: 691200 (8 days).
     pub mark_ttl_s: u64,
+    /// How often the bridge checks that Redis still holds the aggregates
+    /// (and rebuilds them from SQLite if not), in seconds. Example: 30.
+    pub check_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,7 +107,7 @@ impl Default for ConsumerConfig {
 
 impl Default for AggregatesConfig {
     fn default() -> Self {
-        Self { mark_ttl_s: 8 * 24 * 3600 }
+        Self { mark_ttl_s: 8 * 24 * 3600, check_interval_s: 30 }
     }
 }
 
@@ -185,6 +188,9 @@ impl Config {
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             bail!("http.listen = {:?}: give an address such as 127.0.0.1:3100", self.http.listen);
+        }
+        if self.aggregates.check_interval_s == 0 {
+            bail!("aggregates.check_interval_s must be positive");
         }
         if self.http.sse_heartbeat_s == 0 {
             bail!("http.sse_heartbeat_s must be positive");

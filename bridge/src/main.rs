@@ -60,9 +60,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Cmd::RebuildRedis => rt.block_on(async {
-            let conn = billing_migrations::open(&cfg.database)?;
-            let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let r = aggregates::rebuild(&conn, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await?;
+            let mut conn = billing_migrations::open(&cfg.database)?;
+            // A bridge may be rebuilding already (it does when Redis lost its data): wait for it, then rebuild.
+            let mut waited = 0;
+            let r = loop {
+                let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
+                match aggregates::rebuild(&mut conn, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await {
+                    Err(e) if e.to_string().contains("another rebuild is running") && waited < 120 => {
+                        if waited == 0 {
+                            eprintln!("Another rebuild is running; waiting for it to finish.");
+                        }
+                        waited += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    r => break r?,
+                }
+            };
             println!("rebuilt from {} events: {} keys removed, {} changes written, {} events marked", r.events, r.keys_removed, r.commands, r.marks);
             Ok(())
         }),
@@ -110,6 +123,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         notices,
     });
     let served = tokio::spawn(live::serve(listener, live, stop.clone()));
+    tokio::spawn(keep_aggregates_complete(cfg.clone(), stop.clone()));
     tracing::info!(brokers = %cfg.brokers, database = %cfg.database.display(), http = %cfg.http.listen, group = %cfg.consumer.group, "Relaying the outbox, consuming, serving /events/stream and /metrics.");
 
     shutdown().await;
@@ -120,6 +134,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     served.await??;
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Rebuilds the aggregates at start-up when Redis has none, and whenever
+/// Redis is found to have lost them (checked every `aggregates.check_interval_s`).
+async fn keep_aggregates_complete(cfg: Config, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let checked = async {
+            let mut conn = billing_migrations::open(&cfg.database)?;
+            let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            aggregates::ensure_complete(&mut conn, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await
+        };
+        match checked.await {
+            Ok(Some(r)) => tracing::info!(events = r.events, keys_removed = r.keys_removed, "Redis lacked the aggregates; rebuilt them from SQLite."),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "Could not check the aggregates in Redis; trying again later."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(cfg.aggregates.check_interval_s)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 async fn shutdown() {

@@ -42,6 +42,8 @@ partitions = 4
 [consumer]
 group = "bridge-under-test"
 batch_size = 200
+[aggregates]
+check_interval_s = 1
 [http]
 listen = "127.0.0.1:{port}"
 sse_heartbeat_s = 1
@@ -232,7 +234,8 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
     assert!(bridge.terminate().success());
 }
 
-// Two processes in one group share the partitions; then Redis is flushed and `rebuild-redis` restores every aggregate.
+// Two processes in one group share the partitions; then Redis is flushed and the aggregates come back exactly,
+// rebuilt by the bridges themselves and by `rebuild-redis`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bridges_share_partitions_and_redis_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,6 +262,14 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     let before = dump(&redis).await;
     assert!(before.len() > 10, "{:?}", before.keys());
     let mut r = redis_conn(&redis).await;
+    // Redis loses everything: the bridges notice and rebuild by themselves.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while dump(&redis).await != before {
+        assert!(tokio::time::Instant::now() < deadline, "the bridges did not rebuild the aggregates by themselves");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And once more, by hand.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
         .args(["--config", dir.path().join("a.toml").to_str().unwrap(), "rebuild-redis"])
