@@ -67,8 +67,11 @@ end
 return {}
 "#;
 
-/// The mark of a fact: its hash key and field.
-pub fn mark(f: &Fact) -> (String, String) {
+/// A mark: its hash key and field.
+pub type Mark = (String, String);
+
+/// The mark of a fact.
+pub fn mark(f: &Fact) -> Mark {
     (format!("billing:seen:{}", &f.occurred_at.to_rfc3339()[..10]), format!("{}|{}|{}", f.kind.topic(), f.source, f.id))
 }
 
@@ -228,7 +231,7 @@ pub async fn ensure_complete(conn: &mut Connection, redis_url: &str, mark_ttl_s:
 }
 
 /// Every ledger row's changes, merged, and the marks of those processed since `mark_since`.
-fn ledger_changes(conn: &mut Connection, mark_since: &str) -> Result<(Changes, Vec<(String, String)>, u64)> {
+fn ledger_changes(conn: &mut Connection, mark_since: &str) -> Result<(Changes, Vec<Mark>, u64)> {
     let mut changes = Changes::default();
     let mut marks = Vec::new();
     let mut events = 0;

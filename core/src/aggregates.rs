@@ -9,7 +9,8 @@
 //!   `{dim}|{metric}`: `dim` is `*` (everyone), `u:{user_id}`, `m:{model}`
 //!   and, in hour and day buckets only, `um:{user_id}:{model}`; metrics are
 //!   [`METRICS`].
-//! - `billing:agg:users:{res}:{bucket}` (hour, day) — a set of the active user ids.
+//! - `billing:agg:users:{res}:{bucket}` (hour, day) — a set of the active
+//!   user ids; `…:m:{model}` the same for one model.
 //! - `billing:agg:top:{res}:{bucket}` (hour, day) — a sorted set, user id by cost in nano-USD.
 //! - `billing:agg:thread:{thread_id}` — a hash of the thread's counters
 //!   (`turns`, `messages`, `cost`, `tok:*`, `lat_sum`, `lat_n`) and its
@@ -131,6 +132,32 @@ pub fn users_key(res: Res, bucket: &str) -> String {
     format!("{PREFIX}users:{}:{bucket}", res.code())
 }
 
+/// The active users of one model in a bucket.
+pub fn model_users_key(res: Res, bucket: &str, model: &str) -> String {
+    format!("{PREFIX}users:{}:{bucket}:m:{model}", res.code())
+}
+
+/// The buckets that exactly cover [`from_ms`, `to_ms`), both whole hours:
+/// whole days where they fit, hours at the edges. At most 46 hours and
+/// one bucket per day of the range.
+pub fn cover(from_ms: i64, to_ms: i64) -> Vec<(Res, String)> {
+    let (h, d) = (Res::Hour.millis(), Res::Day.millis());
+    debug_assert!(from_ms % h == 0 && to_ms % h == 0);
+    let mut out = Vec::new();
+    let mut t = from_ms;
+    let label = |res: Res, ms: i64| res.bucket(Timestamp::from_millis(ms).expect("a time in range"));
+    while t < to_ms {
+        if t % d == 0 && t + d <= to_ms {
+            out.push((Res::Day, label(Res::Day, t)));
+            t += d;
+        } else {
+            out.push((Res::Hour, label(Res::Hour, t)));
+            t += h;
+        }
+    }
+    out
+}
+
 pub fn top_key(res: Res, bucket: &str) -> String {
     format!("{PREFIX}top:{}:{bucket}", res.code())
 }
@@ -222,6 +249,7 @@ impl Changes {
             if res != Res::Minute {
                 dims.push(dim(Some(f.user_id), Some(&f.model)));
                 self.members.entry(users_key(res, &bucket)).or_default().insert(user.clone());
+                self.members.entry(model_users_key(res, &bucket, &f.model)).or_default().insert(user.clone());
                 if billed {
                     *self.zincr.entry((top_key(res, &bucket), user.clone())).or_default() += f.cost_nanos;
                 }
@@ -316,6 +344,18 @@ mod tests {
         assert!(ops.contains(&Op::ZMax { key: "billing:agg:threads:all".into(), member: "9".into(), score: Timestamp::parse("2026-03-10T12:59:00Z").unwrap().millis() }));
         assert!(ops.contains(&Op::ZIncr { key: "billing:agg:top:d:2026-03-10".into(), member: "2".into(), by: 700 }));
         assert!(ops.contains(&Op::SetAdd { key: "billing:agg:users:h:2026-03-10T12".into(), member: "3".into() }));
+    }
+
+    // A range is covered by whole days inside and hours at the edges, each hour once.
+    #[test]
+    fn cover_uses_days_inside_and_hours_at_the_edges() {
+        let t = |s: &str| Timestamp::parse(s).unwrap().millis();
+        let c = cover(t("2026-03-01T22:00:00Z"), t("2026-03-04T02:00:00Z"));
+        let labels: Vec<String> = c.iter().map(|(r, b)| format!("{}:{b}", r.code())).collect();
+        assert_eq!(labels, ["h:2026-03-01T22", "h:2026-03-01T23", "d:2026-03-02", "d:2026-03-03", "h:2026-03-04T00", "h:2026-03-04T01"]);
+        assert!(cover(t("2026-03-01T05:00:00Z"), t("2026-03-01T05:00:00Z")).is_empty());
+        let year = cover(t("2026-01-01T01:00:00Z"), t("2027-01-01T00:00:00Z"));
+        assert_eq!(year.len(), 23 + 364);
     }
 
     // Bucket labels are prefixes of the timestamp and floors are aligned.

@@ -156,3 +156,62 @@ impl Reply {
         self.body["detail"].as_str().unwrap_or_default().to_owned()
     }
 }
+
+/// The bridge, in this process, for a [`Stack`]: its own Tansu, the relay
+/// woken by the components' Redis nudges, and one consumer.
+pub struct Bridge {
+    pub tansu: billing_testkit::Tansu,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Bridge {
+    pub async fn start(stack: &Stack) -> Self {
+        use billing_bridge::config::{RelayConfig, TopicsConfig};
+        let tansu = billing_testkit::Tansu::start(stack.dir.path());
+        let db = stack.dir.path().join("billing.db");
+        billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
+        let mut conn = billing_migrations::open(&db).unwrap();
+        let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
+        billing_bridge::aggregates::ensure_complete(&mut conn, &stack.redis.url(), 3600, now).await.unwrap();
+        let relay = billing_bridge::relay::Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap();
+        let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = vec![tokio::spawn(billing_bridge::relay::listen_for_nudges(stack.redis.url(), nudge_tx))];
+        tasks.push(tokio::spawn({
+            let mut rx = rx.clone();
+            async move {
+                relay
+                    .run(nudge_rx, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+                    .unwrap()
+            }
+        }));
+        let (brokers, redis_url) = (tansu.brokers(), stack.redis.url());
+        tasks.push(tokio::spawn(async move {
+            let producer = billing_bridge::relay::producer(&brokers, 5000).unwrap();
+            let settings = billing_bridge::consumer::Settings { group: "e2e".into(), batch_size: 100, batch_wait_ms: 5 };
+            let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
+            billing_bridge::consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggregates, rx).await.unwrap()
+        }));
+        Self { tansu, stop, tasks }
+    }
+
+    /// Waits (30 s at most) until the ledger holds `n` events and the outbox is empty.
+    pub async fn wait_for(&self, stack: &Stack, n: i64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while stack.count("processed_events") < n || stack.count("outbox") > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the bridge handled {} of {n} events; {} left in the outbox", stack.count("processed_events"), stack.count("outbox"));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks.into_iter().skip(1) {
+            t.await.unwrap();
+        }
+    }
+}

@@ -3,42 +3,13 @@
 //! the bridge's consumers into line items, and an invoice drafted through
 //! the API totals exactly what the two answers said they cost.
 
-use billing_bridge::config::{RelayConfig, TopicsConfig};
-use billing_bridge::relay::{producer, Relay};
-use billing_e2e::{Stack, ADMIN_KEY};
-use billing_testkit::Tansu;
+use billing_e2e::{Bridge, Stack, ADMIN_KEY};
 use serde_json::json;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_and_collected_event_reach_the_invoice() {
     let s = Stack::start().await;
-    let tansu = Tansu::start(s.dir.path());
-    let db = s.dir.path().join("billing.db");
-    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
-
-    // The bridge, in-process: relay woken by the components' Redis nudges, and the consumers.
-    let relay = std::sync::Arc::new(Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap());
-    let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(billing_bridge::relay::listen_for_nudges(s.redis.url(), nudge_tx));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|v| *v).await;
-    };
-    let relay_task = tokio::spawn({
-        let (relay, rx) = (relay.clone(), stop_rx.clone());
-        async move { relay.run(nudge_rx, stopped(rx)).await }
-    });
-    let consumer_task = tokio::spawn({
-        let (brokers, rx, db, redis_url) = (tansu.brokers(), stop_rx.clone(), db.clone(), s.redis.url());
-        async move {
-            let mut conn = billing_migrations::open(&db).unwrap();
-            let dlq = producer(&brokers, 5000).unwrap();
-            let settings = billing_bridge::consumer::Settings { group: "e2e".into(), batch_size: 100, batch_wait_ms: 5 };
-            let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
-            billing_bridge::consumer::run(&brokers, &settings, &mut conn, &dlq, &mut aggregates, rx).await
-        }
-    });
+    let bridge = Bridge::start(&s).await;
 
     let (uid, key) = s.user("Paying", "paying@example.com").await;
     let t = s.call("POST", "/api/threads", Some(&key), None).await.body["thread_id"].as_i64().unwrap();
@@ -57,16 +28,9 @@ async fn chat_and_collected_event_reach_the_invoice() {
     // one request at $100 per million = 100,000; 750 ms at $1 per million ms = 750,000 nano-USD.
     let inference_cost = 15_850_000;
 
-    let check = s.db();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // The turn's three events (message, answer, tokens) and the collected one.
-    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(relay.backlog().unwrap(), 0, "the outbox drained");
-    let _ = stop_tx.send(true);
-    relay_task.await.unwrap().unwrap();
-    consumer_task.await.unwrap().unwrap();
+    bridge.wait_for(&s, 4).await;
+    bridge.stop().await;
 
     let inv = s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-01-01T00:00:00Z", "period_end": "2100-01-01T00:00:00Z"}))).await;
     assert_eq!(inv.status, 201, "{:?}", inv.body);

@@ -50,7 +50,7 @@ impl Cache {
     }
 
     pub fn publish(&self, channel: &str, payload: &[u8]) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.publish(channel, &payload.to_vec()).is_ok())
+        self.conn.as_ref().is_some_and(|c| c.publish(channel, payload).is_ok())
     }
 
     /// Runs a raw command; `None` when Redis is down or the command failed.
