@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use billing_core::aggregates::{Changes, Fact, Op, PREFIX};
 use billing_core::Timestamp;
 use redis::aio::MultiplexedConnection;
-use rusqlite::Connection;
+use std::path::Path;
 use std::collections::BTreeSet;
 
 /// Present while aggregates are being rebuilt.
@@ -201,12 +201,12 @@ pub struct Rebuilt {
 /// (consumers wait), removes every `billing:agg:*` and `billing:seen:*`
 /// key, replays the facts of every processed event, marks those processed
 /// within `mark_ttl_s` (a redelivery can only come from them), lowers the flag.
-pub async fn rebuild(conn: &mut Connection, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+pub async fn rebuild(database: &Path, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
     let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
     let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
     let raised: bool = redis::cmd("SET").arg(REBUILD_FLAG).arg(std::process::id()).arg("NX").arg("EX").arg(120).query_async::<Option<String>>(&mut r).await?.is_some();
     anyhow::ensure!(raised, "another rebuild is running ({REBUILD_FLAG} is set); wait for it, or delete the key if that rebuild died");
-    let result = rebuild_flagged(conn, &mut r, mark_ttl_s, now).await;
+    let result = rebuild_flagged(database, &mut r, mark_ttl_s, now).await;
     if result.is_ok() {
         let _: () = redis::cmd("SET").arg(COMPLETE).arg(now.to_rfc3339()).query_async(&mut r).await?;
     }
@@ -216,49 +216,60 @@ pub async fn rebuild(conn: &mut Connection, redis_url: &str, mark_ttl_s: u64, no
 
 /// Rebuilds when Redis lacks [`COMPLETE`] (first start, or Redis lost its
 /// data). `Ok(None)`: nothing to do, or another process is rebuilding.
-pub async fn ensure_complete(conn: &mut Connection, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Option<Rebuilt>> {
+pub async fn ensure_complete(database: &Path, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Option<Rebuilt>> {
     let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
     let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
     let (complete, rebuilding): (bool, bool) = redis::pipe().cmd("EXISTS").arg(COMPLETE).cmd("EXISTS").arg(REBUILD_FLAG).query_async(&mut r).await?;
     if complete || rebuilding {
         return Ok(None);
     }
-    match rebuild(conn, redis_url, mark_ttl_s, now).await {
+    match rebuild(database, redis_url, mark_ttl_s, now).await {
         Ok(r) => Ok(Some(r)),
         Err(e) if e.to_string().contains("another rebuild is running") => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// Every ledger row's changes, merged, and the marks of those processed since `mark_since`.
-fn ledger_changes(conn: &mut Connection, mark_since: &str) -> Result<(Changes, Vec<Mark>, u64)> {
-    let mut changes = Changes::default();
-    let mut marks = Vec::new();
-    let mut events = 0;
+/// Facts read per chunk of a rebuild: bounds its memory.
+const REBUILD_CHUNK: usize = 50_000;
+
+/// One chunk of a rebuild: merged changes, marks, and how many events.
+type Chunk = (Vec<Op>, Vec<Mark>, u64);
+
+/// Reads the whole ledger in one read transaction (one snapshot), sending
+/// the merged changes of every [`REBUILD_CHUNK`] events, and the marks of
+/// those processed since `mark_since`.
+fn read_ledger(database: &Path, mark_since: &str, out: tokio::sync::mpsc::Sender<Chunk>) -> Result<()> {
+    let mut conn = billing_migrations::open(database)?;
     let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare(
-            "SELECT consumer, source, event_id, processed_at, user_id, model, thread_id, occurred_at, latency_ms, cost_nanos,
-                    input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
-             FROM processed_events",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let consumer: String = row.get(0)?;
-            let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else { continue };
-            let fact = crate::billing::fact_from_row(row, kind, row.get(1)?, row.get(2)?, 4)??;
-            changes.add(&fact);
-            events += 1;
-            if row.get::<_, String>(3)?.as_str() >= mark_since {
-                marks.push(mark(&fact));
-            }
+    let mut stmt = tx.prepare(
+        "SELECT consumer, source, event_id, processed_at, user_id, model, thread_id, occurred_at, latency_ms, cost_nanos,
+                input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
+         FROM processed_events ORDER BY occurred_at",
+    )?;
+    let mut rows = stmt.query([])?;
+    let (mut changes, mut marks, mut events) = (Changes::default(), Vec::new(), 0u64);
+    while let Some(row) = rows.next()? {
+        let consumer: String = row.get(0)?;
+        let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else { continue };
+        let fact = crate::billing::fact_from_row(row, kind, row.get(1)?, row.get(2)?, 4)??;
+        changes.add(&fact);
+        events += 1;
+        if row.get::<_, String>(3)?.as_str() >= mark_since {
+            marks.push(mark(&fact));
+        }
+        if events as usize % REBUILD_CHUNK == 0 {
+            out.blocking_send((std::mem::take(&mut changes).ops(), std::mem::take(&mut marks), REBUILD_CHUNK as u64)).map_err(|_| anyhow::anyhow!("the rebuild stopped"))?;
         }
     }
-    tx.commit()?;
-    Ok((changes, marks, events))
+    let rest = events % REBUILD_CHUNK as u64;
+    if rest > 0 || events == 0 {
+        out.blocking_send((changes.ops(), marks, rest)).map_err(|_| anyhow::anyhow!("the rebuild stopped"))?;
+    }
+    Ok(())
 }
 
-async fn rebuild_flagged(conn: &mut Connection, r: &mut MultiplexedConnection, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+async fn rebuild_flagged(database: &Path, r: &mut MultiplexedConnection, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
     let mut out = Rebuilt::default();
     for pattern in [format!("{PREFIX}*"), "billing:seen:*".to_owned()] {
         let mut cursor: u64 = 0;
@@ -275,35 +286,41 @@ async fn rebuild_flagged(conn: &mut Connection, r: &mut MultiplexedConnection, m
         }
     }
     let mark_since = Timestamp::from_millis(now.millis() - mark_ttl_s as i64 * 1000).map_err(|e| anyhow::anyhow!("{e}"))?.to_rfc3339();
-    let (changes, marks, events) = ledger_changes(conn, &mark_since)?;
-    out.events = events;
-    let ops = changes.ops();
-    for chunk in ops.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for op in chunk {
-            match op {
-                Op::HashIncr { key, field, by } => pipe.cmd("HINCRBY").arg(key).arg(field).arg(*by),
-                Op::HashSet { key, field, value } => pipe.cmd("HSET").arg(key).arg(field).arg(value),
-                Op::SetAdd { key, member } => pipe.cmd("SADD").arg(key).arg(member),
-                Op::ZIncr { key, member, by } => pipe.cmd("ZINCRBY").arg(key).arg(*by).arg(member),
-                Op::ZMax { key, member, score } => pipe.cmd("ZADD").arg(key).arg("GT").arg(*score).arg(member),
-            }
-            .ignore();
-        }
-        pipe.cmd("EXPIRE").arg(REBUILD_FLAG).arg(120).ignore();
-        let _: () = pipe.query_async(r).await?;
-        out.commands += chunk.len() as u64;
-    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(2);
+    let reader = tokio::task::spawn_blocking({
+        let database = database.to_owned();
+        move || read_ledger(&database, &mark_since, tx)
+    });
     let mut keys = BTreeSet::new();
-    for chunk in marks.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for (k, f) in chunk {
-            pipe.cmd("HSET").arg(k).arg(f).arg(1).ignore();
-            keys.insert(k.clone());
+    while let Some((ops, marks, events)) = rx.recv().await {
+        out.events += events;
+        for chunk in ops.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for op in chunk {
+                match op {
+                    Op::HashIncr { key, field, by } => pipe.cmd("HINCRBY").arg(key).arg(field).arg(*by),
+                    Op::HashSet { key, field, value } => pipe.cmd("HSET").arg(key).arg(field).arg(value),
+                    Op::SetAdd { key, member } => pipe.cmd("SADD").arg(key).arg(member),
+                    Op::ZIncr { key, member, by } => pipe.cmd("ZINCRBY").arg(key).arg(*by).arg(member),
+                    Op::ZMax { key, member, score } => pipe.cmd("ZADD").arg(key).arg("GT").arg(*score).arg(member),
+                }
+                .ignore();
+            }
+            pipe.cmd("EXPIRE").arg(REBUILD_FLAG).arg(120).ignore();
+            let _: () = pipe.query_async(r).await?;
+            out.commands += chunk.len() as u64;
         }
-        let _: () = pipe.query_async(r).await?;
-        out.marks += chunk.len() as u64;
+        for chunk in marks.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (k, f) in chunk {
+                pipe.cmd("HSET").arg(k).arg(f).arg(1).ignore();
+                keys.insert(k.clone());
+            }
+            let _: () = pipe.query_async(r).await?;
+            out.marks += chunk.len() as u64;
+        }
     }
+    reader.await??;
     for k in keys {
         let _: () = redis::cmd("EXPIRE").arg(k).arg(mark_ttl_s).query_async(r).await?;
     }

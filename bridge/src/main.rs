@@ -60,12 +60,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Cmd::RebuildRedis => rt.block_on(async {
-            let mut conn = billing_migrations::open(&cfg.database)?;
             // A bridge may be rebuilding already (it does when Redis lost its data): wait for it, then rebuild.
             let mut waited = 0;
             let r = loop {
                 let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
-                match aggregates::rebuild(&mut conn, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await {
+                match aggregates::rebuild(&cfg.database, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await {
                     Err(e) if e.to_string().contains("another rebuild is running") && waited < 120 => {
                         if waited == 0 {
                             eprintln!("Another rebuild is running; waiting for it to finish.");
@@ -141,9 +140,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 async fn keep_aggregates_complete(cfg: Config, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let checked = async {
-            let mut conn = billing_migrations::open(&cfg.database)?;
             let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            aggregates::ensure_complete(&mut conn, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await
+            aggregates::ensure_complete(&cfg.database, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await
         };
         match checked.await {
             Ok(Some(r)) => tracing::info!(events = r.events, keys_removed = r.keys_removed, "Redis lacked the aggregates; rebuilt them from SQLite."),

@@ -171,9 +171,9 @@ impl Bridge {
         let tansu = billing_testkit::Tansu::start(stack.dir.path());
         let db = stack.dir.path().join("billing.db");
         billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
-        let mut conn = billing_migrations::open(&db).unwrap();
         let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
-        billing_bridge::aggregates::ensure_complete(&mut conn, &stack.redis.url(), 3600, now).await.unwrap();
+        billing_bridge::aggregates::ensure_complete(&db, &stack.redis.url(), 3600, now).await.unwrap();
+        let mut conn = billing_migrations::open(&db).unwrap();
         let relay = billing_bridge::relay::Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap();
         let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
         let (stop, rx) = tokio::sync::watch::channel(false);

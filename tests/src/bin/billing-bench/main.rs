@@ -4,10 +4,15 @@
 //!   cargo run --release -p billing-e2e --bin billing-bench -- collector [--seconds 10] [--batch 500] [--clients 4]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- invoice [--lines 1000000]
 //!
+//!   cargo run --release -p billing-e2e --bin billing-bench -- metrics [--line-items 10000000] [--requests 500]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20]
 //!
 //! `collector`: accepted events/s posting batches of fresh inference events.
 //! `invoice`: the time to draft one invoice over a user's line items.
+//! `metrics`: dashboard summary latency (p50/p99) through billing-host over
+//! the aggregates of a ledger representing that many line items (three
+//! token classes per event), rebuilt into Redis by the bridge's own code;
+//! and the SQLite fallback's latency on the same data.
 //! `bridge`: the bridge end to end (outbox → Kafka → consumers → line items
 //! and Redis aggregates) against its own Tansu and redis-server: sustained
 //! events/s draining a preloaded outbox, event→billed latency at a fixed
@@ -36,9 +41,10 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("collector") => collector().await,
         Some("invoice") => invoice().await,
+        Some("metrics") => metrics(arg("--line-items", 10_000_000) as i64, arg("--requests", 500) as usize).await,
         Some("bridge") => bridge::run(arg("--events", 20_000) as i64, arg("--rate", 1_000) as i64, arg("--seconds", 20) as i64).await,
         _ => {
-            eprintln!("usage: billing-bench collector|invoice|bridge [options]");
+            eprintln!("usage: billing-bench collector|invoice|metrics|bridge [options]");
             std::process::exit(2);
         }
     }
@@ -133,3 +139,78 @@ async fn invoice() {
     println!("invoice: drafted over {lines} line items in {:.0} ms (total {} nano-USD, checked against SQLite)", took.as_secs_f64() * 1000.0, expected);
 }
 
+
+async fn metrics(line_items: i64, requests: usize) {
+    let events = line_items / 3;
+    let users = 200i64;
+    let s = Stack::start().await;
+    let setup = Instant::now();
+    {
+        let mut db = s.db();
+        let tx = db.transaction().unwrap();
+        {
+            let mut u = tx.prepare("INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')").unwrap();
+            for i in 0..users {
+                u.execute(rusqlite::params![1000 + i, format!("Bench {i}"), format!("bench{i}@example.com")]).unwrap();
+            }
+            let mut stmt = tx
+                .prepare(
+                    "INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset, user_id, model, thread_id, occurred_at, latency_ms, cost_nanos,
+                         input_tokens, output_tokens, cache_read_tokens)
+                     VALUES ('token-metrics', '/bench', ?1, 'token-metrics', 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .unwrap();
+            let models = ["claude-haiku-4-5-20251001", "claude-sonnet-4-5-20250929", "claude-opus-4-5-20251101"];
+            let start = 1_772_323_200_000i64; // 2026-03-01
+            let span = 30 * 86_400_000i64;
+            for i in 0..events {
+                let user = 1000 + i % users;
+                let at = billing_core::Timestamp::from_millis(start + i * span / events).unwrap().to_rfc3339();
+                let (input, output, cached) = (100 + i % 900, 20 + i % 300, (i % 5) * 1000);
+                stmt.execute(rusqlite::params![format!("e{i}"), i, user, models[(i % 3) as usize], 10_000 + user, at, 200 + i % 800, input * 1000 + output * 5000 + cached * 100, input, output, cached])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    println!("machine: {}", machine());
+    println!("ledger: {events} events (= {line_items} line items of three token classes) over 30 days and {users} users, written in {:.1} s", setup.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
+    let r = billing_bridge::aggregates::rebuild(&s.dir.path().join("billing.db"), &s.redis.url(), 3600, now).await.unwrap();
+    println!("rebuild-redis: {} events into {} aggregate changes in {:.1} s", r.events, r.commands, t.elapsed().as_secs_f64());
+
+    let client = reqwest::Client::new();
+    let queries = [
+        ("the whole 30 days, everyone", "from=2026-03-01T00:00:00Z&to=2026-03-31T00:00:00Z".to_owned()),
+        ("one day, one user", "from=2026-03-10T00:00:00Z&to=2026-03-11T00:00:00Z&user=1007".to_owned()),
+        ("366 days, one model", "from=2025-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&model=claude-sonnet-4-5-20250929".to_owned()),
+    ];
+    let mut redis_totals = Vec::new();
+    for (what, q) in &queries {
+        let url = s.url(&format!("/api/metrics/summary?{q}"));
+        let mut lat = Vec::with_capacity(requests);
+        let mut body = serde_json::Value::Null;
+        for _ in 0..requests {
+            let t = Instant::now();
+            let r = client.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            body = r.json().await.unwrap();
+            lat.push(t.elapsed());
+        }
+        assert_eq!(body["source"], "redis");
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+        println!("summary from Redis, {what}: p50 {:.2} ms, p99 {:.2} ms over {requests} requests (cost {} nano-USD)", p(0.5), p(0.99), body["cost_nanos"]);
+        redis_totals.push(body["cost_nanos"].clone());
+    }
+    // The same answers from the SQLite fallback (Redis without the aggregates).
+    let mut r = redis::Client::open(s.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL").arg("billing:aggregates-complete").query_async(&mut r).await.unwrap();
+    for ((what, q), expected) in queries.iter().zip(&redis_totals) {
+        let t = Instant::now();
+        let body: serde_json::Value = client.get(s.url(&format!("/api/metrics/summary?{q}"))).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+        assert_eq!((&body["source"], &body["cost_nanos"]), (&json!("sqlite"), expected), "SQLite and Redis agree");
+        println!("summary from the SQLite fallback, {what}: {:.0} ms (one request; same figures)", t.elapsed().as_secs_f64() * 1000.0);
+    }
+}
