@@ -20,8 +20,7 @@ struct KeyInfo {
 pub fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let q = input::query(req)?;
     let user_id = match q.get("user_id") {
-        Some(u) if caller.is_admin() => input::id(u, "user")?,
-        Some(_) => return Err(ApiError::Forbidden("only an admin may list another user's keys".into())),
+        Some(u) => input::owned_by(caller, u, "user_id", "keys")?,
         None => caller.user_id,
     };
     let r = db.query(

@@ -114,8 +114,7 @@ pub fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let offset = input::int_param(&q, "offset", 0, 0, i64::MAX)?;
     let mut f = Filter::default();
     match q.get("user_id") {
-        Some(u) if caller.is_admin() => f.bind("t.user_id = ?", int(input::id(u, "user")?)),
-        Some(_) => return Err(ApiError::Forbidden("only an admin may list another user's threads".into())),
+        Some(u) => f.bind("t.user_id = ?", int(input::owned_by(caller, u, "user_id", "threads")?)),
         None if caller.is_admin() && q.get("all").is_some_and(|v| v == "true") => {}
         None => f.bind("t.user_id = ?", int(caller.user_id)),
     }

@@ -111,3 +111,14 @@ pub fn text_field(field: &str, value: &str, max: usize) -> ApiResult<String> {
     }
     Ok(v.to_owned())
 }
+
+/// A `user_id` parameter: any user for admin, only their own for a user
+/// (another's is 403, naming what they asked for).
+pub fn owned_by(caller: &crate::Caller, value: &str, name: &str, what: &str) -> ApiResult<i64> {
+    let id = id(value, name)?;
+    if caller.is_admin() || id == caller.user_id {
+        Ok(id)
+    } else {
+        Err(ApiError::Forbidden(format!("only an admin may list another user's {what}")))
+    }
+}

@@ -276,8 +276,7 @@ fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let offset = input::int_param(&q, "offset", 0, 0, i64::MAX)?;
     let mut f = Filter::default();
     match q.get("user_id") {
-        Some(u) if caller.is_admin() => f.bind("user_id = ?", int(input::id(u, "user")?)),
-        Some(_) => return Err(ApiError::Forbidden("only an admin may list another user's invoices".into())),
+        Some(u) => f.bind("user_id = ?", int(input::owned_by(caller, u, "user_id", "invoices")?)),
         None if caller.is_admin() => {}
         None => f.bind("user_id = ?", int(caller.user_id)),
     }
