@@ -34,11 +34,15 @@ enum Cmd {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
+    // Logs: `key=value` text, or one JSON object per line with BILLING_LOG_FORMAT=json; RUST_LOG filters.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("BILLING_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);

@@ -128,6 +128,7 @@ impl Relay {
             crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), 0);
             return Ok(Round::default());
         }
+        crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), self.backlog()?);
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
         let sender = self.producer.lock().unwrap().clone();
         let sends = rows.iter().map(|row| {

@@ -234,6 +234,38 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
     assert!(bridge.terminate().success());
 }
 
+// The broker killed mid-stream while events keep coming, then restarted: the backlog waits in the outbox, nothing lost, nothing doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_mid_stream_then_restarted_totals_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let db = database(dir.path(), 20);
+    let bridge = Bridge::start(dir.path(), "broker", &tansu, &redis);
+    let mut cost = enqueue(&db, 0..2_000, 20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count(&db, "SELECT count(*) FROM processed_events") < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was processed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tansu.kill();
+    cost += enqueue(&db, 2_000..3_000, 20);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(count(&db, "SELECT count(*) FROM outbox") > 0, "the backlog waits in the outbox while the broker is away");
+    let backlog = || async { reqwest::get(bridge.url("/metrics")).await.unwrap().text().await.unwrap().lines().any(|l| l.starts_with("billing_bridge_outbox_backlog ") && !l.ends_with(" 0")) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !backlog().await {
+        assert!(tokio::time::Instant::now() < deadline, "the backlog never showed in /metrics");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = reqwest::get(bridge.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready without the broker");
+    tansu.restart();
+    drained(&db, &redis, 3_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exact(&db, &redis, 3_000, cost).await;
+    assert!(bridge.terminate().success());
+}
+
 // Two processes in one group share the partitions; then Redis is flushed and the aggregates come back exactly,
 // rebuilt by the bridges themselves and by `rebuild-redis`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
