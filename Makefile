@@ -51,6 +51,8 @@ clean-cache:
 bench: bench-host
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- collector --seconds 10 --clients 4
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- invoice --lines 1000000
+	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- metrics --line-items 1000000 --requests 300
+	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- bridge --events 20000 --rate 1000 --seconds 20
 
 bench-host: deps target
 	host/bench/run.sh

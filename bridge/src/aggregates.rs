@@ -17,8 +17,8 @@ use anyhow::{Context, Result};
 use billing_core::aggregates::{Changes, Fact, Op, PREFIX};
 use billing_core::Timestamp;
 use redis::aio::MultiplexedConnection;
-use std::path::Path;
 use std::collections::BTreeSet;
+use std::path::Path;
 
 /// Present while aggregates are being rebuilt.
 pub const REBUILD_FLAG: &str = "billing:rebuilding";
@@ -72,7 +72,10 @@ pub type Mark = (String, String);
 
 /// The mark of a fact.
 pub fn mark(f: &Fact) -> Mark {
-    (format!("billing:seen:{}", &f.occurred_at.to_rfc3339()[..10]), format!("{}|{}|{}", f.kind.topic(), f.source, f.id))
+    (
+        format!("billing:seen:{}", &f.occurred_at.to_rfc3339()[..10]),
+        format!("{}|{}|{}", f.kind.topic(), f.source, f.id),
+    )
 }
 
 /// The live notice of a billed fact (JSON).
@@ -116,15 +119,24 @@ pub struct Aggregates {
 
 impl Aggregates {
     pub fn new(url: &str, mark_ttl_s: u64) -> Self {
-        Self { url: url.to_owned(), conn: None, script: redis::Script::new(SCRIPT), mark_ttl_s }
+        Self {
+            url: url.to_owned(),
+            conn: None,
+            script: redis::Script::new(SCRIPT),
+            mark_ttl_s,
+        }
     }
 
     async fn conn(&mut self) -> Result<MultiplexedConnection> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(self.url.as_str()).with_context(|| format!("Redis URL {}", self.url))?;
-        let c = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {}", self.url))?;
+        let client = redis::Client::open(self.url.as_str())
+            .with_context(|| format!("Redis URL {}", self.url))?;
+        let c = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("connecting to Redis at {}", self.url))?;
         self.conn = Some(c.clone());
         Ok(c)
     }
@@ -136,16 +148,28 @@ impl Aggregates {
         // A batch may hold the same event twice (a redelivery right behind
         // the original): it counts once.
         let mut marks = BTreeSet::new();
-        let mut todo: Vec<usize> = (0..facts.len()).filter(|&i| marks.insert(mark(&facts[i]))).collect();
+        let mut todo: Vec<usize> = (0..facts.len())
+            .filter(|&i| marks.insert(mark(&facts[i])))
+            .collect();
         while !todo.is_empty() {
             let mut changes = Changes::default();
-            let mut args: Vec<String> = vec![REBUILD_FLAG.into(), self.mark_ttl_s.to_string(), NOTICES.into(), NOTICES_KEPT.to_string(), todo.len().to_string()];
+            let mut args: Vec<String> = vec![
+                REBUILD_FLAG.into(),
+                self.mark_ttl_s.to_string(),
+                NOTICES.into(),
+                NOTICES_KEPT.to_string(),
+                todo.len().to_string(),
+            ];
             for &i in &todo {
                 let (k, f) = mark(&facts[i]);
                 args.extend([k, f]);
                 changes.add(&facts[i]);
             }
-            let notices: Vec<usize> = todo.iter().copied().filter(|&i| facts[i].kind.is_billed()).collect();
+            let notices: Vec<usize> = todo
+                .iter()
+                .copied()
+                .filter(|&i| facts[i].kind.is_billed())
+                .collect();
             args.push(notices.len().to_string());
             for &i in &notices {
                 args.extend([facts[i].user_id.to_string(), notice(&facts[i])]);
@@ -171,7 +195,10 @@ impl Aggregates {
                 return Ok(todo);
             }
             let seen: BTreeSet<usize> = seen.into_iter().map(|j| todo[j]).collect();
-            tracing::info!(already = seen.len(), "Some events had reached the aggregates before; applying the rest.");
+            tracing::info!(
+                already = seen.len(),
+                "Some events had reached the aggregates before; applying the rest."
+            );
             todo.retain(|i| !seen.contains(i));
         }
         Ok(todo)
@@ -201,25 +228,64 @@ pub struct Rebuilt {
 /// (consumers wait), removes every `billing:agg:*` and `billing:seen:*`
 /// key, replays the facts of every processed event, marks those processed
 /// within `mark_ttl_s` (a redelivery can only come from them), lowers the flag.
-pub async fn rebuild(database: &Path, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
-    let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
-    let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
-    let raised: bool = redis::cmd("SET").arg(REBUILD_FLAG).arg(std::process::id()).arg("NX").arg("EX").arg(120).query_async::<Option<String>>(&mut r).await?.is_some();
+pub async fn rebuild(
+    database: &Path,
+    redis_url: &str,
+    mark_ttl_s: u64,
+    now: Timestamp,
+) -> Result<Rebuilt> {
+    let client =
+        redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
+    let mut r = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    let raised: bool = redis::cmd("SET")
+        .arg(REBUILD_FLAG)
+        .arg(std::process::id())
+        .arg("NX")
+        .arg("EX")
+        .arg(120)
+        .query_async::<Option<String>>(&mut r)
+        .await?
+        .is_some();
     anyhow::ensure!(raised, "another rebuild is running ({REBUILD_FLAG} is set); wait for it, or delete the key if that rebuild died");
     let result = rebuild_flagged(database, &mut r, mark_ttl_s, now).await;
     if result.is_ok() {
-        let _: () = redis::cmd("SET").arg(COMPLETE).arg(now.to_rfc3339()).query_async(&mut r).await?;
+        let _: () = redis::cmd("SET")
+            .arg(COMPLETE)
+            .arg(now.to_rfc3339())
+            .query_async(&mut r)
+            .await?;
     }
-    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(REBUILD_FLAG).query_async(&mut r).await;
+    let _: redis::RedisResult<()> = redis::cmd("DEL")
+        .arg(REBUILD_FLAG)
+        .query_async(&mut r)
+        .await;
     result
 }
 
 /// Rebuilds when Redis lacks [`COMPLETE`] (first start, or Redis lost its
 /// data). `Ok(None)`: nothing to do, or another process is rebuilding.
-pub async fn ensure_complete(database: &Path, redis_url: &str, mark_ttl_s: u64, now: Timestamp) -> Result<Option<Rebuilt>> {
-    let client = redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
-    let mut r = client.get_multiplexed_async_connection().await.with_context(|| format!("connecting to Redis at {redis_url}"))?;
-    let (complete, rebuilding): (bool, bool) = redis::pipe().cmd("EXISTS").arg(COMPLETE).cmd("EXISTS").arg(REBUILD_FLAG).query_async(&mut r).await?;
+pub async fn ensure_complete(
+    database: &Path,
+    redis_url: &str,
+    mark_ttl_s: u64,
+    now: Timestamp,
+) -> Result<Option<Rebuilt>> {
+    let client =
+        redis::Client::open(redis_url).with_context(|| format!("Redis URL {redis_url}"))?;
+    let mut r = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {redis_url}"))?;
+    let (complete, rebuilding): (bool, bool) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(COMPLETE)
+        .cmd("EXISTS")
+        .arg(REBUILD_FLAG)
+        .query_async(&mut r)
+        .await?;
     if complete || rebuilding {
         return Ok(None);
     }
@@ -239,7 +305,11 @@ type Chunk = (Vec<Op>, Vec<Mark>, u64);
 /// Reads the whole ledger in one read transaction (one snapshot), sending
 /// the merged changes of every [`REBUILD_CHUNK`] events, and the marks of
 /// those processed since `mark_since`.
-fn read_ledger(database: &Path, mark_since: &str, out: tokio::sync::mpsc::Sender<Chunk>) -> Result<()> {
+fn read_ledger(
+    database: &Path,
+    mark_since: &str,
+    out: tokio::sync::mpsc::Sender<Chunk>,
+) -> Result<()> {
     let mut conn = billing_migrations::open(database)?;
     let tx = conn.transaction()?;
     let mut stmt = tx.prepare(
@@ -251,7 +321,9 @@ fn read_ledger(database: &Path, mark_since: &str, out: tokio::sync::mpsc::Sender
     let (mut changes, mut marks, mut events) = (Changes::default(), Vec::new(), 0u64);
     while let Some(row) = rows.next()? {
         let consumer: String = row.get(0)?;
-        let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else { continue };
+        let Some(kind) = billing_core::aggregates::Kind::from_topic(&consumer) else {
+            continue;
+        };
         let fact = crate::billing::fact_from_row(row, kind, row.get(1)?, row.get(2)?, 4)??;
         changes.add(&fact);
         events += 1;
@@ -259,22 +331,40 @@ fn read_ledger(database: &Path, mark_since: &str, out: tokio::sync::mpsc::Sender
             marks.push(mark(&fact));
         }
         if events as usize % REBUILD_CHUNK == 0 {
-            out.blocking_send((std::mem::take(&mut changes).ops(), std::mem::take(&mut marks), REBUILD_CHUNK as u64)).map_err(|_| anyhow::anyhow!("the rebuild stopped"))?;
+            out.blocking_send((
+                std::mem::take(&mut changes).ops(),
+                std::mem::take(&mut marks),
+                REBUILD_CHUNK as u64,
+            ))
+            .map_err(|_| anyhow::anyhow!("the rebuild stopped"))?;
         }
     }
     let rest = events % REBUILD_CHUNK as u64;
     if rest > 0 || events == 0 {
-        out.blocking_send((changes.ops(), marks, rest)).map_err(|_| anyhow::anyhow!("the rebuild stopped"))?;
+        out.blocking_send((changes.ops(), marks, rest))
+            .map_err(|_| anyhow::anyhow!("the rebuild stopped"))?;
     }
     Ok(())
 }
 
-async fn rebuild_flagged(database: &Path, r: &mut MultiplexedConnection, mark_ttl_s: u64, now: Timestamp) -> Result<Rebuilt> {
+async fn rebuild_flagged(
+    database: &Path,
+    r: &mut MultiplexedConnection,
+    mark_ttl_s: u64,
+    now: Timestamp,
+) -> Result<Rebuilt> {
     let mut out = Rebuilt::default();
     for pattern in [format!("{PREFIX}*"), "billing:seen:*".to_owned()] {
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(r).await?;
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(r)
+                .await?;
             if !keys.is_empty() {
                 out.keys_removed += keys.len() as u64;
                 let _: () = redis::cmd("UNLINK").arg(&keys).query_async(r).await?;
@@ -285,7 +375,9 @@ async fn rebuild_flagged(database: &Path, r: &mut MultiplexedConnection, mark_tt
             cursor = next;
         }
     }
-    let mark_since = Timestamp::from_millis(now.millis() - mark_ttl_s as i64 * 1000).map_err(|e| anyhow::anyhow!("{e}"))?.to_rfc3339();
+    let mark_since = Timestamp::from_millis(now.millis() - mark_ttl_s as i64 * 1000)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_rfc3339();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(2);
     let reader = tokio::task::spawn_blocking({
         let database = database.to_owned();
@@ -298,11 +390,19 @@ async fn rebuild_flagged(database: &Path, r: &mut MultiplexedConnection, mark_tt
             let mut pipe = redis::pipe();
             for op in chunk {
                 match op {
-                    Op::HashIncr { key, field, by } => pipe.cmd("HINCRBY").arg(key).arg(field).arg(*by),
-                    Op::HashSet { key, field, value } => pipe.cmd("HSET").arg(key).arg(field).arg(value),
+                    Op::HashIncr { key, field, by } => {
+                        pipe.cmd("HINCRBY").arg(key).arg(field).arg(*by)
+                    }
+                    Op::HashSet { key, field, value } => {
+                        pipe.cmd("HSET").arg(key).arg(field).arg(value)
+                    }
                     Op::SetAdd { key, member } => pipe.cmd("SADD").arg(key).arg(member),
-                    Op::ZIncr { key, member, by } => pipe.cmd("ZINCRBY").arg(key).arg(*by).arg(member),
-                    Op::ZMax { key, member, score } => pipe.cmd("ZADD").arg(key).arg("GT").arg(*score).arg(member),
+                    Op::ZIncr { key, member, by } => {
+                        pipe.cmd("ZINCRBY").arg(key).arg(*by).arg(member)
+                    }
+                    Op::ZMax { key, member, score } => {
+                        pipe.cmd("ZADD").arg(key).arg("GT").arg(*score).arg(member)
+                    }
                 }
                 .ignore();
             }
@@ -322,7 +422,11 @@ async fn rebuild_flagged(database: &Path, r: &mut MultiplexedConnection, mark_tt
     }
     reader.await??;
     for k in keys {
-        let _: () = redis::cmd("EXPIRE").arg(k).arg(mark_ttl_s).query_async(r).await?;
+        let _: () = redis::cmd("EXPIRE")
+            .arg(k)
+            .arg(mark_ttl_s)
+            .query_async(r)
+            .await?;
     }
     Ok(out)
 }

@@ -18,7 +18,9 @@
 //! nothing. Database trouble is an `Err`: retried, never skipped.
 
 use anyhow::Result;
-use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus, LlmResponse, MessageSent, TokenMetrics};
+use billing_core::events::{
+    CloudEvent, EventData, InferenceEvent, InferenceStatus, LlmResponse, MessageSent, TokenMetrics,
+};
 use billing_core::pricing::{quote, PriceVersion, Quote, TokenPrices};
 use billing_core::{PricePerMillion, Timestamp, Usage};
 use rusqlite::{OptionalExtension, Transaction};
@@ -37,7 +39,10 @@ pub enum Outcome {
 }
 
 fn poison(code: &'static str, reason: impl Into<String>) -> Outcome {
-    Outcome::Poison { code, reason: reason.into() }
+    Outcome::Poison {
+        code,
+        reason: reason.into(),
+    }
 }
 
 fn price(v: i64) -> Result<PricePerMillion> {
@@ -45,7 +50,12 @@ fn price(v: i64) -> Result<PricePerMillion> {
 }
 
 /// The token prices of `model` in force at `at`.
-fn token_price_at(tx: &Transaction<'_>, model_id: i64, model: &str, at: Timestamp) -> Result<Option<PriceVersion>> {
+fn token_price_at(
+    tx: &Transaction<'_>,
+    model_id: i64,
+    model: &str,
+    at: Timestamp,
+) -> Result<Option<PriceVersion>> {
     let row = tx
         .prepare_cached(
             "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
@@ -53,19 +63,34 @@ fn token_price_at(tx: &Transaction<'_>, model_id: i64, model: &str, at: Timestam
         )?
         .query_row((model_id, at.to_rfc3339()), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, [r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])))
         .optional()?;
-    let Some((pricing_id, from, p)) = row else { return Ok(None) };
+    let Some((pricing_id, from, p)) = row else {
+        return Ok(None);
+    };
     Ok(Some(PriceVersion {
         pricing_id,
         model: model.to_owned(),
-        effective_from: Timestamp::parse(&from).map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
-        prices: TokenPrices { input: price(p[0])?, output: price(p[1])?, cache_write_5m: price(p[2])?, cache_write_1h: price(p[3])?, cache_read: price(p[4])? },
+        effective_from: Timestamp::parse(&from)
+            .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
+        prices: TokenPrices {
+            input: price(p[0])?,
+            output: price(p[1])?,
+            cache_write_5m: price(p[2])?,
+            cache_write_1h: price(p[3])?,
+            cache_read: price(p[4])?,
+        },
     }))
 }
 
 /// Parses a payload as an event of type `T`, or says why it never will be one.
 fn parse<T: EventData>(payload: &[u8]) -> Result<CloudEvent<T>, String> {
     let text = std::str::from_utf8(payload).map_err(|_| "the payload is not UTF-8".to_owned())?;
-    CloudEvent::<T>::from_json(text).map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+    CloudEvent::<T>::from_json(text).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// Where a message was read from, for the ledger.
@@ -81,33 +106,59 @@ pub fn recorded(tx: &Transaction<'_>, kind: Kind, source: &str, id: &str) -> Res
         "SELECT user_id, model, thread_id, occurred_at, latency_ms, cost_nanos, input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
          FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3",
     )?;
-    let row = stmt.query_row((kind.topic(), source, id), |r| fact_from_row(r, kind, source.to_owned(), id.to_owned(), 0)).optional()?;
+    let row = stmt
+        .query_row((kind.topic(), source, id), |r| {
+            fact_from_row(r, kind, source.to_owned(), id.to_owned(), 0)
+        })
+        .optional()?;
     row.transpose()
 }
 
 /// A [`Fact`] from a ledger row whose columns start at `at` in the order
 /// user_id, model, thread_id, occurred_at, latency_ms, cost_nanos, then the five token classes.
-pub fn fact_from_row(r: &rusqlite::Row<'_>, kind: Kind, source: String, id: String, at: usize) -> rusqlite::Result<Result<Fact>> {
+pub fn fact_from_row(
+    r: &rusqlite::Row<'_>,
+    kind: Kind,
+    source: String,
+    id: String,
+    at: usize,
+) -> rusqlite::Result<Result<Fact>> {
     let occurred: String = r.get(at + 3)?;
-    let tokens = [r.get::<_, i64>(at + 6)?, r.get(at + 7)?, r.get(at + 8)?, r.get(at + 9)?, r.get(at + 10)?].map(|t| t as u64);
-    let fact = Timestamp::parse(&occurred).map_err(|e| anyhow::anyhow!("ledger row {source}/{id}: {e}")).map(|occurred_at| Fact {
-        kind,
-        source,
-        id,
-        user_id: 0,
-        model: String::new(),
-        thread_id: None,
-        occurred_at,
-        latency_ms: 0,
-        cost_nanos: 0,
-        tokens,
-    });
+    let tokens = [
+        r.get::<_, i64>(at + 6)?,
+        r.get(at + 7)?,
+        r.get(at + 8)?,
+        r.get(at + 9)?,
+        r.get(at + 10)?,
+    ]
+    .map(|t| t as u64);
+    let fact = Timestamp::parse(&occurred)
+        .map_err(|e| anyhow::anyhow!("ledger row {source}/{id}: {e}"))
+        .map(|occurred_at| Fact {
+            kind,
+            source,
+            id,
+            user_id: 0,
+            model: String::new(),
+            thread_id: None,
+            occurred_at,
+            latency_ms: 0,
+            cost_nanos: 0,
+            tokens,
+        });
     let user_id = r.get(at)?;
     let model = r.get(at + 1)?;
     let thread_id = r.get(at + 2)?;
     let latency_ms = r.get::<_, i64>(at + 4)? as u64;
     let cost_nanos = r.get(at + 5)?;
-    Ok(fact.map(|f| Fact { user_id, model, thread_id, latency_ms, cost_nanos, ..f }))
+    Ok(fact.map(|f| Fact {
+        user_id,
+        model,
+        thread_id,
+        latency_ms,
+        cost_nanos,
+        ..f
+    }))
 }
 
 /// The ledger entry that makes a redelivery a no-op, with the event's fact;
@@ -135,24 +186,49 @@ struct Priced {
 
 /// The user, the model, the price in force at `at`, the quote; or why the
 /// event can never be billed.
-fn price_event(tx: &Transaction<'_>, user_id: i64, model: &str, at: Timestamp, usage: &Usage) -> Result<Result<Priced, Outcome>> {
+fn price_event(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    model: &str,
+    at: Timestamp,
+    usage: &Usage,
+) -> Result<Result<Priced, Outcome>> {
     if !user_exists(tx, user_id)? {
-        return Ok(Err(poison("unknown_user", format!("there is no user {user_id}"))));
+        return Ok(Err(poison(
+            "unknown_user",
+            format!("there is no user {user_id}"),
+        )));
     }
-    let Some(model_id) = tx.prepare_cached("SELECT model_id FROM dim_models WHERE model_name = ?1")?.query_row([model], |r| r.get::<_, i64>(0)).optional()? else {
-        return Ok(Err(poison("unknown_model", format!("unknown model `{model}`"))));
+    let Some(model_id) = tx
+        .prepare_cached("SELECT model_id FROM dim_models WHERE model_name = ?1")?
+        .query_row([model], |r| r.get::<_, i64>(0))
+        .optional()?
+    else {
+        return Ok(Err(poison(
+            "unknown_model",
+            format!("unknown model `{model}`"),
+        )));
     };
     let Some(version) = token_price_at(tx, model_id, model, at)? else {
-        return Ok(Err(poison("no_price", format!("no price of `{model}` is in force at {at}"))));
+        return Ok(Err(poison(
+            "no_price",
+            format!("no price of `{model}` is in force at {at}"),
+        )));
     };
     match quote(&version, usage) {
-        Ok(quote) => Ok(Ok(Priced { model_id, pricing_id: version.pricing_id, quote })),
+        Ok(quote) => Ok(Ok(Priced {
+            model_id,
+            pricing_id: version.pricing_id,
+            quote,
+        })),
         Err(e) => Ok(Err(poison("invalid_usage", e.to_string()))),
     }
 }
 
 fn user_exists(tx: &Transaction<'_>, user_id: i64) -> Result<bool> {
-    Ok(tx.prepare_cached("SELECT count(*) FROM dim_users WHERE user_id = ?1")?.query_row([user_id], |r| r.get(0))?)
+    Ok(tx
+        .prepare_cached("SELECT count(*) FROM dim_users WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))?)
 }
 
 fn exists(tx: &Transaction<'_>, sql: &str, id: i64) -> Result<bool> {
@@ -160,7 +236,14 @@ fn exists(tx: &Transaction<'_>, sql: &str, id: i64) -> Result<bool> {
 }
 
 /// One `user_invoice_line_item` per token class with tokens. Returns the rows written.
-fn insert_token_lines(tx: &Transaction<'_>, ev: (&str, &str, i64), thread: Option<i64>, message: Option<i64>, p: &Priced, at: &str) -> Result<usize> {
+fn insert_token_lines(
+    tx: &Transaction<'_>,
+    ev: (&str, &str, i64),
+    thread: Option<i64>,
+    message: Option<i64>,
+    p: &Priced,
+    at: &str,
+) -> Result<usize> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO user_invoice_line_item (source, event_id, user_id, thread_id, message_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (source, event_id, token_class) DO NOTHING",
@@ -168,8 +251,18 @@ fn insert_token_lines(tx: &Transaction<'_>, ev: (&str, &str, i64), thread: Optio
     let mut written = 0;
     for line in p.quote.lines.iter().filter(|l| l.tokens > 0) {
         written += stmt.execute(rusqlite::params![
-            ev.0, ev.1, ev.2, thread, message, p.model_id, p.pricing_id,
-            line.class.as_str(), line.tokens as i64, line.unit_price.micros(), line.cost.0, at,
+            ev.0,
+            ev.1,
+            ev.2,
+            thread,
+            message,
+            p.model_id,
+            p.pricing_id,
+            line.class.as_str(),
+            line.tokens as i64,
+            line.unit_price.micros(),
+            line.cost.0,
+            at,
         ])?;
     }
     Ok(written)
@@ -192,9 +285,17 @@ fn tokens_of(usage: &Usage) -> [u64; 5] {
 
 /// Handles one message of `topic` inside `tx`. `Err` means try again later
 /// (roll back); the caller commits.
-pub fn process(tx: &Transaction<'_>, topic: &str, payload: &[u8], origin: Origin) -> Result<Outcome> {
+pub fn process(
+    tx: &Transaction<'_>,
+    topic: &str,
+    payload: &[u8],
+    origin: Origin,
+) -> Result<Outcome> {
     let Some(kind) = Kind::from_topic(topic) else {
-        return Ok(poison("unknown_topic", format!("no consumer handles topic `{topic}`")));
+        return Ok(poison(
+            "unknown_topic",
+            format!("no consumer handles topic `{topic}`"),
+        ));
     };
     macro_rules! parse_or_poison {
         ($t:ty) => {
@@ -227,21 +328,51 @@ pub fn process(tx: &Transaction<'_>, topic: &str, payload: &[u8], origin: Origin
             let ev = parse_or_poison!(MessageSent);
             seen_before!(ev);
             let d = &ev.data;
-            analytics(tx, kind, &ev, d.user_id, d.model.as_str(), d.thread_id, 0, origin)
+            analytics(
+                tx,
+                kind,
+                &ev,
+                d.user_id,
+                d.model.as_str(),
+                d.thread_id,
+                0,
+                origin,
+            )
         }
         Kind::Response => {
             let ev = parse_or_poison!(LlmResponse);
             seen_before!(ev);
             let d = &ev.data;
-            analytics(tx, kind, &ev, d.user_id, d.model.as_str(), d.thread_id, d.latency_ms, origin)
+            analytics(
+                tx,
+                kind,
+                &ev,
+                d.user_id,
+                d.model.as_str(),
+                d.thread_id,
+                d.latency_ms,
+                origin,
+            )
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn analytics<T>(tx: &Transaction<'_>, kind: Kind, ev: &CloudEvent<T>, user_id: i64, model: &str, thread_id: i64, latency_ms: u64, origin: Origin) -> Result<Outcome> {
+fn analytics<T>(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    ev: &CloudEvent<T>,
+    user_id: i64,
+    model: &str,
+    thread_id: i64,
+    latency_ms: u64,
+    origin: Origin,
+) -> Result<Outcome> {
     if !user_exists(tx, user_id)? {
-        return Ok(poison("unknown_user", format!("there is no user {user_id}")));
+        return Ok(poison(
+            "unknown_user",
+            format!("there is no user {user_id}"),
+        ));
     }
     let fact = Fact {
         kind,
@@ -256,10 +387,17 @@ fn analytics<T>(tx: &Transaction<'_>, kind: Kind, ev: &CloudEvent<T>, user_id: i
         tokens: [0; 5],
     };
     record(tx, &fact, origin)?;
-    Ok(Outcome::Billed { fact, line_items: 0 })
+    Ok(Outcome::Billed {
+        fact,
+        line_items: 0,
+    })
 }
 
-fn bill_turn(tx: &Transaction<'_>, ev: &CloudEvent<TokenMetrics>, origin: Origin) -> Result<Outcome> {
+fn bill_turn(
+    tx: &Transaction<'_>,
+    ev: &CloudEvent<TokenMetrics>,
+    origin: Origin,
+) -> Result<Outcome> {
     let d = &ev.data;
     let priced = match price_event(tx, d.user_id, d.model.as_str(), ev.time, &d.usage)? {
         Ok(p) => p,
@@ -267,10 +405,27 @@ fn bill_turn(tx: &Transaction<'_>, ev: &CloudEvent<TokenMetrics>, origin: Origin
     };
     // The thread and message are referenced when they exist here (they do
     // unless the event came from elsewhere); the bill does not depend on them.
-    let thread = exists(tx, "SELECT count(*) FROM user_threads WHERE thread_id = ?1", d.thread_id)?.then_some(d.thread_id);
-    let message = exists(tx, "SELECT count(*) FROM user_thread_messages WHERE message_id = ?1", d.message_id)?.then_some(d.message_id);
+    let thread = exists(
+        tx,
+        "SELECT count(*) FROM user_threads WHERE thread_id = ?1",
+        d.thread_id,
+    )?
+    .then_some(d.thread_id);
+    let message = exists(
+        tx,
+        "SELECT count(*) FROM user_thread_messages WHERE message_id = ?1",
+        d.message_id,
+    )?
+    .then_some(d.message_id);
     let at = ev.time.to_rfc3339();
-    let line_items = insert_token_lines(tx, (&ev.source, &ev.id, d.user_id), thread, message, &priced, &at)?;
+    let line_items = insert_token_lines(
+        tx,
+        (&ev.source, &ev.id, d.user_id),
+        thread,
+        message,
+        &priced,
+        &at,
+    )?;
     let fact = Fact {
         kind: Kind::Turn,
         source: ev.source.clone(),
@@ -289,14 +444,20 @@ fn bill_turn(tx: &Transaction<'_>, ev: &CloudEvent<TokenMetrics>, origin: Origin
 
 /// An inference event's resource lines are priced at the resource prices in
 /// force at its time; a resource without a price then is not billed.
-fn bill_inference(tx: &Transaction<'_>, ev: &CloudEvent<InferenceEvent>, origin: Origin) -> Result<Outcome> {
+fn bill_inference(
+    tx: &Transaction<'_>,
+    ev: &CloudEvent<InferenceEvent>,
+    origin: Origin,
+) -> Result<Outcome> {
     let d = &ev.data;
     let priced = match price_event(tx, d.user_id, d.model.as_str(), ev.time, &d.usage)? {
         Ok(p) => p,
         Err(outcome) => return Ok(outcome),
     };
     let tokens = tokens_of(&d.usage);
-    let event_type_id: i64 = tx.prepare_cached("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1")?.query_row([InferenceEvent::TYPE], |r| r.get(0))?;
+    let event_type_id: i64 = tx
+        .prepare_cached("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1")?
+        .query_row([InferenceEvent::TYPE], |r| r.get(0))?;
     let at = ev.time.to_rfc3339();
     let api_event_id: i64 = tx
         .prepare_cached(
@@ -314,7 +475,14 @@ fn bill_inference(tx: &Transaction<'_>, ev: &CloudEvent<InferenceEvent>, origin:
             ],
             |r| r.get(0),
         )?;
-    let mut line_items = insert_token_lines(tx, (&ev.source, &ev.id, d.user_id), None, None, &priced, &at)?;
+    let mut line_items = insert_token_lines(
+        tx,
+        (&ev.source, &ev.id, d.user_id),
+        None,
+        None,
+        &priced,
+        &at,
+    )?;
     let mut cost = priced.quote.total.0;
     for (resource, quantity) in [("inference_request", 1u64), ("compute_time", d.compute_ms)] {
         if quantity == 0 {
@@ -325,7 +493,11 @@ fn bill_inference(tx: &Transaction<'_>, ev: &CloudEvent<InferenceEvent>, origin:
             .query_row((resource, &at), |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((resource_pricing_id, unit_price)) = in_force else {
-            tracing::warn!(resource, at, "No resource price in force; the resource is not billed.");
+            tracing::warn!(
+                resource,
+                at,
+                "No resource price in force; the resource is not billed."
+            );
             continue;
         };
         let line_cost = billing_core::money::line_cost(quantity, price(unit_price)?)?;

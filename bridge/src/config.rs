@@ -101,31 +101,50 @@ impl Default for Config {
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { group: "billing-bridge".into(), batch_size: 500, batch_wait_ms: 5 }
+        Self {
+            group: "billing-bridge".into(),
+            batch_size: 500,
+            batch_wait_ms: 5,
+        }
     }
 }
 
 impl Default for AggregatesConfig {
     fn default() -> Self {
-        Self { mark_ttl_s: 8 * 24 * 3600, check_interval_s: 30 }
+        Self {
+            mark_ttl_s: 8 * 24 * 3600,
+            check_interval_s: 30,
+        }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:3100".into(), sse_heartbeat_s: 15 }
+        Self {
+            listen: "127.0.0.1:3100".into(),
+            sse_heartbeat_s: 15,
+        }
     }
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { batch_size: 500, poll_interval_ms: 500, delivery_timeout_ms: 10_000, lease_ms: 15_000 }
+        Self {
+            batch_size: 500,
+            poll_interval_ms: 500,
+            delivery_timeout_ms: 10_000,
+            lease_ms: 15_000,
+        }
     }
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
-        Self { partitions: 6, replication: 1, retention_ms: 7 * 24 * 3600 * 1000 }
+        Self {
+            partitions: 6,
+            replication: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+        }
     }
 }
 
@@ -134,8 +153,11 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let mut c = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end())).with_context(|| format!("invalid config {}", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str(&text)
+                    .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+                    .with_context(|| format!("invalid config {}", p.display()))?
             }
             None => Config::default(),
         };
@@ -163,31 +185,45 @@ impl Config {
             bail!("brokers: give at least one host:port");
         }
         if self.relay.batch_size == 0 || self.relay.batch_size > 10_000 {
-            bail!("relay.batch_size = {}: use 1 to 10000", self.relay.batch_size);
+            bail!(
+                "relay.batch_size = {}: use 1 to 10000",
+                self.relay.batch_size
+            );
         }
         if self.relay.poll_interval_ms == 0 {
             bail!("relay.poll_interval_ms must be positive");
         }
-        if self.relay.lease_ms <= self.relay.poll_interval_ms || self.relay.lease_ms <= self.relay.delivery_timeout_ms {
+        if self.relay.lease_ms <= self.relay.poll_interval_ms
+            || self.relay.lease_ms <= self.relay.delivery_timeout_ms
+        {
             bail!("relay.lease_ms = {} must exceed relay.poll_interval_ms and relay.delivery_timeout_ms", self.relay.lease_ms);
         }
         if self.topics.partitions < 1 || self.topics.replication < 1 {
             bail!("topics.partitions and topics.replication must be at least 1");
         }
         if self.topics.retention_ms < -1 || self.topics.retention_ms == 0 {
-            bail!("topics.retention_ms = {}: use a positive number of ms, or -1 to keep forever", self.topics.retention_ms);
+            bail!(
+                "topics.retention_ms = {}: use a positive number of ms, or -1 to keep forever",
+                self.topics.retention_ms
+            );
         }
         if self.consumer.group.trim().is_empty() {
             bail!("consumer.group must not be empty");
         }
         if self.consumer.batch_size == 0 || self.consumer.batch_size > 10_000 {
-            bail!("consumer.batch_size = {}: use 1 to 10000", self.consumer.batch_size);
+            bail!(
+                "consumer.batch_size = {}: use 1 to 10000",
+                self.consumer.batch_size
+            );
         }
         if self.aggregates.mark_ttl_s < 3600 {
             bail!("aggregates.mark_ttl_s = {}: use at least 3600, and more than the topics' retention", self.aggregates.mark_ttl_s);
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            bail!("http.listen = {:?}: give an address such as 127.0.0.1:3100", self.http.listen);
+            bail!(
+                "http.listen = {:?}: give an address such as 127.0.0.1:3100",
+                self.http.listen
+            );
         }
         if self.aggregates.check_interval_s == 0 {
             bail!("aggregates.check_interval_s must be positive");
@@ -207,8 +243,18 @@ mod tests {
     #[test]
     fn strict() {
         let c: Config = toml::from_str("brokers = \"k:9092\"\n[relay]\nbatch_size = 10\n").unwrap();
-        assert_eq!((c.brokers.as_str(), c.relay.batch_size, c.relay.poll_interval_ms), ("k:9092", 10, 500));
-        assert!(toml::from_str::<Config>("broker = \"x\"").unwrap_err().to_string().contains("unknown field `broker`"));
+        assert_eq!(
+            (
+                c.brokers.as_str(),
+                c.relay.batch_size,
+                c.relay.poll_interval_ms
+            ),
+            ("k:9092", 10, 500)
+        );
+        assert!(toml::from_str::<Config>("broker = \"x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `broker`"));
         let mut c = Config::default();
         c.topics.retention_ms = 0;
         assert!(c.check().unwrap_err().to_string().contains("retention_ms"));

@@ -22,7 +22,10 @@ use crate::aggregates::Aggregates;
 use crate::billing::{self, Fact, Origin, Outcome};
 use crate::metrics::{global as metrics, labels};
 use anyhow::{Context, Result};
-use billing_core::events::{topics, CloudEvent, EventData, InferenceEvent, LlmResponse, MessageSent, ProcessedEvent, TokenMetrics};
+use billing_core::events::{
+    topics, CloudEvent, EventData, InferenceEvent, LlmResponse, MessageSent, ProcessedEvent,
+    TokenMetrics,
+};
 use billing_core::{Nanos, Timestamp};
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -33,7 +36,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The topics the consumers read.
-pub const TOPICS: [&str; 4] = [topics::TOKEN_METRICS, topics::INFERENCE_EVENTS, topics::RAW_MESSAGES, topics::LLM_RESPONSES];
+pub const TOPICS: [&str; 4] = [
+    topics::TOKEN_METRICS,
+    topics::INFERENCE_EVENTS,
+    topics::RAW_MESSAGES,
+    topics::LLM_RESPONSES,
+];
 
 /// Settings of the consumer loop.
 #[derive(Debug, Clone)]
@@ -53,7 +61,11 @@ impl ClientContext for LagContext {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics().set("billing_bridge_consumer_lag", labels(&[("topic", topic), ("partition", &partition.to_string())]), p.consumer_lag);
+                    metrics().set(
+                        "billing_bridge_consumer_lag",
+                        labels(&[("topic", topic), ("partition", &partition.to_string())]),
+                        p.consumer_lag,
+                    );
                 }
             }
         }
@@ -61,12 +73,28 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
-        let list = |tpl: &rdkafka::TopicPartitionList| tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(" ");
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        let list = |tpl: &rdkafka::TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         match rebalance {
-            rdkafka::consumer::Rebalance::Assign(tpl) => tracing::info!(partitions = list(tpl), "Partitions assigned."),
-            rdkafka::consumer::Rebalance::Revoke(tpl) => tracing::info!(partitions = list(tpl), "Partitions revoked."),
-            rdkafka::consumer::Rebalance::Error(e) => tracing::warn!(error = %e, "Rebalance failed."),
+            rdkafka::consumer::Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = list(tpl), "Partitions assigned.")
+            }
+            rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                tracing::info!(partitions = list(tpl), "Partitions revoked.")
+            }
+            rdkafka::consumer::Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "Rebalance failed.")
+            }
         }
     }
 }
@@ -93,7 +121,10 @@ fn handle_batch(conn: &mut Connection, batch: &[BorrowedMessage<'_>]) -> Result<
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut out = Vec::with_capacity(batch.len());
     for msg in batch {
-        let origin = Origin { partition: msg.partition(), offset: msg.offset() };
+        let origin = Origin {
+            partition: msg.partition(),
+            offset: msg.offset(),
+        };
         tx.execute_batch("SAVEPOINT message")?;
         match billing::process(&tx, msg.topic(), msg.payload().unwrap_or_default(), origin) {
             Ok(o) => {
@@ -102,7 +133,10 @@ fn handle_batch(conn: &mut Connection, batch: &[BorrowedMessage<'_>]) -> Result<
             }
             Err(e) if is_constraint(&e) => {
                 tx.execute_batch("ROLLBACK TO message; RELEASE message")?;
-                out.push(Outcome::Poison { code: "rejected_by_database", reason: format!("the database refused the event: {e:#}") });
+                out.push(Outcome::Poison {
+                    code: "rejected_by_database",
+                    reason: format!("the database refused the event: {e:#}"),
+                });
             }
             Err(e) => return Err(e),
         }
@@ -130,7 +164,14 @@ fn original_type(f: &Fact) -> &'static str {
 pub fn processed_event(f: &Fact, line_items: usize, now: Timestamp) -> CloudEvent<ProcessedEvent> {
     CloudEvent::new(
         format!("{}:{}", f.kind.topic(), f.id),
-        format!("/bridge{}", if f.source.starts_with('/') { f.source.clone() } else { format!("/{}", f.source) }),
+        format!(
+            "/bridge{}",
+            if f.source.starts_with('/') {
+                f.source.clone()
+            } else {
+                format!("/{}", f.source)
+            }
+        ),
         now,
         None,
         ProcessedEvent {
@@ -146,7 +187,14 @@ pub fn processed_event(f: &Fact, line_items: usize, now: Timestamp) -> CloudEven
 
 /// Consumes [`TOPICS`] in group `settings.group` until `stop` is raised;
 /// then finishes the batch in hand, stores and commits its offsets.
-pub async fn run(brokers: &str, settings: &Settings, conn: &mut Connection, producer: &FutureProducer, aggregates: &mut Aggregates, mut stop: watch::Receiver<bool>) -> Result<()> {
+pub async fn run(
+    brokers: &str,
+    settings: &Settings,
+    conn: &mut Connection,
+    producer: &FutureProducer,
+    aggregates: &mut Aggregates,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
     let consumer: StreamConsumer<LagContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &settings.group)
@@ -185,7 +233,10 @@ pub async fn run(brokers: &str, settings: &Settings, conn: &mut Connection, prod
             }
         }
         if !handle(&batch, conn, producer, aggregates, &mut stop).await? {
-            tracing::info!(messages = batch.len(), "Stopping before the batch was done; it will be delivered again.");
+            tracing::info!(
+                messages = batch.len(),
+                "Stopping before the batch was done; it will be delivered again."
+            );
             break;
         }
         for msg in &batch {
@@ -203,14 +254,24 @@ pub async fn run(brokers: &str, settings: &Settings, conn: &mut Connection, prod
 
 /// Takes one batch through every step. Returns false when stopped before
 /// the batch was done (its offsets must not be stored).
-async fn handle(batch: &[BorrowedMessage<'_>], conn: &mut Connection, producer: &FutureProducer, aggregates: &mut Aggregates, stop: &mut watch::Receiver<bool>) -> Result<bool> {
+async fn handle(
+    batch: &[BorrowedMessage<'_>],
+    conn: &mut Connection,
+    producer: &FutureProducer,
+    aggregates: &mut Aggregates,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool> {
     let mut backoff = Duration::from_millis(50);
     let outcomes = loop {
         match handle_batch(conn, batch) {
             Ok(o) => break o,
             Err(e) => {
                 metrics().inc("billing_bridge_sqlite_errors_total", String::new(), 1);
-                tracing::warn!(error = format!("{e:#}"), messages = batch.len(), "Writing the batch failed; retrying.");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    messages = batch.len(),
+                    "Writing the batch failed; retrying."
+                );
                 if !back_off(&mut backoff, stop).await {
                     return Ok(false);
                 }
@@ -223,13 +284,22 @@ async fn handle(batch: &[BorrowedMessage<'_>], conn: &mut Connection, producer: 
     for (msg, outcome) in batch.iter().zip(&outcomes) {
         let outcome_label = match outcome {
             Outcome::Billed { fact, line_items } => {
-                tracing::debug!(topic = msg.topic(), line_items, cost_nanos = fact.cost_nanos, offset = msg.offset(), "Handled an event.");
+                tracing::debug!(
+                    topic = msg.topic(),
+                    line_items,
+                    cost_nanos = fact.cost_nanos,
+                    offset = msg.offset(),
+                    "Handled an event."
+                );
                 facts.push(fact.clone());
                 items.push(*line_items);
                 "billed"
             }
             Outcome::Duplicate { fact, line_items } => {
-                tracing::debug!(offset = msg.offset(), "Event seen before; its aggregates are checked.");
+                tracing::debug!(
+                    offset = msg.offset(),
+                    "Event seen before; its aggregates are checked."
+                );
                 facts.push(fact.clone());
                 items.push(*line_items);
                 "duplicate"
@@ -243,12 +313,27 @@ async fn handle(batch: &[BorrowedMessage<'_>], conn: &mut Connection, producer: 
                         return Ok(false);
                     }
                 }
-                metrics().inc("billing_bridge_dead_letters_total", labels(&[("reason", code)]), 1);
-                tracing::warn!(reason, code, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), "Sent an event that can never be handled to dead-letter.");
+                metrics().inc(
+                    "billing_bridge_dead_letters_total",
+                    labels(&[("reason", code)]),
+                    1,
+                );
+                tracing::warn!(
+                    reason,
+                    code,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "Sent an event that can never be handled to dead-letter."
+                );
                 "dead_letter"
             }
         };
-        metrics().inc("billing_bridge_events_total", labels(&[("topic", msg.topic()), ("outcome", outcome_label)]), 1);
+        metrics().inc(
+            "billing_bridge_events_total",
+            labels(&[("topic", msg.topic()), ("outcome", outcome_label)]),
+            1,
+        );
     }
 
     let mut backoff = Duration::from_millis(50);
@@ -257,7 +342,10 @@ async fn handle(batch: &[BorrowedMessage<'_>], conn: &mut Connection, producer: 
             Ok(a) => break a,
             Err(e) => {
                 metrics().inc("billing_bridge_redis_errors_total", String::new(), 1);
-                tracing::warn!(error = format!("{e:#}"), "Updating the aggregates failed; retrying.");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "Updating the aggregates failed; retrying."
+                );
                 if !back_off(&mut backoff, stop).await {
                     return Ok(false);
                 }
@@ -267,24 +355,46 @@ async fn handle(batch: &[BorrowedMessage<'_>], conn: &mut Connection, producer: 
     let now = Timestamp::from_millis(now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
     for &i in &applied {
         if facts[i].kind.is_billed() {
-            metrics().observe_latency(((now.millis() - facts[i].occurred_at.millis()).max(0)) as f64 / 1000.0);
+            metrics().observe_latency(
+                ((now.millis() - facts[i].occurred_at.millis()).max(0)) as f64 / 1000.0,
+            );
         }
     }
 
     let records: Vec<(String, String)> = applied
         .iter()
         .filter(|&&i| facts[i].kind.is_billed())
-        .map(|&i| (facts[i].user_id.to_string(), processed_event(&facts[i], items[i], now).to_json()))
+        .map(|&i| {
+            (
+                facts[i].user_id.to_string(),
+                processed_event(&facts[i], items[i], now).to_json(),
+            )
+        })
         .collect();
     let mut pending: Vec<&(String, String)> = records.iter().collect();
     let mut backoff = Duration::from_millis(50);
     while !pending.is_empty() {
-        let sends = pending.iter().map(|(key, payload)| producer.send(FutureRecord::to(topics::PROCESSED_EVENTS).key(key).payload(payload), Duration::from_secs(30)));
+        let sends = pending.iter().map(|(key, payload)| {
+            producer.send(
+                FutureRecord::to(topics::PROCESSED_EVENTS)
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(30),
+            )
+        });
         let results = futures::future::join_all(sends).await;
-        pending = pending.into_iter().zip(results).filter(|(_, r)| r.is_err()).map(|(p, _)| p).collect();
+        pending = pending
+            .into_iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_err())
+            .map(|(p, _)| p)
+            .collect();
         if !pending.is_empty() {
             metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
-            tracing::warn!(failed = pending.len(), "Producing processed-events failed; retrying.");
+            tracing::warn!(
+                failed = pending.len(),
+                "Producing processed-events failed; retrying."
+            );
             if !back_off(&mut backoff, stop).await {
                 return Ok(false);
             }
@@ -293,18 +403,47 @@ async fn handle(batch: &[BorrowedMessage<'_>], conn: &mut Connection, producer: 
     Ok(true)
 }
 
-async fn dead_letter(producer: &FutureProducer, msg: &BorrowedMessage<'_>, code: &str, reason: &str) -> Result<()> {
+async fn dead_letter(
+    producer: &FutureProducer,
+    msg: &BorrowedMessage<'_>,
+    code: &str,
+    reason: &str,
+) -> Result<()> {
     let headers = OwnedHeaders::new()
-        .insert(Header { key: "dlq-reason", value: Some(reason) })
-        .insert(Header { key: "dlq-code", value: Some(code) })
-        .insert(Header { key: "dlq-topic", value: Some(msg.topic()) })
-        .insert(Header { key: "dlq-partition", value: Some(&msg.partition().to_string()) })
-        .insert(Header { key: "dlq-offset", value: Some(&msg.offset().to_string()) });
-    let record = FutureRecord::to(topics::DEAD_LETTER).key(msg.key().unwrap_or_default()).payload(msg.payload().unwrap_or_default()).headers(headers);
-    producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| anyhow::anyhow!("dead-letter delivery failed: {e}"))?;
+        .insert(Header {
+            key: "dlq-reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "dlq-code",
+            value: Some(code),
+        })
+        .insert(Header {
+            key: "dlq-topic",
+            value: Some(msg.topic()),
+        })
+        .insert(Header {
+            key: "dlq-partition",
+            value: Some(&msg.partition().to_string()),
+        })
+        .insert(Header {
+            key: "dlq-offset",
+            value: Some(&msg.offset().to_string()),
+        });
+    let record = FutureRecord::to(topics::DEAD_LETTER)
+        .key(msg.key().unwrap_or_default())
+        .payload(msg.payload().unwrap_or_default())
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("dead-letter delivery failed: {e}"))?;
     Ok(())
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

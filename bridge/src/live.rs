@@ -81,12 +81,36 @@ fn problem(status: StatusCode, detail: &str) -> Response<Body> {
 
 /// An API key's owner: 401 for a missing, unknown or revoked key, 403 for a disabled account.
 fn authenticate(live: &Live, req: &Request<Incoming>) -> Result<Viewer, Box<Response<Body>>> {
-    let from_header = req.headers().get("authorization").and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(|k| k.trim().to_owned());
-    let from_query = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token="))).map(|k| k.to_owned());
+    let from_header = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(|k| k.trim().to_owned());
+    let from_query = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("access_token=")))
+        .map(|k| k.to_owned());
     let Some(key) = from_header.or(from_query).filter(|k| !k.is_empty()) else {
-        return Err(Box::new(problem(StatusCode::UNAUTHORIZED, "send an API key: Authorization: Bearer <key>, or ?access_token=<key>")));
+        return Err(Box::new(problem(
+            StatusCode::UNAUTHORIZED,
+            "send an API key: Authorization: Bearer <key>, or ?access_token=<key>",
+        )));
     };
-    let db = rusqlite::Connection::open_with_flags(&live.database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| Box::new(problem(StatusCode::SERVICE_UNAVAILABLE, &format!("the database cannot be opened: {e}"))))?;
+    let db = rusqlite::Connection::open_with_flags(
+        &live.database,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .map_err(|e| {
+        Box::new(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the database cannot be opened: {e}"),
+        ))
+    })?;
     let row: Option<(i64, String, Option<String>)> = if !live.admin_api_key.is_empty() && key == live.admin_api_key {
         db.query_row("SELECT user_id, role, disabled_at FROM dim_users WHERE role = 'admin' ORDER BY user_id LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()
     } else {
@@ -100,8 +124,14 @@ fn authenticate(live: &Live, req: &Request<Incoming>) -> Result<Viewer, Box<Resp
     }
     .map_err(|e| Box::new(problem(StatusCode::SERVICE_UNAVAILABLE, &format!("the database cannot be read: {e}"))))?;
     match row {
-        None => Err(Box::new(problem(StatusCode::UNAUTHORIZED, "the API key is not valid or has been revoked"))),
-        Some((_, _, Some(_))) => Err(Box::new(problem(StatusCode::FORBIDDEN, "this account is disabled"))),
+        None => Err(Box::new(problem(
+            StatusCode::UNAUTHORIZED,
+            "the API key is not valid or has been revoked",
+        ))),
+        Some((_, _, Some(_))) => Err(Box::new(problem(
+            StatusCode::FORBIDDEN,
+            "this account is disabled",
+        ))),
         Some((_, role, None)) if role == "admin" => Ok(Viewer::Admin),
         Some((user, _, None)) => Ok(Viewer::User(user)),
     }
@@ -121,14 +151,25 @@ fn frame(n: &Notice) -> Bytes {
 async fn missed(redis_url: &str, last: &str) -> anyhow::Result<Vec<Notice>> {
     let client = redis::Client::open(redis_url)?;
     let mut c = client.get_multiplexed_async_connection().await?;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE").arg(NOTICES).arg(format!("({last}")).arg("+").arg("COUNT").arg(10_000).query_async(&mut c).await?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(NOTICES)
+        .arg(format!("({last}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(10_000)
+        .query_async(&mut c)
+        .await?;
     Ok(reply
         .ids
         .into_iter()
         .filter_map(|e| {
             let user: String = e.get("user")?;
             let data: String = e.get("data")?;
-            Some(Notice { id: e.id, user_id: user.parse().ok()?, data })
+            Some(Notice {
+                id: e.id,
+                user_id: user.parse().ok()?,
+                data,
+            })
         })
         .collect())
 }
@@ -138,7 +179,12 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
         Ok(v) => v,
         Err(r) => return *r,
     };
-    let last = req.headers().get("last-event-id").and_then(|h| h.to_str().ok()).map(str::to_owned).filter(|l| stream_id(l).is_some());
+    let last = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .filter(|l| stream_id(l).is_some());
     // Subscribe before reading what was missed, so nothing falls in between.
     let mut rx = live.notices.subscribe();
     let (tx, body_rx) = mpsc::channel::<Bytes>(64);
@@ -146,7 +192,9 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
     let redis_url = live.redis_url.clone();
     tokio::spawn(async move {
         metrics().add("billing_bridge_sse_clients", String::new(), 1);
-        let _ = tx.send(Bytes::from_static(b"retry: 2000\n: connected\n\n")).await;
+        let _ = tx
+            .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
+            .await;
         let mut newest = last.as_deref().and_then(stream_id);
         if let Some(last) = &last {
             match missed(&redis_url, last).await {
@@ -160,7 +208,9 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
                         newest = stream_id(&n.id);
                     }
                 }
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "Could not read missed notices."),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "Could not read missed notices.")
+                }
             }
         }
         loop {
@@ -186,7 +236,10 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
         }
         metrics().add("billing_bridge_sse_clients", String::new(), -1);
     });
-    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(body_rx).map(|b| Ok::<_, Infallible>(Frame::data(b))));
+    let body = StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(body_rx)
+            .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/event-stream")
@@ -198,13 +251,25 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
 
 /// Ready: SQLite answers, Redis answers, the broker's metadata comes back.
 async fn ready(live: &Live) -> Response<Body> {
-    let db = rusqlite::Connection::open_with_flags(&live.database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .and_then(|c| c.query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get::<_, i64>(0)))
-        .map(|_| "ok".to_owned())
-        .unwrap_or_else(|e| format!("error: {e}"));
+    let db = rusqlite::Connection::open_with_flags(
+        &live.database,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .and_then(|c| {
+        c.query_row("SELECT count(*) FROM schema_migrations", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    })
+    .map(|_| "ok".to_owned())
+    .unwrap_or_else(|e| format!("error: {e}"));
     let redis = async {
         let client = redis::Client::open(live.redis_url.as_str())?;
-        let mut c = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await.map_err(|_| anyhow::anyhow!("timed out"))??;
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))??;
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         anyhow::Ok(())
     }
@@ -214,7 +279,9 @@ async fn ready(live: &Live) -> Response<Body> {
     let brokers = live.brokers.clone();
     let kafka = tokio::task::spawn_blocking(move || {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
         c.fetch_metadata(None, Duration::from_secs(2))?;
         anyhow::Ok(())
     })
@@ -225,7 +292,15 @@ async fn ready(live: &Live) -> Response<Body> {
     .unwrap_or_else(|e| format!("error: {e:#}"));
     let ok = [&db, &redis, &kafka].iter().all(|s| *s == "ok");
     let body = serde_json::json!({ "ready": ok, "sqlite": db, "redis": redis, "kafka": kafka });
-    text(if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, "application/json", body.to_string())
+    text(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        "application/json",
+        body.to_string(),
+    )
 }
 
 async fn route(live: Arc<Live>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -233,23 +308,39 @@ async fn route(live: Arc<Live>, req: Request<Incoming>) -> Result<Response<Body>
     let resp = match (req.method().as_str(), path.as_str()) {
         ("GET", "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         ("GET", "/readyz") => ready(&live).await,
-        ("GET", "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4", metrics().render()),
+        ("GET", "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics().render(),
+        ),
         ("GET", "/events/stream") => stream(live, req).await,
         ("OPTIONS", _) => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .header("access-control-allow-origin", "*")
-            .header("access-control-allow-headers", "authorization, last-event-id")
+            .header(
+                "access-control-allow-headers",
+                "authorization, last-event-id",
+            )
             .header("access-control-allow-methods", "GET")
             .body(Full::new(Bytes::new()).boxed())
             .unwrap(),
-        (_, "/healthz" | "/readyz" | "/metrics" | "/events/stream") => problem(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed here"),
-        _ => problem(StatusCode::NOT_FOUND, "no such endpoint: the bridge serves /healthz, /readyz, /metrics and /events/stream"),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/events/stream") => {
+            problem(StatusCode::METHOD_NOT_ALLOWED, "only GET is allowed here")
+        }
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: the bridge serves /healthz, /readyz, /metrics and /events/stream",
+        ),
     };
     Ok(resp)
 }
 
 /// Forwards the Redis notices channel into `notices`, reconnecting while Redis is away.
-pub async fn relay_notices(redis_url: String, notices: broadcast::Sender<Notice>, mut stop: watch::Receiver<bool>) {
+pub async fn relay_notices(
+    redis_url: String,
+    notices: broadcast::Sender<Notice>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let subscribed = async {
             let client = redis::Client::open(redis_url.as_str())?;
@@ -259,9 +350,15 @@ pub async fn relay_notices(redis_url: String, notices: broadcast::Sender<Notice>
             while let Some(m) = messages.next().await {
                 let payload: String = m.get_payload()?;
                 let mut parts = payload.splitn(3, '\n');
-                if let (Some(id), Some(user), Some(data)) = (parts.next(), parts.next(), parts.next()) {
+                if let (Some(id), Some(user), Some(data)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
                     if let Ok(user_id) = user.parse() {
-                        let _ = notices.send(Notice { id: id.to_owned(), user_id, data: data.to_owned() });
+                        let _ = notices.send(Notice {
+                            id: id.to_owned(),
+                            user_id,
+                            data: data.to_owned(),
+                        });
                     }
                 }
             }
@@ -282,7 +379,11 @@ pub async fn relay_notices(redis_url: String, notices: broadcast::Sender<Notice>
 }
 
 /// Serves until `stop` is raised; open streams are closed then.
-pub async fn serve(listener: tokio::net::TcpListener, live: Arc<Live>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    live: Arc<Live>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (io, _) = tokio::select! {
@@ -294,7 +395,8 @@ pub async fn serve(listener: tokio::net::TcpListener, live: Arc<Live>, mut stop:
         };
         let live = live.clone();
         let service = hyper::service::service_fn(move |req| route(live.clone(), req));
-        let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(version, about = "Relays the billing outbox between SQLite, Kafka and Redis")]
+#[command(
+    version,
+    about = "Relays the billing outbox between SQLite, Kafka and Redis"
+)]
 struct Cli {
     /// Configuration file (TOML); environment variables override it.
     #[arg(long, global = true)]
@@ -36,12 +39,15 @@ enum Cmd {
 fn main() {
     // Logs: `key=value` text, or one JSON object per line with BILLING_LOG_FORMAT=json; RUST_LOG filters.
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr);
     if std::env::var("BILLING_LOG_FORMAT").is_ok_and(|f| f == "json") {
         logs.json().init();
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("Error: {e:#}");
@@ -54,8 +60,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match cli.command {
         Cmd::Migrate => {
-            let (_, report) = billing_migrations::open_and_migrate(&cfg.database).with_context(|| format!("migrating {}", cfg.database.display()))?;
-            println!("{}: {} applied now, {} already applied", cfg.database.display(), report.applied.len(), report.already.len());
+            let (_, report) = billing_migrations::open_and_migrate(&cfg.database)
+                .with_context(|| format!("migrating {}", cfg.database.display()))?;
+            println!(
+                "{}: {} applied now, {} already applied",
+                cfg.database.display(),
+                report.applied.len(),
+                report.already.len()
+            );
             Ok(())
         }
         Cmd::Topics => rt.block_on(async {
@@ -67,9 +79,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // A bridge may be rebuilding already (it does when Redis lost its data): wait for it, then rebuild.
             let mut waited = 0;
             let r = loop {
-                let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
-                match aggregates::rebuild(&cfg.database, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await {
-                    Err(e) if e.to_string().contains("another rebuild is running") && waited < 120 => {
+                let now = billing_core::Timestamp::from_millis(consumer::now_ms())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                match aggregates::rebuild(
+                    &cfg.database,
+                    &cfg.redis_url,
+                    cfg.aggregates.mark_ttl_s,
+                    now,
+                )
+                .await
+                {
+                    Err(e)
+                        if e.to_string().contains("another rebuild is running") && waited < 120 =>
+                    {
                         if waited == 0 {
                             eprintln!("Another rebuild is running; waiting for it to finish.");
                         }
@@ -79,7 +101,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r => break r?,
                 }
             };
-            println!("rebuilt from {} events: {} keys removed, {} changes written, {} events marked", r.events, r.keys_removed, r.commands, r.marks);
+            println!(
+                "rebuilt from {} events: {} keys removed, {} changes written, {} events marked",
+                r.events, r.keys_removed, r.commands, r.marks
+            );
             Ok(())
         }),
         Cmd::Run => rt.block_on(serve(cfg)),
@@ -87,9 +112,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    billing_migrations::open_and_migrate(&cfg.database).with_context(|| format!("migrating {}", cfg.database.display()))?;
+    billing_migrations::open_and_migrate(&cfg.database)
+        .with_context(|| format!("migrating {}", cfg.database.display()))?;
     topics::ensure(&cfg.brokers, &cfg.topics).await?;
-    let listener = tokio::net::TcpListener::bind(&cfg.http.listen).await.with_context(|| format!("listening on {}", cfg.http.listen))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.http.listen))?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
 
     let relay = relay::Relay::new(&cfg)?;
@@ -108,7 +136,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let mut conn = billing_migrations::open(&cfg.database)?;
     let producer = relay::producer(&cfg.brokers, cfg.relay.delivery_timeout_ms)?;
-    let settings = consumer::Settings { group: cfg.consumer.group.clone(), batch_size: cfg.consumer.batch_size, batch_wait_ms: cfg.consumer.batch_wait_ms };
+    let settings = consumer::Settings {
+        group: cfg.consumer.group.clone(),
+        batch_size: cfg.consumer.batch_size,
+        batch_wait_ms: cfg.consumer.batch_wait_ms,
+    };
     let mut aggs = Aggregates::new(&cfg.redis_url, cfg.aggregates.mark_ttl_s);
     let consumed = tokio::spawn({
         let (brokers, stop) = (cfg.brokers.clone(), stop.clone());
@@ -116,7 +148,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     });
 
     let (notices, _) = tokio::sync::broadcast::channel(1024);
-    tokio::spawn(live::relay_notices(cfg.redis_url.clone(), notices.clone(), stop.clone()));
+    tokio::spawn(live::relay_notices(
+        cfg.redis_url.clone(),
+        notices.clone(),
+        stop.clone(),
+    ));
     let live = Arc::new(live::Live {
         database: cfg.database.clone(),
         redis_url: cfg.redis_url.clone(),
@@ -144,13 +180,27 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 async fn keep_aggregates_complete(cfg: Config, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let checked = async {
-            let now = billing_core::Timestamp::from_millis(consumer::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
-            aggregates::ensure_complete(&cfg.database, &cfg.redis_url, cfg.aggregates.mark_ttl_s, now).await
+            let now = billing_core::Timestamp::from_millis(consumer::now_ms())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            aggregates::ensure_complete(
+                &cfg.database,
+                &cfg.redis_url,
+                cfg.aggregates.mark_ttl_s,
+                now,
+            )
+            .await
         };
         match checked.await {
-            Ok(Some(r)) => tracing::info!(events = r.events, keys_removed = r.keys_removed, "Redis lacked the aggregates; rebuilt them from SQLite."),
+            Ok(Some(r)) => tracing::info!(
+                events = r.events,
+                keys_removed = r.keys_removed,
+                "Redis lacked the aggregates; rebuilt them from SQLite."
+            ),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "Could not check the aggregates in Redis; trying again later."),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "Could not check the aggregates in Redis; trying again later."
+            ),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(cfg.aggregates.check_interval_s)) => {}
@@ -160,7 +210,8 @@ async fn keep_aggregates_complete(cfg: Config, mut stop: tokio::sync::watch::Rec
 }
 
 async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use std::sync::{Mutex, OnceLock};
 
 /// Upper bounds (seconds) of the event→billed latency histogram.
-pub const LATENCY_BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -25,16 +27,56 @@ struct Inner {
 pub struct Metrics(Mutex<Inner>);
 
 const HELP: &[(&str, &str, &str)] = &[
-    ("billing_bridge_outbox_backlog", "gauge", "Outbox rows waiting to be produced to Kafka."),
-    ("billing_bridge_relay_delivered_total", "counter", "Outbox rows the broker stored (and the relay deleted)."),
-    ("billing_bridge_relay_failed_total", "counter", "Outbox rows a round could not deliver; they stay for the next round."),
-    ("billing_bridge_consumer_lag", "gauge", "Messages behind the end of each partition this process consumes."),
-    ("billing_bridge_events_total", "counter", "Consumed events by topic and outcome (billed, duplicate, dead_letter)."),
-    ("billing_bridge_dead_letters_total", "counter", "Events sent to dead-letter, by reason."),
-    ("billing_bridge_redis_errors_total", "counter", "Failed Redis operations (retried)."),
-    ("billing_bridge_sqlite_errors_total", "counter", "Failed SQLite transactions (retried)."),
-    ("billing_bridge_kafka_errors_total", "counter", "Failed Kafka receives or produces (retried)."),
-    ("billing_bridge_sse_clients", "gauge", "Open live-update (SSE) connections."),
+    (
+        "billing_bridge_outbox_backlog",
+        "gauge",
+        "Outbox rows waiting to be produced to Kafka.",
+    ),
+    (
+        "billing_bridge_relay_delivered_total",
+        "counter",
+        "Outbox rows the broker stored (and the relay deleted).",
+    ),
+    (
+        "billing_bridge_relay_failed_total",
+        "counter",
+        "Outbox rows a round could not deliver; they stay for the next round.",
+    ),
+    (
+        "billing_bridge_consumer_lag",
+        "gauge",
+        "Messages behind the end of each partition this process consumes.",
+    ),
+    (
+        "billing_bridge_events_total",
+        "counter",
+        "Consumed events by topic and outcome (billed, duplicate, dead_letter).",
+    ),
+    (
+        "billing_bridge_dead_letters_total",
+        "counter",
+        "Events sent to dead-letter, by reason.",
+    ),
+    (
+        "billing_bridge_redis_errors_total",
+        "counter",
+        "Failed Redis operations (retried).",
+    ),
+    (
+        "billing_bridge_sqlite_errors_total",
+        "counter",
+        "Failed SQLite transactions (retried).",
+    ),
+    (
+        "billing_bridge_kafka_errors_total",
+        "counter",
+        "Failed Kafka receives or produces (retried).",
+    ),
+    (
+        "billing_bridge_sse_clients",
+        "gauge",
+        "Open live-update (SSE) connections.",
+    ),
 ];
 
 pub fn global() -> &'static Metrics {
@@ -47,13 +89,29 @@ pub fn labels(pairs: &[(&str, &str)]) -> String {
     if pairs.is_empty() {
         return String::new();
     }
-    let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))).collect();
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
+        .collect();
     format!("{{{}}}", inner.join(","))
 }
 
 impl Metrics {
     pub fn inc(&self, name: &'static str, labels: String, by: u64) {
-        *self.0.lock().unwrap().counters.entry((name, labels)).or_default() += by;
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .counters
+            .entry((name, labels))
+            .or_default() += by;
     }
 
     pub fn set(&self, name: &'static str, labels: String, v: i64) {
@@ -61,7 +119,13 @@ impl Metrics {
     }
 
     pub fn add(&self, name: &'static str, labels: String, by: i64) {
-        *self.0.lock().unwrap().gauges.entry((name, labels)).or_default() += by;
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .gauges
+            .entry((name, labels))
+            .or_default() += by;
     }
 
     /// Records one event→billed latency.
@@ -79,7 +143,13 @@ impl Metrics {
 
     /// The counter's value, for tests and logs.
     pub fn counter(&self, name: &'static str, labels: &str) -> u64 {
-        self.0.lock().unwrap().counters.get(&(name, labels.to_owned())).copied().unwrap_or(0)
+        self.0
+            .lock()
+            .unwrap()
+            .counters
+            .get(&(name, labels.to_owned()))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn render(&self) -> String {
@@ -88,9 +158,17 @@ impl Metrics {
         for (name, kind, help) in HELP {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             let series: Vec<(String, String)> = if *kind == "counter" {
-                m.counters.iter().filter(|((n, _), _)| n == name).map(|((_, l), v)| (l.clone(), v.to_string())).collect()
+                m.counters
+                    .iter()
+                    .filter(|((n, _), _)| n == name)
+                    .map(|((_, l), v)| (l.clone(), v.to_string()))
+                    .collect()
             } else {
-                m.gauges.iter().filter(|((n, _), _)| n == name).map(|((_, l), v)| (l.clone(), v.to_string())).collect()
+                m.gauges
+                    .iter()
+                    .filter(|((n, _), _)| n == name)
+                    .map(|((_, l), v)| (l.clone(), v.to_string()))
+                    .collect()
             };
             for (l, v) in series {
                 let _ = writeln!(out, "{name}{l} {v}");
@@ -101,7 +179,11 @@ impl Metrics {
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {}", m.latency.counts[i]);
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", m.latency.count, m.latency.sum, m.latency.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            m.latency.count, m.latency.sum, m.latency.count
+        );
         out
     }
 }
@@ -114,14 +196,23 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics(Mutex::new(Inner::default()));
-        m.inc("billing_bridge_dead_letters_total", labels(&[("reason", "unknown_model")]), 2);
+        m.inc(
+            "billing_bridge_dead_letters_total",
+            labels(&[("reason", "unknown_model")]),
+            2,
+        );
         m.set("billing_bridge_outbox_backlog", String::new(), 7);
         m.observe_latency(0.2);
         m.observe_latency(3.0);
         let text = m.render();
-        assert!(text.contains("billing_bridge_dead_letters_total{reason=\"unknown_model\"} 2\n"), "{text}");
+        assert!(
+            text.contains("billing_bridge_dead_letters_total{reason=\"unknown_model\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("billing_bridge_outbox_backlog 7\n"));
-        assert!(text.contains("billing_bridge_event_billed_latency_seconds_bucket{le=\"0.25\"} 1\n"));
+        assert!(
+            text.contains("billing_bridge_event_billed_latency_seconds_bucket{le=\"0.25\"} 1\n")
+        );
         assert!(text.contains("billing_bridge_event_billed_latency_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("billing_bridge_event_billed_latency_seconds_count 2\n"));
     }

@@ -69,9 +69,21 @@ impl Relay {
     }
 
     pub fn with(database: &Path, brokers: &str, cfg: RelayConfig) -> Result<Self> {
-        let db = billing_migrations::open(database).with_context(|| format!("opening {}", database.display()))?;
-        let holder = format!("{}-{}-{}", std::env::var("HOSTNAME").unwrap_or_default(), std::process::id(), crate::consumer::now_ms());
-        Ok(Self { db: Mutex::new(db), brokers: brokers.to_owned(), producer: Mutex::new(producer(brokers, cfg.delivery_timeout_ms)?), cfg, holder })
+        let db = billing_migrations::open(database)
+            .with_context(|| format!("opening {}", database.display()))?;
+        let holder = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_default(),
+            std::process::id(),
+            crate::consumer::now_ms()
+        );
+        Ok(Self {
+            db: Mutex::new(db),
+            brokers: brokers.to_owned(),
+            producer: Mutex::new(producer(brokers, cfg.delivery_timeout_ms)?),
+            cfg,
+            holder,
+        })
     }
 
     /// Takes or renews the relay lease; false while another process holds it.
@@ -86,13 +98,26 @@ impl Relay {
 
     /// Rows waiting in the outbox.
     pub fn backlog(&self) -> Result<i64> {
-        Ok(self.db.lock().unwrap().query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+        Ok(self
+            .db
+            .lock()
+            .unwrap()
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
     }
 
     fn read(&self) -> Result<Vec<OutboxRow>> {
         let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare_cached("SELECT outbox_id, topic, event_key, payload FROM outbox ORDER BY outbox_id LIMIT ?1")?;
-        let rows = stmt.query_map([self.cfg.batch_size as i64], |r| Ok(OutboxRow { outbox_id: r.get(0)?, topic: r.get(1)?, key: r.get(2)?, payload: r.get(3)? }))?;
+        let mut stmt = db.prepare_cached(
+            "SELECT outbox_id, topic, event_key, payload FROM outbox ORDER BY outbox_id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([self.cfg.batch_size as i64], |r| {
+            Ok(OutboxRow {
+                outbox_id: r.get(0)?,
+                topic: r.get(1)?,
+                key: r.get(2)?,
+                payload: r.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -111,7 +136,9 @@ impl Relay {
 
     fn note_failures(&self, failed: &[(i64, String)]) -> Result<()> {
         let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE outbox_id = ?1")?;
+        let mut stmt = db.prepare_cached(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE outbox_id = ?1",
+        )?;
         for (id, err) in failed {
             stmt.execute(rusqlite::params![id, err])?;
         }
@@ -128,12 +155,22 @@ impl Relay {
             crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), 0);
             return Ok(Round::default());
         }
-        crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), self.backlog()?);
+        crate::metrics::global().set(
+            "billing_bridge_outbox_backlog",
+            String::new(),
+            self.backlog()?,
+        );
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
         let sender = self.producer.lock().unwrap().clone();
         let sends = rows.iter().map(|row| {
-            let headers = OwnedHeaders::new().insert(Header { key: "content-type", value: Some("application/cloudevents+json; charset=utf-8") });
-            let record = FutureRecord::to(&row.topic).key(&row.key).payload(&row.payload).headers(headers);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json; charset=utf-8"),
+            });
+            let record = FutureRecord::to(&row.topic)
+                .key(&row.key)
+                .payload(&row.payload)
+                .headers(headers);
             sender.send(record, timeout)
         });
         let results = join_all(sends).await;
@@ -152,15 +189,35 @@ impl Relay {
             *self.producer.lock().unwrap() = producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
         }
         let m = crate::metrics::global();
-        m.inc("billing_bridge_relay_delivered_total", String::new(), delivered.len() as u64);
-        m.inc("billing_bridge_relay_failed_total", String::new(), failed.len() as u64);
-        m.set("billing_bridge_outbox_backlog", String::new(), self.backlog()?);
-        Ok(Round { read: rows.len(), delivered: delivered.len(), failed: failed.len() })
+        m.inc(
+            "billing_bridge_relay_delivered_total",
+            String::new(),
+            delivered.len() as u64,
+        );
+        m.inc(
+            "billing_bridge_relay_failed_total",
+            String::new(),
+            failed.len() as u64,
+        );
+        m.set(
+            "billing_bridge_outbox_backlog",
+            String::new(),
+            self.backlog()?,
+        );
+        Ok(Round {
+            read: rows.len(),
+            delivered: delivered.len(),
+            failed: failed.len(),
+        })
     }
 
     /// Relays until `shutdown` resolves: at once while rows keep coming, else
     /// when `nudge` fires or the poll interval passes.
-    pub async fn run(&self, mut nudge: tokio::sync::mpsc::Receiver<()>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    pub async fn run(
+        &self,
+        mut nudge: tokio::sync::mpsc::Receiver<()>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         tokio::pin!(shutdown);
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
         loop {
@@ -168,7 +225,10 @@ impl Relay {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "Relay round failed; retrying.");
-                    Round { failed: 1, ..Round::default() }
+                    Round {
+                        failed: 1,
+                        ..Round::default()
+                    }
                 }
             };
             if round.delivered > 0 {

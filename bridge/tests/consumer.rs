@@ -3,12 +3,12 @@
 //! bills once; a poison message lands in dead-letter with its reason and
 //! origin, and the next good message is billed.
 
+use billing_bridge::aggregates::Aggregates;
 use billing_bridge::config::{RelayConfig, TopicsConfig};
+use billing_bridge::consumer::Settings;
 use billing_bridge::relay::{producer, Relay};
 use billing_core::events::{CloudEvent, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
-use billing_bridge::aggregates::Aggregates;
-use billing_bridge::consumer::Settings;
 use billing_testkit::{Redis, Tansu};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -27,7 +27,12 @@ fn metrics(id: &str, input: u64, output: u64, cache_read: u64) -> CloudEvent<Tok
             thread_id: 999,
             message_id: 999,
             model: ModelName::parse("claude-sonnet-4-5-20250929").unwrap(),
-            usage: Usage { input_tokens: input, output_tokens: output, cache_read_input_tokens: cache_read, ..Default::default() },
+            usage: Usage {
+                input_tokens: input,
+                output_tokens: output,
+                cache_read_input_tokens: cache_read,
+                ..Default::default()
+            },
             latency_ms: 300,
         },
     )
@@ -45,17 +50,45 @@ fn enqueue(db: &std::path::Path, ev: &CloudEvent<TokenMetrics>) {
 
 /// Runs the consumers in `group` until `processed_events` holds `n` rows (30 s at most)
 /// and `settle` more has passed, then stops them, which commits their offsets.
-async fn consume_until(db: &std::path::Path, brokers: &str, redis: &Redis, group: &str, n: i64, settle: Duration) {
+async fn consume_until(
+    db: &std::path::Path,
+    brokers: &str,
+    redis: &Redis,
+    group: &str,
+    n: i64,
+    settle: Duration,
+) {
     let mut conn = billing_migrations::open(db).unwrap();
     let dead_letters = producer(brokers, 5000).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let settings = Settings { group: group.to_owned(), batch_size: 100, batch_wait_ms: 5 };
+    let settings = Settings {
+        group: group.to_owned(),
+        batch_size: 100,
+        batch_wait_ms: 5,
+    };
     let mut aggregates = Aggregates::new(&redis.url(), 3600);
     let brokers = brokers.to_owned();
-    let consumer = tokio::spawn(async move { billing_bridge::consumer::run(&brokers, &settings, &mut conn, &dead_letters, &mut aggregates, stop_rx).await });
+    let consumer = tokio::spawn(async move {
+        billing_bridge::consumer::run(
+            &brokers,
+            &settings,
+            &mut conn,
+            &dead_letters,
+            &mut aggregates,
+            stop_rx,
+        )
+        .await
+    });
     let check = rusqlite::Connection::open(db).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap() < n && tokio::time::Instant::now() < deadline {
+    while check
+        .query_row("SELECT count(*) FROM processed_events", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+        < n
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(settle).await;
@@ -70,24 +103,70 @@ async fn bills_once_and_dead_letters_poison() {
     let tansu = Tansu::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 1, ..TopicsConfig::default() }).await.unwrap();
-    let relay = Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 1000, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap();
+    billing_bridge::topics::ensure(
+        &tansu.brokers(),
+        &TopicsConfig {
+            partitions: 1,
+            ..TopicsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let relay = Relay::with(
+        &db,
+        &tansu.brokers(),
+        RelayConfig {
+            batch_size: 100,
+            poll_interval_ms: 1000,
+            delivery_timeout_ms: 5000,
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
     let raw = producer(&tansu.brokers(), 5000).unwrap();
 
     let first = metrics("m1", 1_000, 500, 2_000);
     enqueue(&db, &first);
     relay.round().await.unwrap();
     // The same event again (a redelivery), a poison message, then a good one.
-    raw.send(FutureRecord::to("token-metrics").key("2").payload(&first.to_json()), Duration::from_secs(5)).await.unwrap();
-    raw.send(FutureRecord::to("token-metrics").key("2").payload("{not json"), Duration::from_secs(5)).await.unwrap();
+    raw.send(
+        FutureRecord::to("token-metrics")
+            .key("2")
+            .payload(&first.to_json()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    raw.send(
+        FutureRecord::to("token-metrics")
+            .key("2")
+            .payload("{not json"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let second = metrics("m2", 10, 20, 0);
     enqueue(&db, &second);
     relay.round().await.unwrap();
 
     let redis = Redis::start();
-    consume_until(&db, &tansu.brokers(), &redis, "bridge-test", 2, Duration::ZERO).await;
+    consume_until(
+        &db,
+        &tansu.brokers(),
+        &redis,
+        "bridge-test",
+        2,
+        Duration::ZERO,
+    )
+    .await;
     let check = rusqlite::Connection::open(&db).unwrap();
-    let processed = || check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap();
+    let processed = || {
+        check
+            .query_row("SELECT count(*) FROM processed_events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+    };
 
     assert_eq!(processed(), 2);
     let lines: Vec<(String, String, i64, i64)> = check
@@ -106,24 +185,72 @@ async fn bills_once_and_dead_letters_poison() {
         ("m2".into(), "output".into(), 20, 300_000),
     ];
     assert_eq!(lines, expected, "billed once, priced at the event's time");
-    assert_eq!(check.query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap(), 0, "the outbox rows are gone");
+    assert_eq!(
+        check
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        0,
+        "the outbox rows are gone"
+    );
 
     // The aggregates: both events once, in every resolution and dimension.
-    let mut r = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let hget = |key: &'static str, field: &'static str| {
         let mut r = r.clone();
-        async move { redis::cmd("HGET").arg(key).arg(field).query_async::<Option<i64>>(&mut r).await.unwrap() }
+        async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg(field)
+                .query_async::<Option<i64>>(&mut r)
+                .await
+                .unwrap()
+        }
     };
     let cost = 3_000_000 + 7_500_000 + 600_000 + 30_000 + 300_000;
     assert_eq!(hget("billing:agg:d:2026-03-10", "*|cost").await, Some(cost));
-    assert_eq!(hget("billing:agg:h:2026-03-10T12", "u:2|cost").await, Some(cost));
-    assert_eq!(hget("billing:agg:m:2026-03-10T12:00", "m:claude-sonnet-4-5-20250929|tok:input").await, Some(1_010));
-    assert_eq!(hget("billing:agg:d:2026-03-10", "um:2:claude-sonnet-4-5-20250929|turns").await, Some(2));
-    assert_eq!(hget("billing:agg:d:2026-03-10", "*|lat_sum").await, Some(600));
-    let top: Vec<(String, i64)> = redis::cmd("ZRANGE").arg("billing:agg:top:d:2026-03-10").arg(0).arg(-1).arg("WITHSCORES").query_async(&mut r).await.unwrap();
+    assert_eq!(
+        hget("billing:agg:h:2026-03-10T12", "u:2|cost").await,
+        Some(cost)
+    );
+    assert_eq!(
+        hget(
+            "billing:agg:m:2026-03-10T12:00",
+            "m:claude-sonnet-4-5-20250929|tok:input"
+        )
+        .await,
+        Some(1_010)
+    );
+    assert_eq!(
+        hget(
+            "billing:agg:d:2026-03-10",
+            "um:2:claude-sonnet-4-5-20250929|turns"
+        )
+        .await,
+        Some(2)
+    );
+    assert_eq!(
+        hget("billing:agg:d:2026-03-10", "*|lat_sum").await,
+        Some(600)
+    );
+    let top: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg("billing:agg:top:d:2026-03-10")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(top, vec![("2".to_string(), cost)]);
     // One live notice per billed event, in the stream the SSE endpoint replays.
-    let notices: i64 = redis::cmd("XLEN").arg("billing:notices").query_async(&mut r).await.unwrap();
+    let notices: i64 = redis::cmd("XLEN")
+        .arg("billing:notices")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(notices, 2);
 
     let dlq: StreamConsumer = ClientConfig::new()
@@ -133,12 +260,34 @@ async fn bills_once_and_dead_letters_poison() {
         .create()
         .unwrap();
     dlq.subscribe(&["dead-letter"]).unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv()).await.expect("a dead letter").unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
     assert_eq!(m.payload().unwrap(), b"{not json");
-    let header = |k: &str| m.headers().unwrap().iter().find(|h| h.key == k).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap();
-    assert!(header("dlq-reason").contains("not JSON"), "{}", header("dlq-reason"));
+    let header = |k: &str| {
+        m.headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == k)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap()
+    };
+    assert!(
+        header("dlq-reason").contains("not JSON"),
+        "{}",
+        header("dlq-reason")
+    );
     assert_eq!(header("dlq-code"), "invalid_event");
-    assert_eq!((header("dlq-topic").as_str(), header("dlq-partition").as_str(), header("dlq-offset").as_str()), ("token-metrics", "0", "2"));
+    assert_eq!(
+        (
+            header("dlq-topic").as_str(),
+            header("dlq-partition").as_str(),
+            header("dlq-offset").as_str()
+        ),
+        ("token-metrics", "0", "2")
+    );
 }
 
 // An inference event from the collector becomes an api_events row, token lines and resource lines, once.
@@ -149,7 +298,15 @@ async fn bills_inference_events() {
     let tansu = Tansu::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
+    billing_bridge::topics::ensure(
+        &tansu.brokers(),
+        &TopicsConfig {
+            partitions: 2,
+            ..TopicsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     let ev = CloudEvent::new(
         "inf-1",
         "/services/batch",
@@ -163,7 +320,11 @@ async fn bills_inference_events() {
             http_status: Some(200),
             latency_ms: 420,
             compute_ms: 380,
-            usage: Usage { input_tokens: 100, output_tokens: 50, ..Default::default() },
+            usage: Usage {
+                input_tokens: 100,
+                output_tokens: 50,
+                ..Default::default()
+            },
         },
     );
     rusqlite::Connection::open(&db)
@@ -173,35 +334,123 @@ async fn bills_inference_events() {
             rusqlite::params![ev.source, ev.id, ev.to_json()],
         )
         .unwrap();
-    let relay = Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 1000, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap();
+    let relay = Relay::with(
+        &db,
+        &tansu.brokers(),
+        RelayConfig {
+            batch_size: 100,
+            poll_interval_ms: 1000,
+            delivery_timeout_ms: 5000,
+            ..RelayConfig::default()
+        },
+    )
+    .unwrap();
     relay.round().await.unwrap();
-    producer(&tansu.brokers(), 5000).unwrap().send(FutureRecord::to("inference-events").key("2").payload(&ev.to_json()), Duration::from_secs(5)).await.unwrap();
+    producer(&tansu.brokers(), 5000)
+        .unwrap()
+        .send(
+            FutureRecord::to("inference-events")
+                .key("2")
+                .payload(&ev.to_json()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
 
     // The redelivered copy adds no ledger row; the settle time lets it arrive (the offsets below prove it did).
     let redis = Redis::start();
-    consume_until(&db, &tansu.brokers(), &redis, "bridge-test-inference", 1, Duration::from_secs(2)).await;
+    consume_until(
+        &db,
+        &tansu.brokers(),
+        &redis,
+        "bridge-test-inference",
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
     let check = rusqlite::Connection::open(&db).unwrap();
 
-    let api: (String, i64, i64) = check.query_row("SELECT status, latency_ms, compute_ms FROM api_events", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+    let api: (String, i64, i64) = check
+        .query_row(
+            "SELECT status, latency_ms, compute_ms FROM api_events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
     assert_eq!(api, ("succeeded".to_string(), 420, 380));
-    let tokens: Vec<(String, i64)> = check.prepare("SELECT token_class, cost_nanos FROM user_invoice_line_item ORDER BY token_class").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let tokens: Vec<(String, i64)> = check
+        .prepare("SELECT token_class, cost_nanos FROM user_invoice_line_item ORDER BY token_class")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     // Haiku 4.5: 100 × 1,000 + 50 × 5,000 nano-USD.
-    assert_eq!(tokens, vec![("input".to_string(), 100_000), ("output".to_string(), 250_000)]);
+    assert_eq!(
+        tokens,
+        vec![
+            ("input".to_string(), 100_000),
+            ("output".to_string(), 250_000)
+        ]
+    );
     let resources: Vec<(String, i64, i64)> = check.prepare("SELECT resource, quantity, cost_nanos FROM resource_invoice_line_item ORDER BY resource").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
     // $1 per million ms of compute: 380 ms = 380,000 nano-USD; $100 per million requests: 100,000 nano-USD.
-    assert_eq!(resources, vec![("compute_time".to_string(), 380, 380_000), ("inference_request".to_string(), 1, 100_000)]);
-    assert_eq!(check.query_row("SELECT count(*) FROM processed_events", [], |r| r.get::<_, i64>(0)).unwrap(), 1, "the redelivered copy changed nothing");
-    let mut r = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let agg: Vec<Option<i64>> = redis::cmd("HMGET").arg("billing:agg:h:2026-03-10T12").arg("*|requests").arg("*|cost").arg("u:2|lat_sum").query_async(&mut r).await.unwrap();
-    assert_eq!(agg, vec![Some(1), Some(100_000 + 250_000 + 380_000 + 100_000), Some(420)], "the aggregates count the event once");
+    assert_eq!(
+        resources,
+        vec![
+            ("compute_time".to_string(), 380, 380_000),
+            ("inference_request".to_string(), 1, 100_000)
+        ]
+    );
+    assert_eq!(
+        check
+            .query_row("SELECT count(*) FROM processed_events", [], |r| r
+                .get::<_, i64>(0))
+            .unwrap(),
+        1,
+        "the redelivered copy changed nothing"
+    );
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let agg: Vec<Option<i64>> = redis::cmd("HMGET")
+        .arg("billing:agg:h:2026-03-10T12")
+        .arg("*|requests")
+        .arg("*|cost")
+        .arg("u:2|lat_sum")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(
+        agg,
+        vec![
+            Some(1),
+            Some(100_000 + 250_000 + 380_000 + 100_000),
+            Some(420)
+        ],
+        "the aggregates count the event once"
+    );
 
     // Both copies were consumed: the group's committed offsets add up to 2.
-    let probe: StreamConsumer = ClientConfig::new().set("bootstrap.servers", tansu.brokers()).set("group.id", "bridge-test-inference").create().unwrap();
+    let probe: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .set("group.id", "bridge-test-inference")
+        .create()
+        .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition("inference-events", 0);
     tpl.add_partition("inference-events", 1);
-    let committed = probe.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    let total: i64 = committed.elements().iter().filter_map(|e| e.offset().to_raw()).filter(|o| *o > 0).sum();
+    let committed = probe
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw())
+        .filter(|o| *o > 0)
+        .sum();
     assert_eq!(total, 2, "{committed:?}");
 }
 
@@ -225,16 +474,55 @@ async fn aggregates_are_marked_and_incremented_together() {
     };
     let mut aggs = Aggregates::new(&redis.url(), 3600);
     assert_eq!(aggs.apply(&[fact("a", 100)]).await.unwrap(), vec![0]);
-    assert_eq!(aggs.apply(&[fact("a", 100)]).await.unwrap(), Vec::<usize>::new(), "already applied");
-    assert_eq!(aggs.apply(&[fact("a", 100), fact("b", 5), fact("c", 7)]).await.unwrap(), vec![1, 2]);
-    let mut r = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let got: Vec<i64> = redis::cmd("HMGET").arg("billing:agg:d:2026-05-01").arg("*|cost").arg("*|turns").query_async(&mut r).await.unwrap();
+    assert_eq!(
+        aggs.apply(&[fact("a", 100)]).await.unwrap(),
+        Vec::<usize>::new(),
+        "already applied"
+    );
+    assert_eq!(
+        aggs.apply(&[fact("a", 100), fact("b", 5), fact("c", 7)])
+            .await
+            .unwrap(),
+        vec![1, 2]
+    );
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let got: Vec<i64> = redis::cmd("HMGET")
+        .arg("billing:agg:d:2026-05-01")
+        .arg("*|cost")
+        .arg("*|turns")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(got, vec![112, 3]);
-    let thread: Vec<i64> = redis::cmd("HMGET").arg("billing:agg:thread:4").arg("turns").arg("tok:output").query_async(&mut r).await.unwrap();
+    let thread: Vec<i64> = redis::cmd("HMGET")
+        .arg("billing:agg:thread:4")
+        .arg("turns")
+        .arg("tok:output")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(thread, vec![3, 6]);
     // While a rebuild holds the flag, nothing is applied and the caller is told to retry.
-    let _: () = redis::cmd("SET").arg("billing:rebuilding").arg(1).query_async(&mut r).await.unwrap();
-    assert!(aggs.apply(&[fact("d", 1)]).await.unwrap_err().to_string().contains("aggregates"));
-    let _: () = redis::cmd("DEL").arg("billing:rebuilding").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("billing:rebuilding")
+        .arg(1)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(aggs
+        .apply(&[fact("d", 1)])
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("aggregates"));
+    let _: () = redis::cmd("DEL")
+        .arg("billing:rebuilding")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(aggs.apply(&[fact("d", 1)]).await.unwrap(), vec![0]);
 }

@@ -55,7 +55,11 @@ sse_heartbeat_s = 1
         )
         .unwrap();
         let log_path = dir.join(format!("{name}.log"));
-        let log = std::fs::File::options().create(true).append(true).open(&log_path).unwrap();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
             .args(["--config", config.to_str().unwrap(), "run"])
             .env("RUST_LOG", "info")
@@ -64,7 +68,11 @@ sse_heartbeat_s = 1
             .spawn()
             .unwrap();
         wait_for_port(port, "billing-bridge");
-        Self { child, port, log: log_path }
+        Self {
+            child,
+            port,
+            log: log_path,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,7 +86,10 @@ sse_heartbeat_s = 1
 
     /// SIGTERM, then the exit status (within 20 s).
     fn terminate(mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         for _ in 0..200 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
@@ -96,7 +107,11 @@ impl Drop for Bridge {
         if std::thread::panicking() || std::env::var_os("SHOW_BRIDGE_LOGS").is_some() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- {} (last lines) ---\n{}", self.log.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- {} (last lines) ---\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     }
 }
@@ -106,10 +121,18 @@ fn database(dir: &Path, users: i64) -> PathBuf {
     let db = dir.join("billing.db");
     let (conn, _) = billing_migrations::open_and_migrate(&db).unwrap();
     for u in 10..10 + users {
-        conn.execute("INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')", rusqlite::params![u, format!("User {u}"), format!("u{u}@example.com")]).unwrap();
+        conn.execute(
+            "INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')",
+            rusqlite::params![u, format!("User {u}"), format!("u{u}@example.com")],
+        )
+        .unwrap();
     }
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(USER2_KEY.as_bytes()));
-    conn.execute("INSERT INTO api_keys (user_id, key_prefix, key_hash) VALUES (2, 'lcb_0000', ?1)", [hash]).unwrap();
+    conn.execute(
+        "INSERT INTO api_keys (user_id, key_prefix, key_hash) VALUES (2, 'lcb_0000', ?1)",
+        [hash],
+    )
+    .unwrap();
     db
 }
 
@@ -118,14 +141,21 @@ fn event(i: i64, user: i64) -> CloudEvent<TokenMetrics> {
     CloudEvent::new(
         format!("ev-{i}"),
         "/test/load",
-        Timestamp::from_millis(Timestamp::parse("2026-06-01T00:00:00Z").unwrap().millis() + i * 997).unwrap(),
+        Timestamp::from_millis(
+            Timestamp::parse("2026-06-01T00:00:00Z").unwrap().millis() + i * 997,
+        )
+        .unwrap(),
         None,
         TokenMetrics {
             user_id: user,
             thread_id: 1_000 + user,
             message_id: i + 1,
             model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
-            usage: Usage { input_tokens: (i % 50 + 1) as u64, output_tokens: (i % 7 + 1) as u64, ..Default::default() },
+            usage: Usage {
+                input_tokens: (i % 50 + 1) as u64,
+                output_tokens: (i % 7 + 1) as u64,
+                ..Default::default()
+            },
             latency_ms: 100,
         },
     )
@@ -138,7 +168,8 @@ fn enqueue(db: &Path, range: std::ops::Range<i64>, users: i64) -> i64 {
     let mut cost = 0;
     for i in range {
         let ev = event(i, 10 + i % users);
-        cost += ev.data.usage.input_tokens as i64 * 1_000 + ev.data.usage.output_tokens as i64 * 5_000;
+        cost +=
+            ev.data.usage.input_tokens as i64 * 1_000 + ev.data.usage.output_tokens as i64 * 5_000;
         tx.execute(
             "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('token-metrics', ?1, ?2, ?3, ?4)",
             rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()],
@@ -150,17 +181,30 @@ fn enqueue(db: &Path, range: std::ops::Range<i64>, users: i64) -> i64 {
 }
 
 fn count(db: &Path, sql: &str) -> i64 {
-    rusqlite::Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
 }
 
 async fn redis_conn(redis: &Redis) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// Σ `*|cost` and `*|turns` over the day buckets.
 async fn redis_totals(redis: &Redis) -> (i64, i64) {
     let mut r = redis_conn(redis).await;
-    let got: Vec<Option<i64>> = redis::cmd("HMGET").arg("billing:agg:d:2026-06-01").arg("*|cost").arg("*|turns").query_async(&mut r).await.unwrap();
+    let got: Vec<Option<i64>> = redis::cmd("HMGET")
+        .arg("billing:agg:d:2026-06-01")
+        .arg("*|cost")
+        .arg("*|turns")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     (got[0].unwrap_or(0), got[1].unwrap_or(0))
 }
 
@@ -168,11 +212,19 @@ async fn redis_totals(redis: &Redis) -> (i64, i64) {
 async fn drained(db: &Path, redis: &Redis, events: i64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let done = count(db, "SELECT count(*) FROM processed_events") == events && count(db, "SELECT count(*) FROM outbox") == 0 && redis_totals(redis).await.1 == events;
+        let done = count(db, "SELECT count(*) FROM processed_events") == events
+            && count(db, "SELECT count(*) FROM outbox") == 0
+            && redis_totals(redis).await.1 == events;
         if done {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "not drained: {} processed, {} in the outbox, aggregates {:?}", count(db, "SELECT count(*) FROM processed_events"), count(db, "SELECT count(*) FROM outbox"), redis_totals(redis).await);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not drained: {} processed, {} in the outbox, aggregates {:?}",
+            count(db, "SELECT count(*) FROM processed_events"),
+            count(db, "SELECT count(*) FROM outbox"),
+            redis_totals(redis).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -180,26 +232,68 @@ async fn drained(db: &Path, redis: &Redis, events: i64) {
 /// Line items, their cost and the aggregates are exactly what was sent.
 async fn assert_exact(db: &Path, redis: &Redis, events: i64, cost: i64) {
     assert_eq!(count(db, "SELECT count(*) FROM processed_events"), events);
-    assert_eq!(count(db, "SELECT count(*) FROM user_invoice_line_item"), events * 2, "one input and one output line per event");
-    assert_eq!(count(db, "SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item"), cost, "billed exactly once");
-    assert_eq!(redis_totals(redis).await, (cost, events), "the aggregates count every event once");
+    assert_eq!(
+        count(db, "SELECT count(*) FROM user_invoice_line_item"),
+        events * 2,
+        "one input and one output line per event"
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item"
+        ),
+        cost,
+        "billed exactly once"
+    );
+    assert_eq!(
+        redis_totals(redis).await,
+        (cost, events),
+        "the aggregates count every event once"
+    );
 }
 
 /// Every `billing:agg:*` key and its contents, sorted.
 async fn dump(redis: &Redis) -> BTreeMap<String, Vec<String>> {
     let mut r = redis_conn(redis).await;
-    let keys: Vec<String> = redis::cmd("KEYS").arg("billing:agg:*").query_async(&mut r).await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("billing:agg:*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
-        let kind: String = redis::cmd("TYPE").arg(&k).query_async(&mut r).await.unwrap();
+        let kind: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(&mut r)
+            .await
+            .unwrap();
         let mut v: Vec<String> = match kind.as_str() {
-            "hash" => redis::cmd("HGETALL").arg(&k).query_async(&mut r).await.unwrap(),
-            "set" => redis::cmd("SMEMBERS").arg(&k).query_async(&mut r).await.unwrap(),
-            "zset" => redis::cmd("ZRANGE").arg(&k).arg(0).arg(-1).arg("WITHSCORES").query_async(&mut r).await.unwrap(),
+            "hash" => redis::cmd("HGETALL")
+                .arg(&k)
+                .query_async(&mut r)
+                .await
+                .unwrap(),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&k)
+                .query_async(&mut r)
+                .await
+                .unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&k)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query_async(&mut r)
+                .await
+                .unwrap(),
             other => panic!("unexpected {other} at {k}"),
         };
         if kind != "zset" {
-            let mut pairs: Vec<String> = if kind == "hash" { v.chunks(2).map(|p| format!("{}={}", p[0], p[1])).collect() } else { v };
+            let mut pairs: Vec<String> = if kind == "hash" {
+                v.chunks(2).map(|p| format!("{}={}", p[0], p[1])).collect()
+            } else {
+                v
+            };
             pairs.sort();
             v = pairs;
         }
@@ -220,12 +314,18 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
     let bridge = Bridge::start(dir.path(), "first", &tansu, &redis);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM processed_events") < 200 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing was processed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was processed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bridge.kill();
     let at_kill = count(&db, "SELECT count(*) FROM processed_events");
-    assert!(at_kill < events, "the kill came after everything was done ({at_kill}); the test proves nothing");
+    assert!(
+        at_kill < events,
+        "the kill came after everything was done ({at_kill}); the test proves nothing"
+    );
 
     let bridge = Bridge::start(dir.path(), "second", &tansu, &redis);
     drained(&db, &redis, events).await;
@@ -244,17 +344,35 @@ async fn broker_killed_mid_stream_then_restarted_totals_exact() {
     let mut cost = enqueue(&db, 0..2_000, 20);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM processed_events") < 100 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing was processed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was processed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tansu.kill();
     cost += enqueue(&db, 2_000..3_000, 20);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(count(&db, "SELECT count(*) FROM outbox") > 0, "the backlog waits in the outbox while the broker is away");
-    let backlog = || async { reqwest::get(bridge.url("/metrics")).await.unwrap().text().await.unwrap().lines().any(|l| l.starts_with("billing_bridge_outbox_backlog ") && !l.ends_with(" 0")) };
+    assert!(
+        count(&db, "SELECT count(*) FROM outbox") > 0,
+        "the backlog waits in the outbox while the broker is away"
+    );
+    let backlog = || async {
+        reqwest::get(bridge.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("billing_bridge_outbox_backlog ") && !l.ends_with(" 0"))
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !backlog().await {
-        assert!(tokio::time::Instant::now() < deadline, "the backlog never showed in /metrics");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog never showed in /metrics"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ready = reqwest::get(bridge.url("/readyz")).await.unwrap();
@@ -284,9 +402,26 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     assert_exact(&db, &redis, events, cost).await;
 
     let handled = |metrics: &str| -> u64 {
-        metrics.lines().filter(|l| l.starts_with("billing_bridge_events_total{topic=\"token-metrics\"")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("billing_bridge_events_total{topic=\"token-metrics\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
     };
-    let (ma, mb) = (reqwest::get(a.url("/metrics")).await.unwrap().text().await.unwrap(), reqwest::get(b.url("/metrics")).await.unwrap().text().await.unwrap());
+    let (ma, mb) = (
+        reqwest::get(a.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        reqwest::get(b.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     let (ha, hb) = (handled(&ma), handled(&mb));
     assert!(ha > 0 && hb > 0, "both processes consumed: {ha} and {hb}");
     assert!(ha + hb >= events as u64);
@@ -298,25 +433,51 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while dump(&redis).await != before {
-        assert!(tokio::time::Instant::now() < deadline, "the bridges did not rebuild the aggregates by themselves");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridges did not rebuild the aggregates by themselves"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // And once more, by hand.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut r).await.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_billing-bridge"))
-        .args(["--config", dir.path().join("a.toml").to_str().unwrap(), "rebuild-redis"])
+        .args([
+            "--config",
+            dir.path().join("a.toml").to_str().unwrap(),
+            "rebuild-redis",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("rebuilt from {events} events")), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("rebuilt from {events} events")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let after = dump(&redis).await;
-    let differ: Vec<_> = before.keys().chain(after.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
-    assert!(differ.is_empty(), "the rebuilt aggregates differ from the live ones at {differ:?}: {:?} vs {:?}", differ.first().map(|k| before.get(*k)), differ.first().map(|k| after.get(*k)));
+    let differ: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the rebuilt aggregates differ from the live ones at {differ:?}: {:?} vs {:?}",
+        differ.first().map(|k| before.get(*k)),
+        differ.first().map(|k| after.get(*k))
+    );
     // The rebuild marked the events: a redelivered one changes nothing.
     let again = event(7, 17);
     rdkafka::producer::FutureProducer::send(
         &billing_bridge::relay::producer(&tansu.brokers(), 5000).unwrap(),
-        rdkafka::producer::FutureRecord::to("token-metrics").key(&again.key()).payload(&again.to_json()),
+        rdkafka::producer::FutureRecord::to("token-metrics")
+            .key(&again.key())
+            .payload(&again.to_json()),
         Duration::from_secs(5),
     )
     .await
@@ -328,7 +489,13 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
 }
 
 /// Reads SSE `data:` events (with their ids) from `url` for `window`, or until `max` arrived.
-async fn sse(url: &str, key: &str, last_event_id: Option<&str>, window: Duration, max: usize) -> (Vec<(String, serde_json::Value)>, String) {
+async fn sse(
+    url: &str,
+    key: &str,
+    last_event_id: Option<&str>,
+    window: Duration,
+    max: usize,
+) -> (Vec<(String, serde_json::Value)>, String) {
     let mut req = reqwest::Client::new().get(url).bearer_auth(key);
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
@@ -365,10 +532,23 @@ async fn live_stream_and_operations() {
     let db = database(dir.path(), 0);
     let bridge = Bridge::start(dir.path(), "live", &tansu, &redis);
 
-    assert_eq!(reqwest::get(bridge.url("/healthz")).await.unwrap().status(), 200);
-    let ready: serde_json::Value = reqwest::get(bridge.url("/readyz")).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        reqwest::get(bridge.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    let ready: serde_json::Value = reqwest::get(bridge.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["ready"], true, "{ready}");
-    let denied = reqwest::Client::new().get(bridge.url("/events/stream")).bearer_auth("lcb_wrong").send().await.unwrap();
+    let denied = reqwest::Client::new()
+        .get(bridge.url("/events/stream"))
+        .bearer_auth("lcb_wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(denied.status(), 401);
     assert_eq!(denied.headers()["content-type"], "application/problem+json");
 
@@ -392,23 +572,61 @@ async fn live_stream_and_operations() {
     }
     let (admin_events, _) = admin.await.unwrap();
     let (user_events, user_raw) = user.await.unwrap();
-    let users = |evs: &[(String, serde_json::Value)]| evs.iter().map(|(_, v)| v["user_id"].as_i64().unwrap()).collect::<Vec<_>>();
+    let users = |evs: &[(String, serde_json::Value)]| {
+        evs.iter()
+            .map(|(_, v)| v["user_id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
     let mut all = users(&admin_events);
     all.sort();
     assert_eq!(all, vec![2, 2, 3], "admin sees everyone's");
-    assert_eq!(users(&user_events), vec![2, 2], "a user sees only their own");
-    assert!(user_events.iter().all(|(_, v)| v["cost_nanos"].as_i64().unwrap() > 0 && v["event_type"] == "token-metrics"));
-    assert!(user_raw.contains(": heartbeat") || user_raw.contains(": connected"), "{user_raw}");
+    assert_eq!(
+        users(&user_events),
+        vec![2, 2],
+        "a user sees only their own"
+    );
+    assert!(user_events
+        .iter()
+        .all(|(_, v)| v["cost_nanos"].as_i64().unwrap() > 0 && v["event_type"] == "token-metrics"));
+    assert!(
+        user_raw.contains(": heartbeat") || user_raw.contains(": connected"),
+        "{user_raw}"
+    );
 
     // Reconnecting after the first notice replays the rest, in order.
-    let (replayed, _) = sse(&stream_url, ADMIN_KEY, Some(&admin_events[0].0), Duration::from_secs(3), 2).await;
-    assert_eq!(replayed.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), admin_events[1..].iter().map(|(id, _)| id.clone()).collect::<Vec<_>>());
+    let (replayed, _) = sse(
+        &stream_url,
+        ADMIN_KEY,
+        Some(&admin_events[0].0),
+        Duration::from_secs(3),
+        2,
+    )
+    .await;
+    assert_eq!(
+        replayed
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>(),
+        admin_events[1..]
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>()
+    );
     // An idle stream gets heartbeats.
     let (_, idle) = sse(&stream_url, USER2_KEY, None, Duration::from_millis(2500), 1).await;
     assert!(idle.contains(": heartbeat"), "{idle}");
 
-    let metrics = reqwest::get(bridge.url("/metrics")).await.unwrap().text().await.unwrap();
-    for series in ["billing_bridge_outbox_backlog 0", "billing_bridge_events_total{topic=\"token-metrics\",outcome=\"billed\"} 3", "billing_bridge_event_billed_latency_seconds_count 3"] {
+    let metrics = reqwest::get(bridge.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "billing_bridge_outbox_backlog 0",
+        "billing_bridge_events_total{topic=\"token-metrics\",outcome=\"billed\"} 3",
+        "billing_bridge_event_billed_latency_seconds_count 3",
+    ] {
         assert!(metrics.contains(series), "{series} missing from\n{metrics}");
     }
     let status = bridge.terminate();

@@ -27,8 +27,19 @@ pub const PREFIX: &str = "billing:agg:";
 
 /// Every metric of a bucket, per dimension.
 pub const METRICS: [&str; 13] = [
-    "cost", "tok:input", "tok:output", "tok:cache_write_5m", "tok:cache_write_1h", "tok:cache_read",
-    "turns", "requests", "messages", "responses", "lat_sum", "lat_n", "resp_lat_sum",
+    "cost",
+    "tok:input",
+    "tok:output",
+    "tok:cache_write_5m",
+    "tok:cache_write_1h",
+    "tok:cache_read",
+    "turns",
+    "requests",
+    "messages",
+    "responses",
+    "lat_sum",
+    "lat_n",
+    "resp_lat_sum",
 ];
 
 /// What a consumed event is, by the topic it came from.
@@ -145,7 +156,8 @@ pub fn cover(from_ms: i64, to_ms: i64) -> Vec<(Res, String)> {
     debug_assert!(from_ms % h == 0 && to_ms % h == 0);
     let mut out = Vec::new();
     let mut t = from_ms;
-    let label = |res: Res, ms: i64| res.bucket(Timestamp::from_millis(ms).expect("a time in range"));
+    let label =
+        |res: Res, ms: i64| res.bucket(Timestamp::from_millis(ms).expect("a time in range"));
     while t < to_ms {
         if t % d == 0 && t + d <= to_ms {
             out.push((Res::Day, label(Res::Day, t)));
@@ -194,13 +206,25 @@ pub enum Op {
     /// HINCRBY key field by
     HashIncr { key: String, field: String, by: i64 },
     /// HSET key field value
-    HashSet { key: String, field: String, value: String },
+    HashSet {
+        key: String,
+        field: String,
+        value: String,
+    },
     /// SADD key member
     SetAdd { key: String, member: String },
     /// ZINCRBY key by member
-    ZIncr { key: String, member: String, by: i64 },
+    ZIncr {
+        key: String,
+        member: String,
+        by: i64,
+    },
     /// ZADD key GT score member: the score only ever grows.
-    ZMax { key: String, member: String, score: i64 },
+    ZMax {
+        key: String,
+        member: String,
+        score: i64,
+    },
 }
 
 /// The changes of many facts, merged: one increment per (key, field), one
@@ -218,7 +242,10 @@ pub struct Changes {
 impl Changes {
     fn incr(&mut self, key: &str, field: &str, by: i64) {
         if by != 0 {
-            *self.incr.entry((key.to_owned(), field.to_owned())).or_default() += by;
+            *self
+                .incr
+                .entry((key.to_owned(), field.to_owned()))
+                .or_default() += by;
         }
     }
 
@@ -232,7 +259,14 @@ impl Changes {
             for (class, n) in TokenClass::ALL.iter().zip(f.tokens) {
                 metrics.push((tok_metric(*class), n as i64));
             }
-            metrics.push((if f.kind == Kind::Turn { "turns" } else { "requests" }, 1));
+            metrics.push((
+                if f.kind == Kind::Turn {
+                    "turns"
+                } else {
+                    "requests"
+                },
+                1,
+            ));
             metrics.push(("lat_sum", f.latency_ms as i64));
             metrics.push(("lat_n", 1));
         } else if f.kind == Kind::Message {
@@ -245,13 +279,26 @@ impl Changes {
         for res in [Res::Minute, Res::Hour, Res::Day] {
             let bucket = res.bucket(f.occurred_at);
             let key = bucket_key(res, &bucket);
-            let mut dims = vec![dim(None, None), dim(Some(f.user_id), None), dim(None, Some(&f.model))];
+            let mut dims = vec![
+                dim(None, None),
+                dim(Some(f.user_id), None),
+                dim(None, Some(&f.model)),
+            ];
             if res != Res::Minute {
                 dims.push(dim(Some(f.user_id), Some(&f.model)));
-                self.members.entry(users_key(res, &bucket)).or_default().insert(user.clone());
-                self.members.entry(model_users_key(res, &bucket, &f.model)).or_default().insert(user.clone());
+                self.members
+                    .entry(users_key(res, &bucket))
+                    .or_default()
+                    .insert(user.clone());
+                self.members
+                    .entry(model_users_key(res, &bucket, &f.model))
+                    .or_default()
+                    .insert(user.clone());
                 if billed {
-                    *self.zincr.entry((top_key(res, &bucket), user.clone())).or_default() += f.cost_nanos;
+                    *self
+                        .zincr
+                        .entry((top_key(res, &bucket), user.clone()))
+                        .or_default() += f.cost_nanos;
                 }
             }
             for d in &dims {
@@ -278,16 +325,46 @@ impl Changes {
     /// The merged changes, in a fixed order.
     pub fn ops(&self) -> Vec<Op> {
         let mut out = Vec::new();
-        out.extend(self.incr.iter().map(|((key, field), by)| Op::HashIncr { key: key.clone(), field: field.clone(), by: *by }));
-        out.extend(self.set.iter().map(|((key, field), value)| Op::HashSet { key: key.clone(), field: field.clone(), value: value.clone() }));
-        out.extend(self.members.iter().flat_map(|(key, ms)| ms.iter().map(move |m| Op::SetAdd { key: key.clone(), member: m.clone() })));
-        out.extend(self.zincr.iter().filter(|(_, by)| **by != 0).map(|((key, member), by)| Op::ZIncr { key: key.clone(), member: member.clone(), by: *by }));
-        out.extend(self.zmax.iter().map(|((key, member), score)| Op::ZMax { key: key.clone(), member: member.clone(), score: *score }));
+        out.extend(self.incr.iter().map(|((key, field), by)| Op::HashIncr {
+            key: key.clone(),
+            field: field.clone(),
+            by: *by,
+        }));
+        out.extend(self.set.iter().map(|((key, field), value)| Op::HashSet {
+            key: key.clone(),
+            field: field.clone(),
+            value: value.clone(),
+        }));
+        out.extend(self.members.iter().flat_map(|(key, ms)| {
+            ms.iter().map(move |m| Op::SetAdd {
+                key: key.clone(),
+                member: m.clone(),
+            })
+        }));
+        out.extend(
+            self.zincr
+                .iter()
+                .filter(|(_, by)| **by != 0)
+                .map(|((key, member), by)| Op::ZIncr {
+                    key: key.clone(),
+                    member: member.clone(),
+                    by: *by,
+                }),
+        );
+        out.extend(self.zmax.iter().map(|((key, member), score)| Op::ZMax {
+            key: key.clone(),
+            member: member.clone(),
+            score: *score,
+        }));
         out
     }
 
     pub fn is_empty(&self) -> bool {
-        self.incr.is_empty() && self.set.is_empty() && self.members.is_empty() && self.zincr.is_empty() && self.zmax.is_empty()
+        self.incr.is_empty()
+            && self.set.is_empty()
+            && self.members.is_empty()
+            && self.zincr.is_empty()
+            && self.zmax.is_empty()
     }
 }
 
@@ -330,20 +407,52 @@ mod tests {
         let ops = c.ops();
         let incr = |key: &str, field: &str| {
             ops.iter().find_map(|o| match o {
-                Op::HashIncr { key: k, field: f, by } if k == key && f == field => Some(*by),
+                Op::HashIncr {
+                    key: k,
+                    field: f,
+                    by,
+                } if k == key && f == field => Some(*by),
                 _ => None,
             })
         };
         assert_eq!(incr("billing:agg:h:2026-03-10T12", "*|cost"), Some(1000));
         assert_eq!(incr("billing:agg:m:2026-03-10T12:34", "*|cost"), Some(700));
         assert_eq!(incr("billing:agg:d:2026-03-10", "u:2|tok:input"), Some(10));
-        assert_eq!(incr("billing:agg:d:2026-03-10", "um:3:claude-haiku-4-5-20251001|turns"), Some(1));
-        assert_eq!(incr("billing:agg:m:2026-03-10T12:34", "um:2:claude-haiku-4-5-20251001|turns"), None, "no user×model in minutes");
-        assert_eq!(incr("billing:agg:d:2026-03-10", "*|tok:cache_write_5m"), None, "zero tokens write nothing");
+        assert_eq!(
+            incr(
+                "billing:agg:d:2026-03-10",
+                "um:3:claude-haiku-4-5-20251001|turns"
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            incr(
+                "billing:agg:m:2026-03-10T12:34",
+                "um:2:claude-haiku-4-5-20251001|turns"
+            ),
+            None,
+            "no user×model in minutes"
+        );
+        assert_eq!(
+            incr("billing:agg:d:2026-03-10", "*|tok:cache_write_5m"),
+            None,
+            "zero tokens write nothing"
+        );
         assert_eq!(incr("billing:agg:thread:9", "turns"), Some(2));
-        assert!(ops.contains(&Op::ZMax { key: "billing:agg:threads:all".into(), member: "9".into(), score: Timestamp::parse("2026-03-10T12:59:00Z").unwrap().millis() }));
-        assert!(ops.contains(&Op::ZIncr { key: "billing:agg:top:d:2026-03-10".into(), member: "2".into(), by: 700 }));
-        assert!(ops.contains(&Op::SetAdd { key: "billing:agg:users:h:2026-03-10T12".into(), member: "3".into() }));
+        assert!(ops.contains(&Op::ZMax {
+            key: "billing:agg:threads:all".into(),
+            member: "9".into(),
+            score: Timestamp::parse("2026-03-10T12:59:00Z").unwrap().millis()
+        }));
+        assert!(ops.contains(&Op::ZIncr {
+            key: "billing:agg:top:d:2026-03-10".into(),
+            member: "2".into(),
+            by: 700
+        }));
+        assert!(ops.contains(&Op::SetAdd {
+            key: "billing:agg:users:h:2026-03-10T12".into(),
+            member: "3".into()
+        }));
     }
 
     // A range is covered by whole days inside and hours at the edges, each hour once.
@@ -352,7 +461,17 @@ mod tests {
         let t = |s: &str| Timestamp::parse(s).unwrap().millis();
         let c = cover(t("2026-03-01T22:00:00Z"), t("2026-03-04T02:00:00Z"));
         let labels: Vec<String> = c.iter().map(|(r, b)| format!("{}:{b}", r.code())).collect();
-        assert_eq!(labels, ["h:2026-03-01T22", "h:2026-03-01T23", "d:2026-03-02", "d:2026-03-03", "h:2026-03-04T00", "h:2026-03-04T01"]);
+        assert_eq!(
+            labels,
+            [
+                "h:2026-03-01T22",
+                "h:2026-03-01T23",
+                "d:2026-03-02",
+                "d:2026-03-03",
+                "h:2026-03-04T00",
+                "h:2026-03-04T01"
+            ]
+        );
         assert!(cover(t("2026-03-01T05:00:00Z"), t("2026-03-01T05:00:00Z")).is_empty());
         let year = cover(t("2026-01-01T01:00:00Z"), t("2027-01-01T00:00:00Z"));
         assert_eq!(year.len(), 23 + 364);
@@ -362,7 +481,21 @@ mod tests {
     #[test]
     fn buckets() {
         let t = Timestamp::parse("2026-12-31T23:59:59.999Z").unwrap();
-        assert_eq!((Res::Minute.bucket(t), Res::Hour.bucket(t), Res::Day.bucket(t)), ("2026-12-31T23:59".into(), "2026-12-31T23".into(), "2026-12-31".into()));
-        assert_eq!(Res::Day.bucket(Timestamp::from_millis(Res::Day.floor(t.millis())).unwrap()), "2026-12-31");
+        assert_eq!(
+            (
+                Res::Minute.bucket(t),
+                Res::Hour.bucket(t),
+                Res::Day.bucket(t)
+            ),
+            (
+                "2026-12-31T23:59".into(),
+                "2026-12-31T23".into(),
+                "2026-12-31".into()
+            )
+        );
+        assert_eq!(
+            Res::Day.bucket(Timestamp::from_millis(Res::Day.floor(t.millis())).unwrap()),
+            "2026-12-31"
+        );
     }
 }

@@ -33,7 +33,14 @@ pub mod topics {
     pub const INFERENCE_EVENTS: &str = "inference-events";
     pub const PROCESSED_EVENTS: &str = "processed-events";
     pub const DEAD_LETTER: &str = "dead-letter";
-    pub const ALL: [&str; 6] = [RAW_MESSAGES, LLM_RESPONSES, TOKEN_METRICS, INFERENCE_EVENTS, PROCESSED_EVENTS, DEAD_LETTER];
+    pub const ALL: [&str; 6] = [
+        RAW_MESSAGES,
+        LLM_RESPONSES,
+        TOKEN_METRICS,
+        INFERENCE_EVENTS,
+        PROCESSED_EVENTS,
+        DEAD_LETTER,
+    ];
 }
 
 /// A payload type: its CloudEvents `type`, topic, schema name and rules.
@@ -72,7 +79,13 @@ pub struct CloudEvent<T> {
 
 impl<T: EventData> CloudEvent<T> {
     /// A new event of `T`'s type.
-    pub fn new(id: impl Into<String>, source: impl Into<String>, time: Timestamp, subject: Option<String>, data: T) -> Self {
+    pub fn new(
+        id: impl Into<String>,
+        source: impl Into<String>,
+        time: Timestamp,
+        subject: Option<String>,
+        data: T,
+    ) -> Self {
         Self {
             specversion: SPEC_VERSION.into(),
             id: id.into(),
@@ -103,7 +116,8 @@ impl<T: EventData> CloudEvent<T> {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let ev: Self = serde_json::from_value(v).map_err(|e| vec![FieldError::new("data", e.to_string())])?;
+        let ev: Self =
+            serde_json::from_value(v).map_err(|e| vec![FieldError::new("data", e.to_string())])?;
         ev.data.check(&mut errors);
         if errors.is_empty() {
             Ok(ev)
@@ -113,7 +127,8 @@ impl<T: EventData> CloudEvent<T> {
     }
 
     pub fn from_json(s: &str) -> Result<Self, Vec<FieldError>> {
-        let v: Value = serde_json::from_str(s).map_err(|e| vec![FieldError::new("event", format!("not JSON: {e}"))])?;
+        let v: Value = serde_json::from_str(s)
+            .map_err(|e| vec![FieldError::new("event", format!("not JSON: {e}"))])?;
         Self::from_value(v)
     }
 }
@@ -127,7 +142,10 @@ pub fn check_envelope(v: &Value, expected_type: Option<&str>, errors: &mut Vec<F
     };
     if let Some(sv) = string_attr(obj, errors, "specversion", 16) {
         if sv != SPEC_VERSION {
-            errors.push(FieldError::new("specversion", format!("`{sv}` is not supported; use \"1.0\"")));
+            errors.push(FieldError::new(
+                "specversion",
+                format!("`{sv}` is not supported; use \"1.0\""),
+            ));
         }
     }
     string_attr(obj, errors, "id", MAX_ID_LEN);
@@ -144,7 +162,10 @@ pub fn check_envelope(v: &Value, expected_type: Option<&str>, errors: &mut Vec<F
     }
     if let Some(ct) = obj.get("datacontenttype") {
         if ct != "application/json" {
-            errors.push(FieldError::new("datacontenttype", format!("{ct} is not supported; use \"application/json\"")));
+            errors.push(FieldError::new(
+                "datacontenttype",
+                format!("{ct} is not supported; use \"application/json\""),
+            ));
         }
     }
     if !obj.contains_key("data") {
@@ -152,7 +173,12 @@ pub fn check_envelope(v: &Value, expected_type: Option<&str>, errors: &mut Vec<F
     }
 }
 
-fn string_attr(obj: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>, name: &str, max: usize) -> Option<String> {
+fn string_attr(
+    obj: &serde_json::Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+    name: &str,
+    max: usize,
+) -> Option<String> {
     match obj.get(name) {
         None | Some(Value::Null) => {
             errors.push(FieldError::new(name, "is required"));
@@ -163,7 +189,10 @@ fn string_attr(obj: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError
             None
         }
         Some(Value::String(s)) if s.len() > max => {
-            errors.push(FieldError::new(name, format!("is {} bytes long; at most {max} are allowed", s.len())));
+            errors.push(FieldError::new(
+                name,
+                format!("is {} bytes long; at most {max} are allowed", s.len()),
+            ));
             None
         }
         Some(Value::String(s)) if s.chars().any(char::is_control) => {
@@ -172,7 +201,10 @@ fn string_attr(obj: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError
         }
         Some(Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            errors.push(FieldError::new(name, format!("must be a string, got {other}")));
+            errors.push(FieldError::new(
+                name,
+                format!("must be a string, got {other}"),
+            ));
             None
         }
     }
@@ -180,13 +212,19 @@ fn string_attr(obj: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError
 
 fn check_id(errors: &mut Vec<FieldError>, field: &str, id: i64) {
     if id <= 0 {
-        errors.push(FieldError::new(format!("data.{field}"), format!("{id} is not a valid id; ids are positive")));
+        errors.push(FieldError::new(
+            format!("data.{field}"),
+            format!("{id} is not a valid id; ids are positive"),
+        ));
     }
 }
 
 fn check_ms(errors: &mut Vec<FieldError>, field: &str, ms: u64) {
     if ms > MAX_DURATION_MS {
-        errors.push(FieldError::new(format!("data.{field}"), format!("{ms} ms is longer than a day")));
+        errors.push(FieldError::new(
+            format!("data.{field}"),
+            format!("{ms} ms is longer than a day"),
+        ));
     }
 }
 
@@ -199,7 +237,13 @@ fn check_usage(errors: &mut Vec<FieldError>, usage: &Usage) {
 
 fn check_content(errors: &mut Vec<FieldError>, content: &str) {
     if content.len() > MAX_CONTENT_BYTES {
-        errors.push(FieldError::new("data.content", format!("is {} bytes; at most {MAX_CONTENT_BYTES} are allowed", content.len())));
+        errors.push(FieldError::new(
+            "data.content",
+            format!(
+                "is {} bytes; at most {MAX_CONTENT_BYTES} are allowed",
+                content.len()
+            ),
+        ));
     }
 }
 
@@ -335,11 +379,17 @@ impl EventData for InferenceEvent {
     fn check(&self, e: &mut Vec<FieldError>) {
         check_id(e, "user_id", self.user_id);
         if self.request_id.is_empty() || self.request_id.len() > MAX_ID_LEN {
-            e.push(FieldError::new("data.request_id", format!("must be 1 to {MAX_ID_LEN} bytes")));
+            e.push(FieldError::new(
+                "data.request_id",
+                format!("must be 1 to {MAX_ID_LEN} bytes"),
+            ));
         }
         if let Some(s) = self.http_status {
             if !(100..=599).contains(&s) {
-                e.push(FieldError::new("data.http_status", format!("{s} is not an HTTP status")));
+                e.push(FieldError::new(
+                    "data.http_status",
+                    format!("{s} is not an HTTP status"),
+                ));
             }
         }
         check_ms(e, "latency_ms", self.latency_ms);
@@ -391,7 +441,11 @@ mod tests {
                 thread_id: 7,
                 message_id: 11,
                 model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
-                usage: Usage { input_tokens: 10, output_tokens: 20, ..Default::default() },
+                usage: Usage {
+                    input_tokens: 10,
+                    output_tokens: 20,
+                    ..Default::default()
+                },
                 latency_ms: 350,
             },
         )
@@ -424,11 +478,16 @@ mod tests {
         v["data"]["latency_ms"] = json!(100_000_000u64);
         let errs = CloudEvent::<TokenMetrics>::from_value(v).unwrap_err();
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].to_string().contains("data.user_id: 0 is not a valid id"));
+        assert!(errs[0]
+            .to_string()
+            .contains("data.user_id: 0 is not a valid id"));
 
         let mut v: Value = serde_json::from_str(&metrics().to_json()).unwrap();
         v["data"]["tokens"] = json!(5);
         let errs = CloudEvent::<TokenMetrics>::from_value(v).unwrap_err();
-        assert!(errs[0].reason.contains("unknown field `tokens`"), "{errs:?}");
+        assert!(
+            errs[0].reason.contains("unknown field `tokens`"),
+            "{errs:?}"
+        );
     }
 }

@@ -16,8 +16,13 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LineKind {
-    Token { model: String, token_class: TokenClass },
-    Resource { resource: String },
+    Token {
+        model: String,
+        token_class: TokenClass,
+    },
+    Resource {
+        resource: String,
+    },
 }
 
 /// One priced line, as stored in `user_invoice_line_item` or
@@ -84,13 +89,20 @@ pub struct FinalTotals {
 /// invoice.
 pub fn assemble(mut items: Vec<LineItem>) -> Result<InvoiceDraft, BillingError> {
     if let Some(item) = items.iter().find(|i| i.invoice_id.is_some()) {
-        return Err(BillingError::AlreadyInvoiced { line_item_id: item.line_item_id, invoice_id: item.invoice_id.unwrap() });
+        return Err(BillingError::AlreadyInvoiced {
+            line_item_id: item.line_item_id,
+            invoice_id: item.invoice_id.unwrap(),
+        });
     }
-    items.sort_by(|a, b| (a.occurred_at, &a.kind, a.line_item_id).cmp(&(b.occurred_at, &b.kind, b.line_item_id)));
+    items.sort_by(|a, b| {
+        (a.occurred_at, &a.kind, a.line_item_id).cmp(&(b.occurred_at, &b.kind, b.line_item_id))
+    });
     let mut seen = std::collections::HashSet::with_capacity(items.len());
     for i in &items {
         if !seen.insert((matches!(i.kind, LineKind::Token { .. }), i.line_item_id)) {
-            return Err(BillingError::DuplicateLineItem { line_item_id: i.line_item_id });
+            return Err(BillingError::DuplicateLineItem {
+                line_item_id: i.line_item_id,
+            });
         }
     }
 
@@ -98,35 +110,74 @@ pub fn assemble(mut items: Vec<LineItem>) -> Result<InvoiceDraft, BillingError> 
     let mut resources: BTreeMap<&str, (u64, Nanos)> = BTreeMap::new();
     for i in &items {
         let slot = match &i.kind {
-            LineKind::Token { model, token_class } => models.entry(model).or_default().entry(*token_class).or_insert((0, Nanos::ZERO)),
-            LineKind::Resource { resource } => resources.entry(resource).or_insert((0, Nanos::ZERO)),
+            LineKind::Token { model, token_class } => models
+                .entry(model)
+                .or_default()
+                .entry(*token_class)
+                .or_insert((0, Nanos::ZERO)),
+            LineKind::Resource { resource } => {
+                resources.entry(resource).or_insert((0, Nanos::ZERO))
+            }
         };
-        slot.0 = slot.0.checked_add(i.quantity).ok_or(BillingError::Overflow { what: "a subtotal's quantity" })?;
+        slot.0 = slot
+            .0
+            .checked_add(i.quantity)
+            .ok_or(BillingError::Overflow {
+                what: "a subtotal's quantity",
+            })?;
         slot.1 = slot.1.checked_add(i.cost)?;
     }
 
     let models = models
         .into_iter()
         .map(|(model, classes)| {
-            let classes: Vec<ClassSubtotal> =
-                classes.into_iter().map(|(token_class, (tokens, cost))| ClassSubtotal { token_class, tokens, cost }).collect();
-            Ok(ModelSubtotal { model: model.to_owned(), cost: Nanos::sum(classes.iter().map(|c| c.cost))?, classes })
+            let classes: Vec<ClassSubtotal> = classes
+                .into_iter()
+                .map(|(token_class, (tokens, cost))| ClassSubtotal {
+                    token_class,
+                    tokens,
+                    cost,
+                })
+                .collect();
+            Ok(ModelSubtotal {
+                model: model.to_owned(),
+                cost: Nanos::sum(classes.iter().map(|c| c.cost))?,
+                classes,
+            })
         })
         .collect::<Result<Vec<_>, BillingError>>()?;
     let resources: Vec<ResourceSubtotal> = resources
         .into_iter()
-        .map(|(resource, (quantity, cost))| ResourceSubtotal { resource: resource.to_owned(), quantity, cost })
+        .map(|(resource, (quantity, cost))| ResourceSubtotal {
+            resource: resource.to_owned(),
+            quantity,
+            cost,
+        })
         .collect();
-    let total = Nanos::sum(models.iter().map(|m| m.cost).chain(resources.iter().map(|r| r.cost)))?;
+    let total = Nanos::sum(
+        models
+            .iter()
+            .map(|m| m.cost)
+            .chain(resources.iter().map(|r| r.cost)),
+    )?;
     let lines = items;
-    Ok(InvoiceDraft { lines, models, resources, total })
+    Ok(InvoiceDraft {
+        lines,
+        models,
+        resources,
+        total,
+    })
 }
 
 impl InvoiceDraft {
     /// Rounds the total to cents, once.
     pub fn finalize(&self) -> FinalTotals {
         let (total_cents, rounding) = self.total.round_to_cents();
-        FinalTotals { total_nanos: self.total, total_cents, rounding }
+        FinalTotals {
+            total_nanos: self.total,
+            total_cents,
+            rounding,
+        }
     }
 }
 
@@ -135,10 +186,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn token_item(id: i64, model: &str, class: TokenClass, quantity: u64, cost: i64, ms: i64) -> LineItem {
+    fn token_item(
+        id: i64,
+        model: &str,
+        class: TokenClass,
+        quantity: u64,
+        cost: i64,
+        ms: i64,
+    ) -> LineItem {
         LineItem {
             line_item_id: id,
-            kind: LineKind::Token { model: model.into(), token_class: class },
+            kind: LineKind::Token {
+                model: model.into(),
+                token_class: class,
+            },
             quantity,
             unit_price: PricePerMillion::ZERO,
             cost: Nanos(cost),
@@ -152,9 +213,18 @@ mod tests {
     fn refuses_double_billing() {
         let mut a = token_item(1, "m", TokenClass::Input, 1, 1, 0);
         a.invoice_id = Some(7);
-        assert_eq!(assemble(vec![a]).unwrap_err(), BillingError::AlreadyInvoiced { line_item_id: 1, invoice_id: 7 });
+        assert_eq!(
+            assemble(vec![a]).unwrap_err(),
+            BillingError::AlreadyInvoiced {
+                line_item_id: 1,
+                invoice_id: 7
+            }
+        );
         let b = token_item(2, "m", TokenClass::Input, 1, 1, 0);
-        assert_eq!(assemble(vec![b.clone(), b]).unwrap_err(), BillingError::DuplicateLineItem { line_item_id: 2 });
+        assert_eq!(
+            assemble(vec![b.clone(), b]).unwrap_err(),
+            BillingError::DuplicateLineItem { line_item_id: 2 }
+        );
     }
 
     proptest! {

@@ -20,13 +20,22 @@ impl ModelName {
             return bad("must not be empty".into());
         }
         if s.len() > Self::MAX_LEN {
-            return bad(format!("is {} characters long; at most {} are allowed", s.len(), Self::MAX_LEN));
+            return bad(format!(
+                "is {} characters long; at most {} are allowed",
+                s.len(),
+                Self::MAX_LEN
+            ));
         }
         if !s.as_bytes()[0].is_ascii_alphanumeric() {
             return bad(format!("`{s}` must start with a letter or a digit"));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-_:/".contains(*c))) {
-            return bad(format!("`{s}` contains `{c}`; only letters, digits and . _ - : / are allowed"));
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || ".-_:/".contains(*c)))
+        {
+            return bad(format!(
+                "`{s}` contains `{c}`; only letters, digits and . _ - : / are allowed"
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -65,8 +74,14 @@ mod tests {
         assert!(ModelName::parse("claude-sonnet-4-5-20250929").is_ok());
         assert!(ModelName::parse("gpt-4o-mini").is_ok());
         assert!(ModelName::parse("").unwrap_err().reason.contains("empty"));
-        assert!(ModelName::parse(&"a".repeat(129)).unwrap_err().reason.contains("129"));
-        assert!(ModelName::parse("claude sonnet").unwrap_err().reason.contains("` `"));
+        assert!(ModelName::parse(&"a".repeat(129))
+            .unwrap_err()
+            .reason
+            .contains("129"));
+        assert!(ModelName::parse("claude sonnet")
+            .unwrap_err()
+            .reason
+            .contains("` `"));
         assert!(ModelName::parse("-x").is_err());
     }
 }

@@ -44,10 +44,19 @@ impl PricePerMillion {
 
     pub fn new(micros: i64) -> Result<Self, FieldError> {
         if micros < 0 {
-            return Err(FieldError::new("price", format!("{micros} is negative; prices are non-negative micro-USD per million")));
+            return Err(FieldError::new(
+                "price",
+                format!("{micros} is negative; prices are non-negative micro-USD per million"),
+            ));
         }
         if micros > Self::MAX {
-            return Err(FieldError::new("price", format!("{micros} micro-USD per million is above the ceiling of {}", Self::MAX)));
+            return Err(FieldError::new(
+                "price",
+                format!(
+                    "{micros} micro-USD per million is above the ceiling of {}",
+                    Self::MAX
+                ),
+            ));
         }
         Ok(Self(micros))
     }
@@ -76,7 +85,9 @@ impl From<PricePerMillion> for i64 {
 }
 
 /// An amount of nano-USD. Signed, because a rounding difference can be negative.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Nanos(pub i64);
 
@@ -84,7 +95,12 @@ impl Nanos {
     pub const ZERO: Self = Self(0);
 
     pub fn checked_add(self, other: Nanos) -> Result<Nanos, BillingError> {
-        self.0.checked_add(other.0).map(Nanos).ok_or(BillingError::Overflow { what: "a sum of nano-USD" })
+        self.0
+            .checked_add(other.0)
+            .map(Nanos)
+            .ok_or(BillingError::Overflow {
+                what: "a sum of nano-USD",
+            })
     }
 
     /// Sum, refusing to wrap.
@@ -113,7 +129,9 @@ impl std::fmt::Display for Nanos {
 }
 
 /// An amount of US cents.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Cents(pub i64);
 
@@ -139,7 +157,11 @@ impl std::fmt::Display for Cents {
 pub fn line_cost(quantity: u64, price: PricePerMillion) -> Result<Nanos, BillingError> {
     let exact_thousandths = quantity as i128 * price.0 as i128;
     let nanos = div_round_half_even(exact_thousandths, 1000);
-    i64::try_from(nanos).map(Nanos).map_err(|_| BillingError::Overflow { what: "a line item's cost" })
+    i64::try_from(nanos)
+        .map(Nanos)
+        .map_err(|_| BillingError::Overflow {
+            what: "a line item's cost",
+        })
 }
 
 fn format_decimal_usd(v: i128, scale: u32) -> String {
@@ -162,7 +184,20 @@ mod tests {
     // Ties go to the even neighbour, in both signs; non-ties go to the nearest.
     #[test]
     fn half_even_examples() {
-        let cases = [(5, 10, 0), (15, 10, 2), (25, 10, 2), (35, 10, 4), (-5, 10, 0), (-15, 10, -2), (-25, 10, -2), (14, 10, 1), (16, 10, 2), (-14, 10, -1), (-16, 10, -2), (0, 7, 0)];
+        let cases = [
+            (5, 10, 0),
+            (15, 10, 2),
+            (25, 10, 2),
+            (35, 10, 4),
+            (-5, 10, 0),
+            (-15, 10, -2),
+            (-25, 10, -2),
+            (14, 10, 1),
+            (16, 10, 2),
+            (-14, 10, -1),
+            (-16, 10, -2),
+            (0, 7, 0),
+        ];
         for (n, d, want) in cases {
             assert_eq!(div_round_half_even(n, d), want, "{n}/{d}");
         }
@@ -180,29 +215,50 @@ mod tests {
         assert_eq!(line_cost(3, tiny).unwrap(), Nanos(2));
         assert_eq!(line_cost(7, tiny).unwrap(), Nanos(4));
         // 1,001 micro/MTok on 1 token is 1.001 nano -> 1.
-        assert_eq!(line_cost(1, PricePerMillion::new(1_001).unwrap()).unwrap(), Nanos(1));
+        assert_eq!(
+            line_cost(1, PricePerMillion::new(1_001).unwrap()).unwrap(),
+            Nanos(1)
+        );
         // 10^12 tokens at $75/MTok: $75,000,000 = 7.5e16 nanos, no overflow.
         let opus_out = PricePerMillion::new(75_000_000).unwrap();
-        assert_eq!(line_cost(1_000_000_000_000, opus_out).unwrap(), Nanos(75_000_000 * NANOS_PER_USD));
+        assert_eq!(
+            line_cost(1_000_000_000_000, opus_out).unwrap(),
+            Nanos(75_000_000 * NANOS_PER_USD)
+        );
         // The largest inputs overflow i64 nanos and say so instead of wrapping.
         let max = PricePerMillion::new(PricePerMillion::MAX).unwrap();
-        assert!(matches!(line_cost(u64::MAX, max), Err(BillingError::Overflow { .. })));
+        assert!(matches!(
+            line_cost(u64::MAX, max),
+            Err(BillingError::Overflow { .. })
+        ));
     }
 
     // Prices are validated: negative and absurd ones are refused with the number in the message.
     #[test]
     fn price_validation() {
-        assert!(PricePerMillion::new(-1).unwrap_err().reason.contains("-1 is negative"));
+        assert!(PricePerMillion::new(-1)
+            .unwrap_err()
+            .reason
+            .contains("-1 is negative"));
         assert!(PricePerMillion::new(PricePerMillion::MAX + 1).is_err());
-        assert_eq!(PricePerMillion::new(3_750_000).unwrap().display_usd(), "$3.75");
+        assert_eq!(
+            PricePerMillion::new(3_750_000).unwrap().display_usd(),
+            "$3.75"
+        );
         assert!(serde_json::from_str::<PricePerMillion>("-5").is_err());
     }
 
     // Cents rounding keeps the difference; display strings are exact.
     #[test]
     fn cents_and_display() {
-        assert_eq!(Nanos(15_000_000).round_to_cents(), (Cents(2), Nanos(5_000_000)));
-        assert_eq!(Nanos(25_000_000).round_to_cents(), (Cents(2), Nanos(-5_000_000)));
+        assert_eq!(
+            Nanos(15_000_000).round_to_cents(),
+            (Cents(2), Nanos(5_000_000))
+        );
+        assert_eq!(
+            Nanos(25_000_000).round_to_cents(),
+            (Cents(2), Nanos(-5_000_000))
+        );
         assert_eq!(Nanos(12_345).display_usd(), "$0.000012345");
         assert_eq!(Nanos(1_500_000_000).display_usd(), "$1.50");
         assert_eq!(Nanos(-1).display_usd(), "-$0.000000001");

@@ -95,8 +95,14 @@ impl<T: EffectiveDated> History<T> {
         }
         for (name, list) in by_name.iter_mut() {
             list.sort_by_key(|v| v.effective_from());
-            if let Some(w) = list.windows(2).find(|w| w[0].effective_from() == w[1].effective_from()) {
-                return Err(BillingError::DuplicateVersion { name: name.clone(), at: w[0].effective_from() });
+            if let Some(w) = list
+                .windows(2)
+                .find(|w| w[0].effective_from() == w[1].effective_from())
+            {
+                return Err(BillingError::DuplicateVersion {
+                    name: name.clone(),
+                    at: w[0].effective_from(),
+                });
             }
         }
         Ok(Self { by_name })
@@ -127,9 +133,15 @@ impl PriceBook {
     /// The version of `model` in force at `at`, or why there is none.
     pub fn price_at(&self, model: &str, at: Timestamp) -> Result<&PriceVersion, BillingError> {
         if self.versions(model).is_empty() {
-            return Err(BillingError::UnknownModel { model: model.to_owned() });
+            return Err(BillingError::UnknownModel {
+                model: model.to_owned(),
+            });
         }
-        self.at(model, at).ok_or_else(|| BillingError::NoPriceInForce { model: model.to_owned(), at })
+        self.at(model, at)
+            .ok_or_else(|| BillingError::NoPriceInForce {
+                model: model.to_owned(),
+                at,
+            })
     }
 
     /// Prices `usage` of `model` as of `at`.
@@ -139,9 +151,16 @@ impl PriceBook {
 }
 
 impl ResourcePriceBook {
-    pub fn price_at(&self, resource: &str, at: Timestamp) -> Result<&ResourcePriceVersion, BillingError> {
+    pub fn price_at(
+        &self,
+        resource: &str,
+        at: Timestamp,
+    ) -> Result<&ResourcePriceVersion, BillingError> {
         self.at(resource, at)
-            .ok_or_else(|| BillingError::NoResourcePriceInForce { resource: resource.to_owned(), at })
+            .ok_or_else(|| BillingError::NoResourcePriceInForce {
+                resource: resource.to_owned(),
+                at,
+            })
     }
 }
 
@@ -173,11 +192,22 @@ pub fn quote(version: &PriceVersion, usage: &Usage) -> Result<Quote, BillingErro
         .into_iter()
         .map(|(class, tokens)| {
             let unit_price = version.prices.get(class);
-            Ok(QuoteLine { class, tokens, unit_price, cost: line_cost(tokens, unit_price)? })
+            Ok(QuoteLine {
+                class,
+                tokens,
+                unit_price,
+                cost: line_cost(tokens, unit_price)?,
+            })
         })
         .collect::<Result<Vec<_>, BillingError>>()?;
     let total = Nanos::sum(lines.iter().map(|l| l.cost))?;
-    Ok(Quote { model: version.model.clone(), pricing_id: version.pricing_id, effective_from: version.effective_from, lines, total })
+    Ok(Quote {
+        model: version.model.clone(),
+        pricing_id: version.pricing_id,
+        effective_from: version.effective_from,
+        lines,
+        total,
+    })
 }
 
 /// The cost of `quantity` units of a resource at `version`.
@@ -199,15 +229,26 @@ pub fn check_new_version(
     finalized_until: Option<Timestamp>,
 ) -> Result<(), FieldError> {
     if from < now {
-        return Err(FieldError::new("effective_from", format!("{from} is in the past (now is {now}); a new price may only start now or later")));
+        return Err(FieldError::new(
+            "effective_from",
+            format!(
+                "{from} is in the past (now is {now}); a new price may only start now or later"
+            ),
+        ));
     }
     if let Some(end) = finalized_until {
         if from < end {
-            return Err(FieldError::new("effective_from", format!("{from} falls inside a finalized invoice period that ends {end}")));
+            return Err(FieldError::new(
+                "effective_from",
+                format!("{from} falls inside a finalized invoice period that ends {end}"),
+            ));
         }
     }
     if existing.contains(&from) {
-        return Err(FieldError::new("effective_from", format!("a version already starts at {from}")));
+        return Err(FieldError::new(
+            "effective_from",
+            format!("a version already starts at {from}"),
+        ));
     }
     Ok(())
 }
@@ -229,24 +270,54 @@ mod tests {
             pricing_id: id,
             model: "m".into(),
             effective_from: ts(from),
-            prices: TokenPrices { input: p(input), output: p(0), cache_write_5m: p(0), cache_write_1h: p(0), cache_read: p(0) },
+            prices: TokenPrices {
+                input: p(input),
+                output: p(0),
+                cache_write_5m: p(0),
+                cache_write_1h: p(0),
+                cache_read: p(0),
+            },
         }
     }
 
     // The version in force is the latest that started at or before the instant, at the boundary too.
     #[test]
     fn version_in_force() {
-        let book = PriceBook::new([version(2, "2026-02-01T00:00:00Z", 2), version(1, "2026-01-01T00:00:00Z", 1)]).unwrap();
-        assert!(matches!(book.price_at("m", ts("2025-12-31T23:59:59.999Z")), Err(BillingError::NoPriceInForce { .. })));
-        assert_eq!(book.price_at("m", ts("2026-01-31T23:59:59.999Z")).unwrap().pricing_id, 1);
-        assert_eq!(book.price_at("m", ts("2026-02-01T00:00:00Z")).unwrap().pricing_id, 2);
-        assert!(matches!(book.price_at("x", ts("2026-02-01T00:00:00Z")), Err(BillingError::UnknownModel { .. })));
+        let book = PriceBook::new([
+            version(2, "2026-02-01T00:00:00Z", 2),
+            version(1, "2026-01-01T00:00:00Z", 1),
+        ])
+        .unwrap();
+        assert!(matches!(
+            book.price_at("m", ts("2025-12-31T23:59:59.999Z")),
+            Err(BillingError::NoPriceInForce { .. })
+        ));
+        assert_eq!(
+            book.price_at("m", ts("2026-01-31T23:59:59.999Z"))
+                .unwrap()
+                .pricing_id,
+            1
+        );
+        assert_eq!(
+            book.price_at("m", ts("2026-02-01T00:00:00Z"))
+                .unwrap()
+                .pricing_id,
+            2
+        );
+        assert!(matches!(
+            book.price_at("x", ts("2026-02-01T00:00:00Z")),
+            Err(BillingError::UnknownModel { .. })
+        ));
     }
 
     // Two versions starting at the same instant are refused.
     #[test]
     fn duplicate_start_refused() {
-        let e = PriceBook::new([version(1, "2026-01-01T00:00:00Z", 1), version(2, "2026-01-01T00:00:00Z", 2)]).unwrap_err();
+        let e = PriceBook::new([
+            version(1, "2026-01-01T00:00:00Z", 1),
+            version(2, "2026-01-01T00:00:00Z", 2),
+        ])
+        .unwrap_err();
         assert!(matches!(e, BillingError::DuplicateVersion { .. }));
     }
 
@@ -254,9 +325,34 @@ mod tests {
     #[test]
     fn new_version_rules() {
         let now = ts("2026-06-01T00:00:00Z");
-        assert!(check_new_version(&[], ts("2026-05-31T00:00:00Z"), now, None).unwrap_err().reason.contains("in the past"));
-        assert!(check_new_version(&[], ts("2026-06-02T00:00:00Z"), now, Some(ts("2026-07-01T00:00:00Z"))).unwrap_err().reason.contains("finalized"));
-        assert!(check_new_version(&[ts("2026-06-02T00:00:00Z")], ts("2026-06-02T00:00:00Z"), now, None).is_err());
-        assert!(check_new_version(&[ts("2026-06-02T00:00:00Z")], ts("2026-06-03T00:00:00Z"), now, Some(ts("2026-06-01T00:00:00Z"))).is_ok());
+        assert!(
+            check_new_version(&[], ts("2026-05-31T00:00:00Z"), now, None)
+                .unwrap_err()
+                .reason
+                .contains("in the past")
+        );
+        assert!(check_new_version(
+            &[],
+            ts("2026-06-02T00:00:00Z"),
+            now,
+            Some(ts("2026-07-01T00:00:00Z"))
+        )
+        .unwrap_err()
+        .reason
+        .contains("finalized"));
+        assert!(check_new_version(
+            &[ts("2026-06-02T00:00:00Z")],
+            ts("2026-06-02T00:00:00Z"),
+            now,
+            None
+        )
+        .is_err());
+        assert!(check_new_version(
+            &[ts("2026-06-02T00:00:00Z")],
+            ts("2026-06-03T00:00:00Z"),
+            now,
+            Some(ts("2026-06-01T00:00:00Z"))
+        )
+        .is_ok());
     }
 }

@@ -18,7 +18,10 @@ impl Timestamp {
 
     pub fn from_millis(ms: i64) -> Result<Self, FieldError> {
         if !(Self::MIN_MS..=Self::MAX_MS).contains(&ms) {
-            return Err(FieldError::new("time", format!("{ms} ms is outside 1970-01-01 to 9999-12-31")));
+            return Err(FieldError::new(
+                "time",
+                format!("{ms} ms is outside 1970-01-01 to 9999-12-31"),
+            ));
         }
         Ok(Self(ms))
     }
@@ -27,7 +30,10 @@ impl Timestamp {
     /// keeps millisecond precision; finer digits are truncated.
     pub fn parse(s: &str) -> Result<Self, FieldError> {
         let dt = DateTime::parse_from_rfc3339(s).map_err(|e| {
-            FieldError::new("time", format!("`{s}` is not an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"))
+            FieldError::new(
+                "time",
+                format!("`{s}` is not an RFC 3339 timestamp such as 2026-01-31T12:00:00Z ({e})"),
+            )
         })?;
         Self::from_millis(dt.timestamp_millis())
     }
@@ -75,7 +81,10 @@ mod tests {
         assert_eq!(Timestamp::parse(&t.to_rfc3339()).unwrap(), t);
         let a = Timestamp::parse("2025-12-31T23:59:59Z").unwrap();
         assert!(a < t && a.to_rfc3339() < t.to_rfc3339());
-        assert!(Timestamp::parse("yesterday").unwrap_err().reason.contains("RFC 3339"));
+        assert!(Timestamp::parse("yesterday")
+            .unwrap_err()
+            .reason
+            .contains("RFC 3339"));
         assert!(Timestamp::parse("1969-12-31T23:59:59Z").is_err());
     }
 }

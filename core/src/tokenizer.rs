@@ -29,16 +29,32 @@ pub struct TokenCount {
 
 fn encoding_for(model: &str) -> (&'static CoreBPE, &'static str, CountMethod) {
     match get_tokenizer(model) {
-        Some(Tokenizer::O200kBase) => (tiktoken_rs::o200k_base_singleton(), "o200k_base", CountMethod::Exact),
-        Some(Tokenizer::Cl100kBase) => (tiktoken_rs::cl100k_base_singleton(), "cl100k_base", CountMethod::Exact),
-        _ => (tiktoken_rs::cl100k_base_singleton(), "cl100k_base", CountMethod::Estimate),
+        Some(Tokenizer::O200kBase) => (
+            tiktoken_rs::o200k_base_singleton(),
+            "o200k_base",
+            CountMethod::Exact,
+        ),
+        Some(Tokenizer::Cl100kBase) => (
+            tiktoken_rs::cl100k_base_singleton(),
+            "cl100k_base",
+            CountMethod::Exact,
+        ),
+        _ => (
+            tiktoken_rs::cl100k_base_singleton(),
+            "cl100k_base",
+            CountMethod::Estimate,
+        ),
     }
 }
 
 /// Counts the tokens of `text` as `model` would see it.
 pub fn count_text(model: &str, text: &str) -> TokenCount {
     let (bpe, encoding, method) = encoding_for(model);
-    TokenCount { tokens: bpe.encode_ordinary(text).len() as u64, method, encoding }
+    TokenCount {
+        tokens: bpe.encode_ordinary(text).len() as u64,
+        method,
+        encoding,
+    }
 }
 
 #[cfg(test)]
@@ -49,9 +65,15 @@ mod tests {
     #[test]
     fn counts_and_methods() {
         let c = count_text("gpt-4-0613", "hello world");
-        assert_eq!((c.tokens, c.method, c.encoding), (2, CountMethod::Exact, "cl100k_base"));
+        assert_eq!(
+            (c.tokens, c.method, c.encoding),
+            (2, CountMethod::Exact, "cl100k_base")
+        );
         let c = count_text("gpt-4o-2024-08-06", "tiktoken is great!");
-        assert_eq!((c.tokens, c.method, c.encoding), (6, CountMethod::Exact, "o200k_base"));
+        assert_eq!(
+            (c.tokens, c.method, c.encoding),
+            (6, CountMethod::Exact, "o200k_base")
+        );
         let c = count_text("claude-sonnet-4-5-20250929", "hello world");
         assert_eq!((c.tokens, c.method), (2, CountMethod::Estimate));
         assert_eq!(count_text("claude-haiku-4-5-20251001", "").tokens, 0);

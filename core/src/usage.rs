@@ -32,7 +32,13 @@ pub enum TokenClass {
 }
 
 impl TokenClass {
-    pub const ALL: [TokenClass; 5] = [Self::Input, Self::Output, Self::CacheWrite5m, Self::CacheWrite1h, Self::CacheRead];
+    pub const ALL: [TokenClass; 5] = [
+        Self::Input,
+        Self::Output,
+        Self::CacheWrite5m,
+        Self::CacheWrite1h,
+        Self::CacheRead,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,14 +88,21 @@ pub struct Usage {
     pub cache_read_input_tokens: u64,
 }
 
-const FIELDS: [&str; 4] = ["input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"];
+const FIELDS: [&str; 4] = [
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+];
 
 impl Usage {
     /// Reads a `usage` object as the API sends it: absent or `null` counts
     /// are zero, other fields (`service_tier`, `server_tool_use`, …) are not
     /// billed here and ignored. Counts must be non-negative integers.
     pub fn from_api_json(v: &Value) -> Result<Self, FieldError> {
-        let obj = v.as_object().ok_or_else(|| FieldError::new("usage", "must be an object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| FieldError::new("usage", "must be an object"))?;
         let mut u = Usage::default();
         for name in FIELDS {
             let n = count_field(obj.get(name), name)?.unwrap_or(0);
@@ -99,8 +112,16 @@ impl Usage {
             None | Some(Value::Null) => {}
             Some(Value::Object(cc)) => {
                 u.cache_creation = Some(CacheCreation {
-                    ephemeral_5m_input_tokens: count_field(cc.get("ephemeral_5m_input_tokens"), "cache_creation.ephemeral_5m_input_tokens")?.unwrap_or(0),
-                    ephemeral_1h_input_tokens: count_field(cc.get("ephemeral_1h_input_tokens"), "cache_creation.ephemeral_1h_input_tokens")?.unwrap_or(0),
+                    ephemeral_5m_input_tokens: count_field(
+                        cc.get("ephemeral_5m_input_tokens"),
+                        "cache_creation.ephemeral_5m_input_tokens",
+                    )?
+                    .unwrap_or(0),
+                    ephemeral_1h_input_tokens: count_field(
+                        cc.get("ephemeral_1h_input_tokens"),
+                        "cache_creation.ephemeral_1h_input_tokens",
+                    )?
+                    .unwrap_or(0),
                 })
             }
             Some(_) => return Err(FieldError::new("usage.cache_creation", "must be an object")),
@@ -111,7 +132,9 @@ impl Usage {
 
     /// Reads the `usage` of a whole (non-streaming) Messages API response body.
     pub fn from_response_json(body: &Value) -> Result<Self, FieldError> {
-        let usage = body.get("usage").ok_or_else(|| FieldError::new("usage", "the response has no usage object"))?;
+        let usage = body
+            .get("usage")
+            .ok_or_else(|| FieldError::new("usage", "the response has no usage object"))?;
         Self::from_api_json(usage)
     }
 
@@ -120,7 +143,10 @@ impl Usage {
         for name in FIELDS {
             let n = self.field(name);
             if n > MAX_TOKENS_PER_FIELD {
-                return Err(FieldError::new(format!("usage.{name}"), format!("{n} is above the limit of {MAX_TOKENS_PER_FIELD} tokens")));
+                return Err(FieldError::new(
+                    format!("usage.{name}"),
+                    format!("{n} is above the limit of {MAX_TOKENS_PER_FIELD} tokens"),
+                ));
             }
         }
         if let Some(cc) = self.cache_creation {
@@ -154,7 +180,10 @@ impl Usage {
     }
 
     pub fn total_tokens(&self) -> u64 {
-        self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+        self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
     }
 
     fn field(&self, name: &str) -> u64 {
@@ -181,11 +210,16 @@ impl Usage {
 fn count_field(v: Option<&Value>, name: &str) -> Result<Option<u64>, FieldError> {
     match v {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| FieldError::new(format!("usage.{name}"), format!("{n} is not a non-negative whole number of tokens"))),
-        Some(other) => Err(FieldError::new(format!("usage.{name}"), format!("must be a number, got {other}"))),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            FieldError::new(
+                format!("usage.{name}"),
+                format!("{n} is not a non-negative whole number of tokens"),
+            )
+        }),
+        Some(other) => Err(FieldError::new(
+            format!("usage.{name}"),
+            format!("must be a number, got {other}"),
+        )),
     }
 }
 
@@ -213,12 +247,15 @@ impl StreamUsage {
                 self.usage = Some(Usage::from_api_json(usage)?);
             }
             Some("message_delta") => {
-                let Some(delta) = event.get("usage") else { return Ok(()) };
-                let current = self
-                    .usage
-                    .as_mut()
-                    .ok_or_else(|| FieldError::new("message_delta", "arrived before message_start"))?;
-                let obj = delta.as_object().ok_or_else(|| FieldError::new("message_delta.usage", "must be an object"))?;
+                let Some(delta) = event.get("usage") else {
+                    return Ok(());
+                };
+                let current = self.usage.as_mut().ok_or_else(|| {
+                    FieldError::new("message_delta", "arrived before message_start")
+                })?;
+                let obj = delta
+                    .as_object()
+                    .ok_or_else(|| FieldError::new("message_delta.usage", "must be an object"))?;
                 for name in FIELDS {
                     if let Some(n) = count_field(obj.get(name), name)? {
                         *current.field_mut(name) = n;
@@ -250,8 +287,9 @@ impl StreamUsage {
             if data.is_empty() {
                 continue;
             }
-            let v: Value = serde_json::from_str(&data)
-                .map_err(|e| FieldError::new("stream", format!("an event's data is not JSON: {e}")))?;
+            let v: Value = serde_json::from_str(&data).map_err(|e| {
+                FieldError::new("stream", format!("an event's data is not JSON: {e}"))
+            })?;
             self.feed(&v)?;
         }
         Ok(())
@@ -259,7 +297,8 @@ impl StreamUsage {
 
     /// The final usage, or an error when no `message_start` was seen.
     pub fn finish(self) -> Result<Usage, FieldError> {
-        self.usage.ok_or_else(|| FieldError::new("stream", "ended without a message_start event"))
+        self.usage
+            .ok_or_else(|| FieldError::new("stream", "ended without a message_start event"))
     }
 }
 
@@ -281,7 +320,13 @@ mod tests {
         let u = Usage::from_response_json(&body).unwrap();
         assert_eq!(
             u.by_class(),
-            [(TokenClass::Input, 21), (TokenClass::Output, 42), (TokenClass::CacheWrite5m, 1000), (TokenClass::CacheWrite1h, 500), (TokenClass::CacheRead, 300)]
+            [
+                (TokenClass::Input, 21),
+                (TokenClass::Output, 42),
+                (TokenClass::CacheWrite5m, 1000),
+                (TokenClass::CacheWrite1h, 500),
+                (TokenClass::CacheRead, 300)
+            ]
         );
     }
 
@@ -300,7 +345,10 @@ mod tests {
         let e = Usage::from_api_json(&json!({"input_tokens": -1})).unwrap_err();
         assert_eq!(e.field, "usage.input_tokens");
         assert!(Usage::from_api_json(&json!({"output_tokens": 1.5})).is_err());
-        assert!(Usage::from_api_json(&json!({"output_tokens": "3"})).unwrap_err().reason.contains("must be a number"));
+        assert!(Usage::from_api_json(&json!({"output_tokens": "3"}))
+            .unwrap_err()
+            .reason
+            .contains("must be a number"));
         let e = Usage::from_api_json(&json!({"cache_creation_input_tokens": 10, "cache_creation": {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": 3}})).unwrap_err();
         assert!(e.reason.contains("add up to 6"), "{e}");
         assert!(Usage::from_api_json(&json!({"input_tokens": MAX_TOKENS_PER_FIELD + 1})).is_err());
@@ -324,7 +372,10 @@ mod tests {
         let mut s = StreamUsage::new();
         s.feed_sse(sse).unwrap();
         let u = s.finish().unwrap();
-        assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_input_tokens), (25, 15, 100));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
+            (25, 15, 100)
+        );
     }
 
     // Token classes serialise to the same names as_str gives, and parse back.
@@ -341,7 +392,9 @@ mod tests {
     #[test]
     fn stream_errors() {
         let mut s = StreamUsage::new();
-        assert!(s.feed(&json!({"type": "message_delta", "usage": {"output_tokens": 3}})).is_err());
+        assert!(s
+            .feed(&json!({"type": "message_delta", "usage": {"output_tokens": 3}}))
+            .is_err());
         assert!(StreamUsage::new().finish().is_err());
     }
 }

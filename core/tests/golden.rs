@@ -4,7 +4,9 @@
 //! --test golden` rewrites the expected files; review the diff by hand.
 
 use billing_core::invoice::{assemble, LineItem, LineKind};
-use billing_core::pricing::{resource_cost, PriceBook, PriceVersion, ResourcePriceBook, ResourcePriceVersion};
+use billing_core::pricing::{
+    resource_cost, PriceBook, PriceVersion, ResourcePriceBook, ResourcePriceVersion,
+};
 use billing_core::{Timestamp, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -76,11 +78,16 @@ fn run_invoice(input: &str) -> Value {
     let mut items = Vec::new();
     let mut next_id = 1;
     for ev in &case.token_events {
-        let quote = book.quote(&ev.model, &ev.usage, ev.at).expect("event priced");
+        let quote = book
+            .quote(&ev.model, &ev.usage, ev.at)
+            .expect("event priced");
         for line in quote.lines.iter().filter(|l| l.tokens > 0) {
             items.push(LineItem {
                 line_item_id: next_id,
-                kind: LineKind::Token { model: ev.model.clone(), token_class: line.class },
+                kind: LineKind::Token {
+                    model: ev.model.clone(),
+                    token_class: line.class,
+                },
                 quantity: line.tokens,
                 unit_price: line.unit_price,
                 cost: line.cost,
@@ -91,10 +98,14 @@ fn run_invoice(input: &str) -> Value {
         }
     }
     for ev in &case.resource_events {
-        let version = rbook.price_at(&ev.resource, ev.at).expect("resource priced");
+        let version = rbook
+            .price_at(&ev.resource, ev.at)
+            .expect("resource priced");
         items.push(LineItem {
             line_item_id: next_id,
-            kind: LineKind::Resource { resource: ev.resource.clone() },
+            kind: LineKind::Resource {
+                resource: ev.resource.clone(),
+            },
             quantity: ev.quantity,
             unit_price: version.unit_price,
             cost: resource_cost(version, ev.quantity).expect("resource cost"),
@@ -113,7 +124,9 @@ fn run_invoice(input: &str) -> Value {
 }
 
 fn cases(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(dir);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -129,14 +142,19 @@ fn check(dir: &str, run: fn(&str) -> Value) {
     let mut failures = Vec::new();
     for input in cases(dir) {
         let expected_path = PathBuf::from(input.to_string_lossy().replace(".in.json", ".out.json"));
-        let got = serde_json::to_string_pretty(&run(&std::fs::read_to_string(&input).unwrap())).unwrap() + "\n";
+        let got = serde_json::to_string_pretty(&run(&std::fs::read_to_string(&input).unwrap()))
+            .unwrap()
+            + "\n";
         if update {
             std::fs::write(&expected_path, &got).unwrap();
             continue;
         }
         match std::fs::read_to_string(&expected_path) {
             Ok(want) if want == got => {}
-            Ok(want) => failures.push(format!("{}: result differs\n--- want\n{want}\n--- got\n{got}", input.display())),
+            Ok(want) => failures.push(format!(
+                "{}: result differs\n--- want\n{want}\n--- got\n{got}",
+                input.display()
+            )),
             Err(e) => failures.push(format!("{}: {e}", expected_path.display())),
         }
     }

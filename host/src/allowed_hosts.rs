@@ -48,7 +48,8 @@ impl AllowedHost {
         let Some((scheme, rest)) = t.split_once("://") else {
             bail!("{t:?} does not contain a scheme (e.g. 'http://' or '*://'); hosts must be in the form <scheme>://<host>[:<port>]");
         };
-        if scheme != "*" && (scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphabetic())) {
+        if scheme != "*" && (scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphabetic()))
+        {
             bail!("{t:?}: invalid scheme {scheme:?}; only letters or * are allowed");
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -73,18 +74,32 @@ impl AllowedHost {
         let port = match port {
             None | Some("") => match well_known_port(scheme) {
                 Some(p) => PortRule::One(p),
-                None => bail!("{t:?}: no port was given and the scheme {scheme:?} has no well-known port"),
+                None => bail!(
+                    "{t:?}: no port was given and the scheme {scheme:?} has no well-known port"
+                ),
             },
             Some("*") => PortRule::Any,
             Some(p) => match p.split_once("..") {
                 Some((a, b)) => PortRule::Range(
-                    a.parse().with_context(|| format!("{t:?}: port range {p:?} contains a non-number"))?,
-                    b.parse().with_context(|| format!("{t:?}: port range {p:?} contains a non-number"))?,
+                    a.parse().with_context(|| {
+                        format!("{t:?}: port range {p:?} contains a non-number")
+                    })?,
+                    b.parse().with_context(|| {
+                        format!("{t:?}: port range {p:?} contains a non-number")
+                    })?,
                 ),
-                None => PortRule::One(p.parse().with_context(|| format!("{t:?}: port {p:?} is not a number"))?),
+                None => PortRule::One(
+                    p.parse()
+                        .with_context(|| format!("{t:?}: port {p:?} is not a number"))?,
+                ),
             },
         };
-        Ok(Self { original: t.to_owned(), scheme: (scheme != "*").then(|| scheme.to_owned()), host, port })
+        Ok(Self {
+            original: t.to_owned(),
+            scheme: (scheme != "*").then(|| scheme.to_owned()),
+            host,
+            port,
+        })
     }
 
     fn allows_scheme(&self, scheme: &str) -> bool {
@@ -118,7 +133,9 @@ impl std::fmt::Display for AllowedHost {
 /// Splits `host[:port]`, keeping bracketed IPv6 addresses whole.
 fn split_host_port(s: &str) -> Result<(&str, Option<&str>)> {
     if let Some(rest) = s.strip_prefix('[') {
-        let (h, tail) = rest.split_once(']').context("unclosed [ in an IPv6 address")?;
+        let (h, tail) = rest
+            .split_once(']')
+            .context("unclosed [ in an IPv6 address")?;
         return Ok((h, tail.strip_prefix(':')));
     }
     Ok(match s.rsplit_once(':') {
@@ -138,7 +155,9 @@ pub struct Target {
 impl Target {
     /// Parses `scheme://[user@]host[:port][/…]`.
     pub fn parse(url: &str) -> Result<Self> {
-        let (scheme, rest) = url.split_once("://").with_context(|| format!("{url:?} has no scheme"))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .with_context(|| format!("{url:?} has no scheme"))?;
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
         let (host, port) = split_host_port(authority)?;
@@ -147,9 +166,16 @@ impl Target {
         }
         let port = match port {
             None | Some("") => None,
-            Some(p) => Some(p.parse().with_context(|| format!("{url:?}: port {p:?} is not a number"))?),
+            Some(p) => Some(
+                p.parse()
+                    .with_context(|| format!("{url:?}: port {p:?} is not a number"))?,
+            ),
         };
-        Ok(Self { scheme: scheme.to_ascii_lowercase(), host: host.to_ascii_lowercase(), port })
+        Ok(Self {
+            scheme: scheme.to_ascii_lowercase(),
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 }
 
@@ -159,7 +185,11 @@ pub struct AllowList(Vec<AllowedHost>);
 
 impl AllowList {
     pub fn parse(entries: &[String]) -> Result<Self> {
-        entries.iter().map(|e| AllowedHost::parse(e)).collect::<Result<_>>().map(Self)
+        entries
+            .iter()
+            .map(|e| AllowedHost::parse(e))
+            .collect::<Result<_>>()
+            .map(Self)
     }
 
     /// Whether an absolute URL may be reached.
@@ -173,7 +203,10 @@ impl AllowList {
     /// Whether a relative URL (a request to the app itself) may be made with
     /// one of `schemes`.
     pub fn allows_relative(&self, schemes: &[&str]) -> bool {
-        self.0.iter().any(|h| schemes.iter().any(|s| h.allows_scheme(s)) && matches!(h.host, HostRule::Any | HostRule::ToSelf))
+        self.0.iter().any(|h| {
+            schemes.iter().any(|s| h.allows_scheme(s))
+                && matches!(h.host, HostRule::Any | HostRule::ToSelf)
+        })
     }
 }
 
@@ -188,17 +221,34 @@ mod tests {
     // Schemes, default and explicit ports, port ranges (end excluded), * and *.domain hosts match as in Spin.
     #[test]
     fn matching() {
-        let l = list(&["https://api.anthropic.com", "http://localhost:3000..3010", "redis://127.0.0.1:*", "*://*.example.org:8080"]);
+        let l = list(&[
+            "https://api.anthropic.com",
+            "http://localhost:3000..3010",
+            "redis://127.0.0.1:*",
+            "*://*.example.org:8080",
+        ]);
         assert!(l.allows_url("https://api.anthropic.com/v1/messages"));
         assert!(l.allows_url("https://api.anthropic.com:443/v1/messages"));
-        assert!(!l.allows_url("http://api.anthropic.com/v1/messages"), "scheme differs");
-        assert!(!l.allows_url("https://api.anthropic.com:8443/"), "port differs");
+        assert!(
+            !l.allows_url("http://api.anthropic.com/v1/messages"),
+            "scheme differs"
+        );
+        assert!(
+            !l.allows_url("https://api.anthropic.com:8443/"),
+            "port differs"
+        );
         assert!(l.allows_url("http://localhost:3009/x"));
-        assert!(!l.allows_url("http://localhost:3010/x"), "range end is excluded");
+        assert!(
+            !l.allows_url("http://localhost:3010/x"),
+            "range end is excluded"
+        );
         assert!(l.allows_url("redis://127.0.0.1:6380"));
         assert!(l.allows_url("redis://user:pw@127.0.0.1:6379/0"));
         assert!(l.allows_url("http://a.b.example.org:8080/"));
-        assert!(!l.allows_url("http://example.org:8080/"), "*.domain needs a subdomain");
+        assert!(
+            !l.allows_url("http://example.org:8080/"),
+            "*.domain needs a subdomain"
+        );
         assert!(!l.allows_url("https://evil.com/"));
         assert!(!l.allows_relative(&["http", "https"]));
         assert!(list(&["*://*:*"]).allows_url("ftp://x.y:21"));
@@ -216,9 +266,20 @@ mod tests {
     // Bad entries are refused with the entry in the message.
     #[test]
     fn bad_entries() {
-        for bad in ["example.com", "http://exa*mple.com", "http://*.*.com", "http://a.com/path", "foo://a.com", "http://a.com:x", "1http://a.com"] {
+        for bad in [
+            "example.com",
+            "http://exa*mple.com",
+            "http://*.*.com",
+            "http://a.com/path",
+            "foo://a.com",
+            "http://a.com:x",
+            "1http://a.com",
+        ] {
             let e = AllowedHost::parse(bad).unwrap_err();
-            assert!(format!("{e:#}").contains(bad.trim_start_matches("1")), "{bad}: {e:#}");
+            assert!(
+                format!("{e:#}").contains(bad.trim_start_matches("1")),
+                "{bad}: {e:#}"
+            );
         }
     }
 }

@@ -21,7 +21,10 @@ pub fn build(manifest: &Path, only: &[String]) -> Result<()> {
             println!("Component {id} has no build command.");
             continue;
         };
-        let dir = b.workdir.as_deref().map_or_else(|| lm.dir.clone(), |w| lm.resolve(w));
+        let dir = b
+            .workdir
+            .as_deref()
+            .map_or_else(|| lm.dir.clone(), |w| lm.resolve(w));
         println!("Building component {id} with `{}`", b.command);
         let status = Command::new("sh")
             .arg("-c")

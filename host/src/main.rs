@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(version, about = "Run a Spin application (spin.toml) locally on wasmtime")]
+#[command(
+    version,
+    about = "Run a Spin application (spin.toml) locally on wasmtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -18,7 +21,12 @@ enum Cmd {
     /// Serve the application, like `spin up`.
     Up {
         /// The application manifest.
-        #[arg(short = 'f', long = "manifest", alias = "from", default_value = "spin.toml")]
+        #[arg(
+            short = 'f',
+            long = "manifest",
+            alias = "from",
+            default_value = "spin.toml"
+        )]
         manifest: PathBuf,
         /// Spin runtime configuration (SQLite databases, variable providers).
         #[arg(long)]
@@ -38,7 +46,12 @@ enum Cmd {
     },
     /// Run each component's build command, like `spin build`.
     Build {
-        #[arg(short = 'f', long = "manifest", alias = "from", default_value = "spin.toml")]
+        #[arg(
+            short = 'f',
+            long = "manifest",
+            alias = "from",
+            default_value = "spin.toml"
+        )]
         manifest: PathBuf,
         /// Build only these components.
         #[arg(short = 'c', long = "component-id")]
@@ -48,7 +61,9 @@ enum Cmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -60,13 +75,30 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Cmd::Build { manifest, component } => billing_host::build::build(&manifest, &component),
-        Cmd::Up { manifest, runtime_config_file, listen, memory_mib, timeout_ms, max_body_bytes } => {
-            let limits = Limits { memory_bytes: memory_mib << 20, timeout: Duration::from_millis(timeout_ms), max_body_bytes, ..Limits::default() };
+        Cmd::Build {
+            manifest,
+            component,
+        } => billing_host::build::build(&manifest, &component),
+        Cmd::Up {
+            manifest,
+            runtime_config_file,
+            listen,
+            memory_mib,
+            timeout_ms,
+            max_body_bytes,
+        } => {
+            let limits = Limits {
+                memory_bytes: memory_mib << 20,
+                timeout: Duration::from_millis(timeout_ms),
+                max_body_bytes,
+                ..Limits::default()
+            };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let app = App::load(&manifest, runtime_config_file.as_deref(), limits)?;
-                let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
                 let addr = listener.local_addr()?;
                 println!("Serving http://{addr}");
                 let mut routes: Vec<_> = app.components.keys().cloned().collect();
@@ -80,7 +112,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},

@@ -110,7 +110,10 @@ pub struct Component {
 pub enum FileMount {
     /// A directory, mounted at the same path relative to the guest's root.
     Path(String),
-    Placement { source: String, destination: String },
+    Placement {
+        source: String,
+        destination: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,10 +138,20 @@ pub struct LoadedManifest {
 
 impl LoadedManifest {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let manifest = parse(&text).with_context(|| format!("invalid manifest {}", path.display()))?;
-        let dir = path.parent().map(Path::to_path_buf).filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."));
-        Ok(Self { path: path.to_owned(), dir, manifest })
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let manifest =
+            parse(&text).with_context(|| format!("invalid manifest {}", path.display()))?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(Self {
+            path: path.to_owned(),
+            dir,
+            manifest,
+        })
     }
 
     pub fn resolve(&self, relative: &str) -> PathBuf {
@@ -155,7 +168,10 @@ pub fn parse(text: &str) -> Result<Manifest> {
 
 fn validate(m: &Manifest) -> Result<()> {
     if m.spin_manifest_version != 2 {
-        bail!("spin_manifest_version = {}: only manifest version 2 is supported", m.spin_manifest_version);
+        bail!(
+            "spin_manifest_version = {}: only manifest version 2 is supported",
+            m.spin_manifest_version
+        );
     }
     for (name, decl) in &m.variables {
         check_variable_name(name).map_err(|e| anyhow!("[variables] {name}: {e}"))?;
@@ -172,25 +188,39 @@ fn validate(m: &Manifest) -> Result<()> {
             bail!("[component.{id}] key_value_stores: key-value stores are not provided by billing-host");
         }
         for (name, template) in &c.variables {
-            check_variable_name(name).map_err(|e| anyhow!("[component.{id}.variables] {name}: {e}"))?;
-            for reference in crate::variables::template_references(template).map_err(|e| anyhow!("[component.{id}.variables] {name}: {e}"))? {
+            check_variable_name(name)
+                .map_err(|e| anyhow!("[component.{id}.variables] {name}: {e}"))?;
+            for reference in crate::variables::template_references(template)
+                .map_err(|e| anyhow!("[component.{id}.variables] {name}: {e}"))?
+            {
                 if !m.variables.contains_key(&reference) {
                     bail!("[component.{id}.variables] {name}: the template refers to `{reference}`, which is not an application variable");
                 }
             }
         }
         for host in &c.allowed_outbound_hosts {
-            crate::allowed_hosts::AllowedHost::parse(host).map_err(|e| anyhow!("[component.{id}] allowed_outbound_hosts: {e}"))?;
+            crate::allowed_hosts::AllowedHost::parse(host)
+                .map_err(|e| anyhow!("[component.{id}] allowed_outbound_hosts: {e}"))?;
         }
     }
     for (i, t) in m.trigger.http.iter().enumerate() {
         if !m.component.contains_key(&t.component) {
-            bail!("[[trigger.http]] #{} (route {:?}): component `{}` is not defined", i + 1, t.route, t.component);
+            bail!(
+                "[[trigger.http]] #{} (route {:?}): component `{}` is not defined",
+                i + 1,
+                t.route,
+                t.component
+            );
         }
         match &t.route {
-            RouteConfig::Route(r) if !r.starts_with('/') => bail!("[[trigger.http]] #{}: route `{r}` must start with /", i + 1),
+            RouteConfig::Route(r) if !r.starts_with('/') => {
+                bail!("[[trigger.http]] #{}: route `{r}` must start with /", i + 1)
+            }
             RouteConfig::Private(p) if !p.private => {
-                bail!("[[trigger.http]] #{}: route must be a string pattern or {{ private = true }}", i + 1)
+                bail!(
+                    "[[trigger.http]] #{}: route must be a string pattern or {{ private = true }}",
+                    i + 1
+                )
             }
             _ => {}
         }
@@ -209,7 +239,10 @@ pub fn check_variable_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'))
+    {
         return Err(format!("invalid character {c:?}. Variable names may contain only lower-case letters, numbers, and underscores."));
     }
     if !name.as_bytes()[0].is_ascii_lowercase() {
@@ -227,7 +260,11 @@ pub fn check_variable_name(name: &str) -> Result<(), String> {
 /// Component ids: lower-case letters, digits and single dashes (kebab case).
 fn check_component_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
-        && id.split('-').all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+        && id.split('-').all(|w| {
+            !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
         && id.as_bytes()[0].is_ascii_lowercase();
     if ok {
         Ok(())
@@ -259,7 +296,10 @@ variables = { message = "{{ greeting }}, world" }
     #[test]
     fn parses() {
         let m = parse(BASE).unwrap();
-        assert_eq!(m.component["probe"].variables["message"], "{{ greeting }}, world");
+        assert_eq!(
+            m.component["probe"].variables["message"],
+            "{{ greeting }}, world"
+        );
         assert!(m.variables["key"].secret);
     }
 
@@ -268,12 +308,29 @@ variables = { message = "{{ greeting }}, world" }
     fn errors_name_the_field() {
         let err = |text: String| format!("{:#}", parse(&text).unwrap_err());
         assert!(err(BASE.replace("source = ", "sorce = ")).contains("unknown field `sorce`"));
-        assert!(err(BASE.replace("spin_manifest_version = 2", "spin_manifest_version = 1")).contains("version 2"));
-        assert!(err(BASE.replace("component = \"probe\"", "component = \"nope\"")).contains("component `nope` is not defined"));
+        assert!(
+            err(BASE.replace("spin_manifest_version = 2", "spin_manifest_version = 1"))
+                .contains("version 2")
+        );
+        assert!(
+            err(BASE.replace("component = \"probe\"", "component = \"nope\""))
+                .contains("component `nope` is not defined")
+        );
         assert!(err(BASE.replace("greeting = {", "Greeting = {")).contains("[variables] Greeting"));
-        assert!(err(BASE.replace("{{ greeting }}", "{{ missing }}")).contains("`missing`, which is not an application variable"));
-        assert!(err(BASE.replace("[component.probe]", "[component.probe]\nallowed_outbound_hosts = [\"example.com\"]")).contains("allowed_outbound_hosts"));
-        assert!(err(BASE.replace("route = \"/...\"", "route = \"api\"")).contains("must start with /"));
-        assert!(err(BASE.replace("key = { required = true, secret = true }", "key = { secret = true }")).contains("required"));
+        assert!(err(BASE.replace("{{ greeting }}", "{{ missing }}"))
+            .contains("`missing`, which is not an application variable"));
+        assert!(err(BASE.replace(
+            "[component.probe]",
+            "[component.probe]\nallowed_outbound_hosts = [\"example.com\"]"
+        ))
+        .contains("allowed_outbound_hosts"));
+        assert!(
+            err(BASE.replace("route = \"/...\"", "route = \"api\"")).contains("must start with /")
+        );
+        assert!(err(BASE.replace(
+            "key = { required = true, secret = true }",
+            "key = { secret = true }"
+        ))
+        .contains("required"));
     }
 }

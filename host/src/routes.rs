@@ -34,7 +34,9 @@ pub struct RouteMatch {
 impl RouteMatch {
     /// `spin-component-route`: the raw route without its `/...`.
     pub fn component_route(&self) -> &str {
-        self.raw_route.strip_suffix("/...").unwrap_or(&self.raw_route)
+        self.raw_route
+            .strip_suffix("/...")
+            .unwrap_or(&self.raw_route)
     }
 }
 
@@ -49,9 +51,17 @@ impl Router {
     pub fn build<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut by_route: Vec<(String, Handler)> = Vec::new();
         for (component, raw) in routes {
-            let absolute = if raw.starts_with('/') { raw.to_owned() } else { format!("/{raw}") };
+            let absolute = if raw.starts_with('/') {
+                raw.to_owned()
+            } else {
+                format!("/{raw}")
+            };
             let based_route = sanitize(&absolute).to_owned();
-            let handler = Handler { component: component.to_owned(), based_route, raw_route: raw.to_owned() };
+            let handler = Handler {
+                component: component.to_owned(),
+                based_route,
+                raw_route: raw.to_owned(),
+            };
             match by_route.iter_mut().find(|(r, _)| r == raw) {
                 Some(slot) => slot.1 = handler,
                 None => by_route.push((raw.to_owned(), handler)),
@@ -64,7 +74,9 @@ impl Router {
                 None => h.based_route.clone(),
             };
             let (component, raw) = (h.component.clone(), h.raw_route.clone());
-            inner.add(spec.as_str(), h).map_err(|e| anyhow!("route `{raw}` of component `{component}`: {e}"))?;
+            inner
+                .add(spec.as_str(), h)
+                .map_err(|e| anyhow!("route `{raw}` of component `{component}`: {e}"))?;
         }
         Ok(Self { inner })
     }
@@ -86,7 +98,10 @@ impl Router {
             component: h.component.clone(),
             based_route: h.based_route.clone(),
             raw_route: h.raw_route.clone(),
-            captures: captures.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            captures: captures
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             path_info,
         })
     }
@@ -114,14 +129,27 @@ mod tests {
         let r = router();
         assert_eq!(r.route("/api/users").unwrap().component, "exact");
         let m = r.route("/api/users/7").unwrap();
-        assert_eq!((m.component.as_str(), m.path_info.as_str()), ("api", "/users/7"));
+        assert_eq!(
+            (m.component.as_str(), m.path_info.as_str()),
+            ("api", "/users/7")
+        );
         let m = r.route("/api/threads/42").unwrap();
         assert_eq!(m.component, "thread");
         assert_eq!(m.captures, vec![("id".to_string(), "42".to_string())]);
-        assert_eq!(r.route("/api/threads/42/messages").unwrap().component, "msgs");
+        assert_eq!(
+            r.route("/api/threads/42/messages").unwrap().component,
+            "msgs"
+        );
         assert_eq!(r.route("/api/threads/42/other").unwrap().component, "api");
         let m = r.route("/static/css/site.css").unwrap();
-        assert_eq!((m.component.as_str(), m.path_info.as_str(), m.component_route()), ("files", "/css/site.css", "/static"));
+        assert_eq!(
+            (
+                m.component.as_str(),
+                m.path_info.as_str(),
+                m.component_route()
+            ),
+            ("files", "/css/site.css", "/static")
+        );
         assert_eq!(r.route("/static").unwrap().component, "files");
         assert_eq!(r.route("/elsewhere").unwrap().component, "root");
         assert_eq!(r.route("/").unwrap().path_info, "/");

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -87,13 +90,20 @@ pub struct InstanceState {
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -115,7 +125,10 @@ impl WasiHttpHooks for OutboundHooks {
                 Output = Result<
                     (
                         http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                        Box<
+                            dyn std::future::Future<Output = Result<(), wasmtime_wasi_http::Error>>
+                                + Send,
+                        >,
                     ),
                     wasmtime_wasi_http::Error,
                 >,
@@ -126,16 +139,25 @@ impl WasiHttpHooks for OutboundHooks {
             use http_body_util::BodyExt;
             decision?;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+            ))
         })
     }
 }
 
 impl OutboundHooks {
-    fn prepare(&self, request: &mut http::Request<wasmtime_wasi_http::WasiBody>) -> Result<(), wasmtime_wasi_http::Error> {
+    fn prepare(
+        &self,
+        request: &mut http::Request<wasmtime_wasi_http::WasiBody>,
+    ) -> Result<(), wasmtime_wasi_http::Error> {
         use wasmtime_wasi_http::Error as E;
         let uri = request.uri().clone();
-        let host = uri.authority().map(|a| a.host().to_owned()).unwrap_or_default();
+        let host = uri
+            .authority()
+            .map(|a| a.host().to_owned())
+            .unwrap_or_default();
         let is_self = host.is_empty() || host == "self.alt";
         if is_self {
             if !self.allow.allows_relative(&["http", "https"]) {
@@ -144,8 +166,15 @@ impl OutboundHooks {
             }
             let addr = self.self_addr.ok_or(E::HttpRequestUriInvalid)?;
             let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            *request.uri_mut() = format!("http://{addr}{pq}").parse().map_err(|_| E::HttpRequestUriInvalid)?;
-            request.headers_mut().insert(http::header::HOST, addr.to_string().parse().map_err(|_| E::HttpRequestUriInvalid)?);
+            *request.uri_mut() = format!("http://{addr}{pq}")
+                .parse()
+                .map_err(|_| E::HttpRequestUriInvalid)?;
+            request.headers_mut().insert(
+                http::header::HOST,
+                addr.to_string()
+                    .parse()
+                    .map_err(|_| E::HttpRequestUriInvalid)?,
+            );
             return Ok(());
         }
         if !self.allow.allows_url(&uri.to_string()) {
@@ -166,10 +195,16 @@ pub fn engine(limits: &Limits) -> Result<Engine> {
         Ok(cache) => {
             config.cache(Some(cache));
         }
-        Err(e) => tracing::warn!(error = %e, "Compilation cache unavailable; components compile at every start."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Compilation cache unavailable; components compile at every start.")
+        }
     }
     let mut pooling = PoolingAllocationConfig::default();
-    pooling.total_component_instances(1000).total_memories(1000).total_tables(1000).max_memory_size(limits.memory_bytes);
+    pooling
+        .total_component_instances(1000)
+        .total_memories(1000)
+        .total_tables(1000)
+        .max_memory_size(limits.memory_bytes);
     let mut pooled = config.clone();
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     match Engine::new(&pooled) {
@@ -185,7 +220,11 @@ impl App {
     /// Loads, validates, compiles and pre-instantiates everything. Any
     /// problem (bad manifest, missing .wasm, an import we do not provide, an
     /// unconfigured database) stops here, naming the file and the part.
-    pub fn load(manifest_path: &Path, runtime_config: Option<&Path>, limits: Limits) -> Result<Arc<Self>> {
+    pub fn load(
+        manifest_path: &Path,
+        runtime_config: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Arc<Self>> {
         let lm = LoadedManifest::load(manifest_path)?;
         let m = &lm.manifest;
         let runtime = RuntimeConfig::load(runtime_config, &lm.dir)?;
@@ -212,7 +251,12 @@ impl App {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::spin_apis::SpinHost::add_to_linker::<_, HasSelf<InstanceState>>(&mut linker, |s| s)?;
 
-        let triggered: std::collections::BTreeSet<&str> = m.trigger.http.iter().map(|t| t.component.as_str()).collect();
+        let triggered: std::collections::BTreeSet<&str> = m
+            .trigger
+            .http
+            .iter()
+            .map(|t| t.component.as_str())
+            .collect();
         let mut components = HashMap::new();
         for (id, c) in &m.component {
             if !triggered.contains(id.as_str()) {
@@ -221,17 +265,34 @@ impl App {
             let source = lm.resolve(&c.source);
             let component = Component::from_file(&engine, &source)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("component `{id}`: cannot load {} (run `billing-host build`?)", source.display()))?;
+                .with_context(|| {
+                    format!(
+                        "component `{id}`: cannot load {} (run `billing-host build`?)",
+                        source.display()
+                    )
+                })?;
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("component `{id}` ({}) imports something billing-host does not provide", source.display()))?;
-            let pre = ProxyPre::new(pre).map_err(anyhow::Error::from).with_context(|| format!("component `{id}` does not export wasi:http/incoming-handler"))?;
+                .with_context(|| {
+                    format!(
+                        "component `{id}` ({}) imports something billing-host does not provide",
+                        source.display()
+                    )
+                })?;
+            let pre = ProxyPre::new(pre)
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!("component `{id}` does not export wasi:http/incoming-handler")
+                })?;
             let mut mounts = Vec::new();
             for f in &c.files {
                 let (src, dst) = match f {
                     FileMount::Path(p) => (p.clone(), format!("/{}", p.trim_start_matches('/'))),
-                    FileMount::Placement { source, destination } => (source.clone(), destination.clone()),
+                    FileMount::Placement {
+                        source,
+                        destination,
+                    } => (source.clone(), destination.clone()),
                 };
                 let host_dir = lm.resolve(&src);
                 if !host_dir.is_dir() {
@@ -243,7 +304,11 @@ impl App {
                 id: id.clone(),
                 allow: AllowList::parse(&c.allowed_outbound_hosts)?,
                 sqlite_databases: c.sqlite_databases.clone(),
-                environment: c.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                environment: c
+                    .environment
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 mounts,
                 pre,
             };
@@ -274,12 +339,19 @@ impl App {
         if up && down.remove(address) {
             tracing::info!(address, "Redis is reachable again.");
         } else if !up && down.insert(address.to_owned()) {
-            tracing::warn!(address, error, "Redis is unreachable; components carry on without it.");
+            tracing::warn!(
+                address,
+                error,
+                "Redis is unreachable; components carry on without it."
+            );
         }
     }
 
     /// A fresh store for one request to `component`.
-    pub fn new_store(self: &Arc<Self>, component: &Arc<ComponentInfo>) -> Result<Store<InstanceState>> {
+    pub fn new_store(
+        self: &Arc<Self>,
+        component: &Arc<ComponentInfo>,
+    ) -> Result<Store<InstanceState>> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr();
         for (k, v) in &component.environment {
@@ -288,14 +360,26 @@ impl App {
         for (dir, guest) in &component.mounts {
             wasi.preopened_dir(dir, guest, FsPerms::ReadOnly)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("mounting {} for component `{}`", dir.display(), component.id))?;
+                .with_context(|| {
+                    format!(
+                        "mounting {} for component `{}`",
+                        dir.display(),
+                        component.id
+                    )
+                })?;
         }
         let state = InstanceState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build(),
-            hooks: OutboundHooks { allow: component.allow.clone(), self_addr: self.self_addr.get().copied() },
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            hooks: OutboundHooks {
+                allow: component.allow.clone(),
+                self_addr: self.self_addr.get().copied(),
+            },
             app: self.clone(),
             component: component.clone(),
             redis_connections: 0,

@@ -69,7 +69,8 @@ impl RuntimeConfig {
     pub fn load(path: Option<&Path>, app_dir: &Path) -> Result<Self> {
         let (raw, base) = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read runtime config {}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read runtime config {}", p.display()))?;
                 let raw: RawConfig = toml::from_str(&text)
                     .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
                     .with_context(|| format!("invalid runtime config {}", p.display()))?;
@@ -88,10 +89,15 @@ impl RuntimeConfig {
             };
             cfg.sqlite.insert(label, loc);
         }
-        cfg.sqlite.entry("default".into()).or_insert_with(|| SqliteLocation::File(app_dir.join(".spin/sqlite_db.db")));
+        cfg.sqlite
+            .entry("default".into())
+            .or_insert_with(|| SqliteLocation::File(app_dir.join(".spin/sqlite_db.db")));
         for p in raw.config_provider {
             if p.kind != "env" {
-                bail!("[[config_provider]] type = {:?}: billing-host supports only type = \"env\"", p.kind);
+                bail!(
+                    "[[config_provider]] type = {:?}: billing-host supports only type = \"env\"",
+                    p.kind
+                );
             }
             if let Some(prefix) = p.prefix {
                 cfg.env.prefix = prefix;
@@ -127,10 +133,20 @@ mod tests {
         let p = dir.path().join("rc.toml");
         std::fs::write(&p, "[sqlite_database.billing]\ntype = \"spin\"\npath = \"data/b.db\"\n[sqlite_database.mem]\ntype = \"spin\"\n").unwrap();
         let c = RuntimeConfig::load(Some(&p), Path::new("/app")).unwrap();
-        assert_eq!(c.sqlite["billing"], SqliteLocation::File(dir.path().join("data/b.db")));
+        assert_eq!(
+            c.sqlite["billing"],
+            SqliteLocation::File(dir.path().join("data/b.db"))
+        );
         assert_eq!(c.sqlite["mem"], SqliteLocation::InMemory);
-        assert_eq!(c.sqlite["default"], SqliteLocation::File(PathBuf::from("/app/.spin/sqlite_db.db")));
+        assert_eq!(
+            c.sqlite["default"],
+            SqliteLocation::File(PathBuf::from("/app/.spin/sqlite_db.db"))
+        );
         std::fs::write(&p, "[sqlite_database.x]\ntype = \"spin\"\nfile = \"a\"\n").unwrap();
-        assert!(format!("{:#}", RuntimeConfig::load(Some(&p), Path::new("/")).unwrap_err()).contains("unknown field `file`"));
+        assert!(format!(
+            "{:#}",
+            RuntimeConfig::load(Some(&p), Path::new("/")).unwrap_err()
+        )
+        .contains("unknown field `file`"));
     }
 }

@@ -26,15 +26,24 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 type Body = HyperOutgoingBody;
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(msg.to_owned())).map_err(|never: Infallible| match never {}).boxed_unsync();
+    let body = Full::new(Bytes::from(msg.to_owned()))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
     let mut r = Response::new(body);
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let addr = listener.local_addr()?;
     let _ = app.self_addr.set(addr);
 
@@ -107,12 +116,22 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, client: SocketAddr) -> Re
     resp
 }
 
-async fn dispatch(app: &Arc<App>, req: Request<Incoming>, client: SocketAddr) -> (Option<String>, Response<Body>) {
+async fn dispatch(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    client: SocketAddr,
+) -> (Option<String>, Response<Body>) {
     let path = req.uri().path();
     if let Some(well_known) = path.strip_prefix("/.well-known/spin/") {
         return match well_known {
             "health" => (None, text(StatusCode::OK, "OK")),
-            "info" => (None, text(StatusCode::OK, &format!("{{\"name\":{:?},\"host\":\"billing-host\"}}", app.name))),
+            "info" => (
+                None,
+                text(
+                    StatusCode::OK,
+                    &format!("{{\"name\":{:?},\"host\":\"billing-host\"}}", app.name),
+                ),
+            ),
             _ => (None, text(StatusCode::NOT_FOUND, "Not Found")),
         };
     }
@@ -121,14 +140,27 @@ async fn dispatch(app: &Arc<App>, req: Request<Incoming>, client: SocketAddr) ->
     };
     let component = route.component.clone();
     let Some(info) = app.components.get(&component).cloned() else {
-        return (Some(component), text(StatusCode::INTERNAL_SERVER_ERROR, "component not loaded"));
+        return (
+            Some(component),
+            text(StatusCode::INTERNAL_SERVER_ERROR, "component not loaded"),
+        );
     };
     let resp = match run(app, &info, req, &route, client).await {
         Ok(r) => r,
-        Err(Failure::TooLarge) => text(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body exceeds {} bytes", app.limits.max_body_bytes)),
+        Err(Failure::TooLarge) => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds {} bytes", app.limits.max_body_bytes),
+        ),
         Err(Failure::Timeout) => {
-            tracing::warn!(component, timeout_ms = app.limits.timeout.as_millis() as u64, "Request exceeded its time limit.");
-            text(StatusCode::GATEWAY_TIMEOUT, "the component did not answer in time")
+            tracing::warn!(
+                component,
+                timeout_ms = app.limits.timeout.as_millis() as u64,
+                "Request exceeded its time limit."
+            );
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the component did not answer in time",
+            )
         }
         Err(Failure::BadRequest(m)) => text(StatusCode::BAD_REQUEST, &m),
         Err(Failure::Guest(e)) => {
@@ -147,12 +179,29 @@ enum Failure {
 }
 
 /// Adds Spin's `spin-*` headers describing the route.
-fn spin_headers(req: &mut Request<Full<Bytes>>, route: &RouteMatch, client: SocketAddr) -> Result<(), String> {
-    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_owned();
-    let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+fn spin_headers(
+    req: &mut Request<Full<Bytes>>,
+    route: &RouteMatch,
+    client: SocketAddr,
+) -> Result<(), String> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let mut add = |name: String, value: &str| -> Result<(), String> {
-        let v = HeaderValue::from_str(value).map_err(|_| format!("{name} value is not a valid header"))?;
-        req.headers_mut().insert(http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?, v);
+        let v = HeaderValue::from_str(value)
+            .map_err(|_| format!("{name} value is not a valid header"))?;
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
+            v,
+        );
         Ok(())
     };
     add("spin-path-info".into(), &route.path_info)?;
@@ -163,43 +212,83 @@ fn spin_headers(req: &mut Request<Full<Bytes>>, route: &RouteMatch, client: Sock
     add("spin-component-route".into(), route.component_route())?;
     add("spin-client-addr".into(), &client.to_string())?;
     for (name, value) in &route.captures {
-        add(format!("spin-path-match-{}", name.to_ascii_lowercase().replace('_', "-")), value)?;
+        add(
+            format!(
+                "spin-path-match-{}",
+                name.to_ascii_lowercase().replace('_', "-")
+            ),
+            value,
+        )?;
     }
     Ok(())
 }
 
-async fn run(app: &Arc<App>, info: &Arc<ComponentInfo>, req: Request<Incoming>, route: &RouteMatch, client: SocketAddr) -> Result<Response<Body>, Failure> {
+async fn run(
+    app: &Arc<App>,
+    info: &Arc<ComponentInfo>,
+    req: Request<Incoming>,
+    route: &RouteMatch,
+    client: SocketAddr,
+) -> Result<Response<Body>, Failure> {
     let limit = app.limits.max_body_bytes;
-    let declared = req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Failure::TooLarge);
     }
     let (mut parts, body) = req.into_parts();
     let deadline = Instant::now() + app.limits.timeout;
-    let body = match tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
-        Err(_) => return Err(Failure::Timeout),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(Failure::TooLarge),
-        Ok(Err(e)) => return Err(Failure::BadRequest(format!("could not read the request body: {e}"))),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
+    let body =
+        match tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(Failure::TooLarge)
+            }
+            Ok(Err(e)) => {
+                return Err(Failure::BadRequest(format!(
+                    "could not read the request body: {e}"
+                )))
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
     if !parts.headers.contains_key(http::header::HOST) {
-        parts.headers.insert(http::header::HOST, HeaderValue::from_static("localhost"));
+        parts
+            .headers
+            .insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
     parts.headers.remove(http::header::CONNECTION);
     let mut req = Request::from_parts(parts, Full::new(body));
     spin_headers(&mut req, route, client).map_err(Failure::BadRequest)?;
 
     let mut store = app.new_store(info).map_err(Failure::Guest)?;
-    let req = req.map(|b| b.map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }));
-    let incoming = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| Failure::Guest(e.into()))?;
+    let req =
+        req.map(|b| b.map_err(|never: Infallible| -> wasmtime_wasi_http::Error { match never {} }));
+    let incoming = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| Failure::Guest(e.into()))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let out = store.data_mut().http().new_response_outparam(tx).map_err(|e| Failure::Guest(e.into()))?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(tx)
+        .map_err(|e| Failure::Guest(e.into()))?;
     let pre = info.pre.clone();
     let timeout = app.limits.timeout;
     let task = tokio::spawn(async move {
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;
-            proxy.wasi_http_incoming_handler().call_handle(&mut store, incoming, out).await
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await
         };
         match tokio::time::timeout(timeout, run).await {
             Ok(r) => r.map_err(Failure::from_guest),
@@ -208,9 +297,13 @@ async fn run(app: &Arc<App>, info: &Arc<ComponentInfo>, req: Request<Incoming>, 
     });
     match tokio::time::timeout_at(deadline.into(), rx).await {
         Ok(Ok(Ok(resp))) => Ok(resp),
-        Ok(Ok(Err(code))) => Err(Failure::Guest(anyhow::anyhow!("the component answered with error {code:?}"))),
+        Ok(Ok(Err(code))) => Err(Failure::Guest(anyhow::anyhow!(
+            "the component answered with error {code:?}"
+        ))),
         Ok(Err(_)) => match task.await {
-            Ok(Ok(())) => Err(Failure::Guest(anyhow::anyhow!("the component returned without setting a response"))),
+            Ok(Ok(())) => Err(Failure::Guest(anyhow::anyhow!(
+                "the component returned without setting a response"
+            ))),
             Ok(Err(f)) => Err(f),
             Err(e) => Err(Failure::Guest(e.into())),
         },

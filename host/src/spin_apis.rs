@@ -41,7 +41,12 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
     if !state.component.sqlite_databases.iter().any(|d| d == label) {
         return Err(s3::Error::AccessDenied);
     }
-    let location = state.app.runtime.sqlite.get(label).ok_or(s3::Error::NoSuchDatabase)?;
+    let location = state
+        .app
+        .runtime
+        .sqlite
+        .get(label)
+        .ok_or(s3::Error::NoSuchDatabase)?;
     let conn = match location {
         SqliteLocation::File(path) => {
             if let Some(dir) = path.parent() {
@@ -51,7 +56,9 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         }
         SqliteLocation::InMemory => rusqlite::Connection::open_with_flags(
             format!("file:{label}?mode=memory&cache=shared"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_CREATE | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI,
         ),
     }
     .map_err(|e| s3::Error::Io(e.to_string()))?;
@@ -63,7 +70,9 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         attempt < 10_000
     }))
     .map_err(|e| s3::Error::Io(e.to_string()))?;
-    Ok(SqliteConnection { conn: Arc::new(Mutex::new(conn)) })
+    Ok(SqliteConnection {
+        conn: Arc::new(Mutex::new(conn)),
+    })
 }
 
 fn to_sql(v: s3::Value) -> rusqlite::types::Value {
@@ -97,12 +106,18 @@ fn value_size(v: &s3::Value) -> usize {
 }
 
 /// Runs ONE statement (rusqlite refuses a string holding several, as Spin does).
-fn execute(conn: &rusqlite::Connection, statement: &str, params: Vec<s3::Value>) -> Result<s3::QueryResult, s3::Error> {
+fn execute(
+    conn: &rusqlite::Connection,
+    statement: &str,
+    params: Vec<s3::Value>,
+) -> Result<s3::QueryResult, s3::Error> {
     let io = |e: rusqlite::Error| s3::Error::Io(e.to_string());
     let mut stmt = conn.prepare_cached(statement).map_err(io)?;
     let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
     let n = columns.len();
-    let mut rows = stmt.query(rusqlite::params_from_iter(params.into_iter().map(to_sql))).map_err(io)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(params.into_iter().map(to_sql)))
+        .map_err(io)?;
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(row) = rows.next().map_err(io)? {
@@ -113,14 +128,20 @@ fn execute(conn: &rusqlite::Connection, statement: &str, params: Vec<s3::Value>)
             values.push(v);
         }
         if bytes > MAX_RESULT_BYTES {
-            return Err(s3::Error::Io(format!("query result exceeds limit of {MAX_RESULT_BYTES} bytes")));
+            return Err(s3::Error::Io(format!(
+                "query result exceeds limit of {MAX_RESULT_BYTES} bytes"
+            )));
         }
         out.push(s3::RowResult { values });
     }
     Ok(s3::QueryResult { columns, rows: out })
 }
 
-async fn execute_blocking(conn: Arc<Mutex<rusqlite::Connection>>, statement: String, params: Vec<s3::Value>) -> Result<s3::QueryResult, s3::Error> {
+async fn execute_blocking(
+    conn: Arc<Mutex<rusqlite::Connection>>,
+    statement: String,
+    params: Vec<s3::Value>,
+) -> Result<s3::QueryResult, s3::Error> {
     tokio::task::spawn_blocking(move || {
         let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         execute(&conn, &statement, params)
@@ -161,7 +182,10 @@ fn v3_to_v2_value(v: s3::Value) -> s2::Value {
 
 impl InstanceState {
     fn sqlite(&self, r: u32) -> Result<Arc<Mutex<rusqlite::Connection>>, s3::Error> {
-        self.table.get::<SqliteConnection>(&Resource::new_borrow(r)).map(|c| c.conn.clone()).map_err(|_| s3::Error::InvalidConnection)
+        self.table
+            .get::<SqliteConnection>(&Resource::new_borrow(r))
+            .map(|c| c.conn.clone())
+            .map_err(|_| s3::Error::InvalidConnection)
     }
 }
 
@@ -173,12 +197,29 @@ impl s2::HostConnection for InstanceState {
         self.table.push(c).map_err(|e| s2::Error::Io(e.to_string()))
     }
 
-    async fn execute(&mut self, this: Resource<SqliteConnection>, statement: String, parameters: Vec<s2::Value>) -> Result<s2::QueryResult, s2::Error> {
+    async fn execute(
+        &mut self,
+        this: Resource<SqliteConnection>,
+        statement: String,
+        parameters: Vec<s2::Value>,
+    ) -> Result<s2::QueryResult, s2::Error> {
         let conn = self.sqlite(this.rep()).map_err(v3_to_v2_error)?;
-        let r = execute_blocking(conn, statement, parameters.into_iter().map(v2_to_v3_value).collect()).await.map_err(v3_to_v2_error)?;
+        let r = execute_blocking(
+            conn,
+            statement,
+            parameters.into_iter().map(v2_to_v3_value).collect(),
+        )
+        .await
+        .map_err(v3_to_v2_error)?;
         Ok(s2::QueryResult {
             columns: r.columns,
-            rows: r.rows.into_iter().map(|row| s2::RowResult { values: row.values.into_iter().map(v3_to_v2_value).collect() }).collect(),
+            rows: r
+                .rows
+                .into_iter()
+                .map(|row| s2::RowResult {
+                    values: row.values.into_iter().map(v3_to_v2_value).collect(),
+                })
+                .collect(),
         })
     }
 
@@ -196,17 +237,30 @@ impl s3::HostConnection for InstanceState {
         self.table.push(c).map_err(|e| s3::Error::Io(e.to_string()))
     }
 
-    async fn execute(&mut self, this: Resource<SqliteConnection>, statement: String, parameters: Vec<s3::Value>) -> Result<s3::QueryResult, s3::Error> {
+    async fn execute(
+        &mut self,
+        this: Resource<SqliteConnection>,
+        statement: String,
+        parameters: Vec<s3::Value>,
+    ) -> Result<s3::QueryResult, s3::Error> {
         let conn = self.sqlite(this.rep())?;
         execute_blocking(conn, statement, parameters).await
     }
 
     async fn last_insert_rowid(&mut self, this: Resource<SqliteConnection>) -> i64 {
-        self.sqlite(this.rep()).map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).last_insert_rowid()).unwrap_or(0)
+        self.sqlite(this.rep())
+            .map(|c| {
+                c.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_insert_rowid()
+            })
+            .unwrap_or(0)
     }
 
     async fn changes(&mut self, this: Resource<SqliteConnection>) -> u64 {
-        self.sqlite(this.rep()).map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).changes()).unwrap_or(0)
+        self.sqlite(this.rep())
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).changes())
+            .unwrap_or(0)
     }
 
     async fn drop(&mut self, this: Resource<SqliteConnection>) -> wasmtime::Result<()> {
@@ -217,10 +271,13 @@ impl s3::HostConnection for InstanceState {
 
 impl v2::Host for InstanceState {
     async fn get(&mut self, name: String) -> Result<String, v2::Error> {
-        self.app.variables.get(&self.component.id, &name).map_err(|e| match e {
-            GetError::InvalidName(m) => v2::Error::InvalidName(m),
-            GetError::Undefined(m) => v2::Error::Undefined(m),
-        })
+        self.app
+            .variables
+            .get(&self.component.id, &name)
+            .map_err(|e| match e {
+                GetError::InvalidName(m) => v2::Error::InvalidName(m),
+                GetError::Undefined(m) => v2::Error::Undefined(m),
+            })
     }
 }
 
@@ -233,8 +290,14 @@ fn redis_error(e: redis::RedisError) -> r2::Error {
 }
 
 impl InstanceState {
-    fn redis(&self, r: &Resource<RedisConnection>) -> Result<redis::aio::MultiplexedConnection, r2::Error> {
-        self.table.get(r).map(|c| c.conn.clone()).map_err(|e| r2::Error::Other(e.to_string()))
+    fn redis(
+        &self,
+        r: &Resource<RedisConnection>,
+    ) -> Result<redis::aio::MultiplexedConnection, r2::Error> {
+        self.table
+            .get(r)
+            .map(|c| c.conn.clone())
+            .map_err(|e| r2::Error::Other(e.to_string()))
     }
 }
 
@@ -248,11 +311,15 @@ impl r2::HostConnection for InstanceState {
         if self.redis_connections >= MAX_REDIS_CONNECTIONS {
             return Err(r2::Error::TooManyConnections);
         }
-        let client = redis::Client::open(address.as_str()).map_err(|_| r2::Error::InvalidAddress)?;
+        let client =
+            redis::Client::open(address.as_str()).map_err(|_| r2::Error::InvalidAddress)?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(self.app.limits.redis_connect_timeout)
             .set_response_timeout(self.app.limits.redis_response_timeout);
-        let conn = match client.get_multiplexed_async_connection_with_config(&config).await {
+        let conn = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             Ok(c) => {
                 self.app.redis_reachable(&address, true, "");
                 c
@@ -263,50 +330,130 @@ impl r2::HostConnection for InstanceState {
             }
         };
         self.redis_connections += 1;
-        self.table.push(RedisConnection { conn }).map_err(|e| r2::Error::Other(e.to_string()))
+        self.table
+            .push(RedisConnection { conn })
+            .map_err(|e| r2::Error::Other(e.to_string()))
     }
 
-    async fn publish(&mut self, this: Resource<RedisConnection>, channel: String, payload: Vec<u8>) -> Result<(), r2::Error> {
+    async fn publish(
+        &mut self,
+        this: Resource<RedisConnection>,
+        channel: String,
+        payload: Vec<u8>,
+    ) -> Result<(), r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("PUBLISH").arg(channel).arg(payload).query_async::<i64>(&mut c).await.map(|_| ()).map_err(redis_error)
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(redis_error)
     }
 
-    async fn get(&mut self, this: Resource<RedisConnection>, key: String) -> Result<Option<Vec<u8>>, r2::Error> {
+    async fn get(
+        &mut self,
+        this: Resource<RedisConnection>,
+        key: String,
+    ) -> Result<Option<Vec<u8>>, r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("GET").arg(key).query_async(&mut c).await.map_err(redis_error)
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn set(&mut self, this: Resource<RedisConnection>, key: String, value: Vec<u8>) -> Result<(), r2::Error> {
+    async fn set(
+        &mut self,
+        this: Resource<RedisConnection>,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("SET").arg(key).arg(value).query_async::<()>(&mut c).await.map_err(redis_error)
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn incr(&mut self, this: Resource<RedisConnection>, key: String) -> Result<i64, r2::Error> {
+    async fn incr(
+        &mut self,
+        this: Resource<RedisConnection>,
+        key: String,
+    ) -> Result<i64, r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("INCR").arg(key).query_async(&mut c).await.map_err(redis_error)
+        redis::cmd("INCR")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn del(&mut self, this: Resource<RedisConnection>, keys: Vec<String>) -> Result<u32, r2::Error> {
+    async fn del(
+        &mut self,
+        this: Resource<RedisConnection>,
+        keys: Vec<String>,
+    ) -> Result<u32, r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("DEL").arg(keys).query_async(&mut c).await.map_err(redis_error)
+        redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn sadd(&mut self, this: Resource<RedisConnection>, key: String, values: Vec<String>) -> Result<u32, r2::Error> {
+    async fn sadd(
+        &mut self,
+        this: Resource<RedisConnection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("SADD").arg(key).arg(values).query_async(&mut c).await.map_err(redis_error)
+        redis::cmd("SADD")
+            .arg(key)
+            .arg(values)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn smembers(&mut self, this: Resource<RedisConnection>, key: String) -> Result<Vec<String>, r2::Error> {
+    async fn smembers(
+        &mut self,
+        this: Resource<RedisConnection>,
+        key: String,
+    ) -> Result<Vec<String>, r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await.map_err(redis_error)
+        redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn srem(&mut self, this: Resource<RedisConnection>, key: String, values: Vec<String>) -> Result<u32, r2::Error> {
+    async fn srem(
+        &mut self,
+        this: Resource<RedisConnection>,
+        key: String,
+        values: Vec<String>,
+    ) -> Result<u32, r2::Error> {
         let mut c = self.redis(&this)?;
-        redis::cmd("SREM").arg(key).arg(values).query_async(&mut c).await.map_err(redis_error)
+        redis::cmd("SREM")
+            .arg(key)
+            .arg(values)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_error)
     }
 
-    async fn execute(&mut self, this: Resource<RedisConnection>, command: String, arguments: Vec<r2::RedisParameter>) -> Result<Vec<r2::RedisResult>, r2::Error> {
+    async fn execute(
+        &mut self,
+        this: Resource<RedisConnection>,
+        command: String,
+        arguments: Vec<r2::RedisParameter>,
+    ) -> Result<Vec<r2::RedisResult>, r2::Error> {
         let mut c = self.redis(&this)?;
         let mut cmd = redis::cmd(&command);
         for a in arguments {

@@ -9,10 +9,13 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The names `{{ name }}` references in a template.
 pub fn template_references(template: &str) -> Result<Vec<String>, String> {
-    Ok(parse_template(template)?.into_iter().filter_map(|p| match p {
-        Part::Var(v) => Some(v),
-        Part::Lit(_) => None,
-    }).collect())
+    Ok(parse_template(template)?
+        .into_iter()
+        .filter_map(|p| match p {
+            Part::Var(v) => Some(v),
+            Part::Lit(_) => None,
+        })
+        .collect())
 }
 
 enum Part {
@@ -28,7 +31,9 @@ fn parse_template(t: &str) -> Result<Vec<Part>, String> {
             parts.push(Part::Lit(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| format!("unclosed {{{{ in template {t:?}"))?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed {{{{ in template {t:?}"))?;
         let name = after[..end].trim();
         check_variable_name(name).map_err(|e| format!("template {t:?} refers to {name:?}: {e}"))?;
         parts.push(Part::Var(name.to_owned()));
@@ -50,14 +55,19 @@ pub struct EnvProvider {
 
 impl Default for EnvProvider {
     fn default() -> Self {
-        Self { prefix: "SPIN_VARIABLE".into(), dotenv: HashMap::new() }
+        Self {
+            prefix: "SPIN_VARIABLE".into(),
+            dotenv: HashMap::new(),
+        }
     }
 }
 
 impl EnvProvider {
     fn get(&self, name: &str) -> Option<String> {
         let key = format!("{}_{}", self.prefix, name.to_ascii_uppercase());
-        std::env::var(&key).ok().or_else(|| self.dotenv.get(&key).cloned())
+        std::env::var(&key)
+            .ok()
+            .or_else(|| self.dotenv.get(&key).cloned())
     }
 }
 
@@ -113,7 +123,8 @@ impl ResolvedVariables {
 
     /// What `fermyon:spin/variables.get(name)` answers for `component`.
     pub fn get(&self, component: &str, name: &str) -> Result<String, GetError> {
-        check_variable_name(name).map_err(|reason| GetError::InvalidName(format!("{name:?}: {reason}")))?;
+        check_variable_name(name)
+            .map_err(|reason| GetError::InvalidName(format!("{name:?}: {reason}")))?;
         self.by_component
             .get(component)
             .and_then(|vars| vars.get(name))
@@ -146,16 +157,31 @@ variables = {{ message = "{{{{ greeting }}}}, {{{{token}}}}!", plain = "x" }}
     // Defaults, the environment provider, templates, and the invalid-name / undefined errors behave as in Spin.
     #[test]
     fn resolution() {
-        let mut env = EnvProvider { prefix: "TEST_VARS_A".into(), dotenv: HashMap::new() };
+        let mut env = EnvProvider {
+            prefix: "TEST_VARS_A".into(),
+            dotenv: HashMap::new(),
+        };
         let m = manifest("");
-        let err = ResolvedVariables::resolve(&m, &env).unwrap_err().to_string();
+        let err = ResolvedVariables::resolve(&m, &env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("TEST_VARS_A_TOKEN"), "{err}");
-        env.dotenv.insert("TEST_VARS_A_TOKEN".into(), "s3cret".into());
+        env.dotenv
+            .insert("TEST_VARS_A_TOKEN".into(), "s3cret".into());
         let v = ResolvedVariables::resolve(&m, &env).unwrap();
         assert_eq!(v.get("c", "message").unwrap(), "hi, s3cret!");
         assert_eq!(v.get("c", "plain").unwrap(), "x");
-        assert!(matches!(v.get("c", "greeting"), Err(GetError::Undefined(_))), "app variables are reached through component variables");
-        assert!(matches!(v.get("c", "Bad-Name"), Err(GetError::InvalidName(_))));
-        assert!(matches!(v.get("other", "message"), Err(GetError::Undefined(_))));
+        assert!(
+            matches!(v.get("c", "greeting"), Err(GetError::Undefined(_))),
+            "app variables are reached through component variables"
+        );
+        assert!(matches!(
+            v.get("c", "Bad-Name"),
+            Err(GetError::InvalidName(_))
+        ));
+        assert!(matches!(
+            v.get("other", "message"),
+            Err(GetError::Undefined(_))
+        ));
     }
 }

@@ -47,7 +47,11 @@ async fn probe_app() -> Served {
     let (dir, m, rc) = write_app(PROBE_APP, Some(PROBE_RC));
     std::fs::create_dir_all(dir.path().join("static/sub")).unwrap();
     std::fs::write(dir.path().join("static/sub/a.txt"), "static content").unwrap();
-    std::fs::write(dir.path().join(".env"), "PROBE_TEST_VAR_API_KEY=key-from-dotenv\n").unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "PROBE_TEST_VAR_API_KEY=key-from-dotenv\n",
+    )
+    .unwrap();
     serve_in(dir, &m, rc.as_deref(), Limits::default()).await
 }
 
@@ -55,13 +59,25 @@ async fn probe_app() -> Served {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variables() {
     let app = probe_app().await;
-    assert_eq!(get(&app.url("/var/message")).await.1, "ok:hello, key-from-dotenv!");
+    assert_eq!(
+        get(&app.url("/var/message")).await.1,
+        "ok:hello, key-from-dotenv!"
+    );
     assert_eq!(get(&app.url("/var/plain")).await.1, "ok:literal");
     let (_, body) = get(&app.url("/var/greeting")).await;
-    assert!(body.starts_with("err:undefined:"), "app variables are only visible through component variables: {body}");
+    assert!(
+        body.starts_with("err:undefined:"),
+        "app variables are only visible through component variables: {body}"
+    );
     let (_, body) = get(&app.url("/var/Not-Valid")).await;
-    assert!(body.starts_with("err:invalid-name:") && body.contains("invalid character 'N'"), "{body}");
-    assert!(get(&app.url("/var/a__b")).await.1.contains("consecutive underscores"));
+    assert!(
+        body.starts_with("err:invalid-name:") && body.contains("invalid character 'N'"),
+        "{body}"
+    );
+    assert!(get(&app.url("/var/a__b"))
+        .await
+        .1
+        .contains("consecutive underscores"));
     assert_eq!(get(&app.url("/env/PROBE_ENV")).await.1, "ok:from-manifest");
 }
 
@@ -70,7 +86,10 @@ async fn variables() {
 async fn required_variable_missing() {
     let (_dir, m, _) = write_app(PROBE_APP, None);
     let err = App::load(&m, None, Limits::default()).err().unwrap();
-    assert!(format!("{err:#}").contains("SPIN_VARIABLE_API_KEY"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("SPIN_VARIABLE_API_KEY"),
+        "{err:#}"
+    );
 }
 
 // SQLite v2 and v3: values round-trip exactly, one statement per execute, transactions span executes on one connection, labels map through runtime config.
@@ -81,17 +100,33 @@ async fn sqlite() {
         let url = app.url(&format!("/sqlite/{label}"));
         async move { post(&url, body.to_string()).await.1 }
     };
-    assert_eq!(q("billing", serde_json::json!({"sql": "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)"})).await, "ok:|");
+    assert_eq!(
+        q(
+            "billing",
+            serde_json::json!({"sql": "CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)"})
+        )
+        .await,
+        "ok:|"
+    );
     let ins = q(
         "billing",
         serde_json::json!({"sql": "INSERT INTO t VALUES (?, ?, ?, ?, ?) RETURNING i, r, s, b, n", "params": [i64::MAX, 1.5, "héllo ✓", [0, 255, 7], null]}),
     )
     .await;
-    assert_eq!(ins, format!("ok:i,r,s,b,n|i{},r1.5,théllo ✓,b[0, 255, 7],null", i64::MAX));
-    assert!(app.dir.path().join("data/billing.db").exists(), "the label maps to the runtime-config path");
+    assert_eq!(
+        ins,
+        format!("ok:i,r,s,b,n|i{},r1.5,théllo ✓,b[0, 255, 7],null", i64::MAX)
+    );
+    assert!(
+        app.dir.path().join("data/billing.db").exists(),
+        "the label maps to the runtime-config path"
+    );
 
     let two = q("billing", serde_json::json!({"sql": "SELECT 1; SELECT 2"})).await;
-    assert!(two.starts_with("err:io:"), "several statements in one execute are refused: {two}");
+    assert!(
+        two.starts_with("err:io:"),
+        "several statements in one execute are refused: {two}"
+    );
 
     let rolled_back = q(
         "billing",
@@ -100,25 +135,64 @@ async fn sqlite() {
     .await;
     assert_eq!(rolled_back, "ok:count(*)|i1");
 
-    let v3 = post(&app.url("/sqlite3/billing"), serde_json::json!({"sql": "INSERT INTO t (i) VALUES (?)", "params": [9]}).to_string()).await.1;
+    let v3 = post(
+        &app.url("/sqlite3/billing"),
+        serde_json::json!({"sql": "INSERT INTO t (i) VALUES (?)", "params": [9]}).to_string(),
+    )
+    .await
+    .1;
     assert!(v3.ends_with("|rowid=2|changes=1"), "{v3}");
 
-    assert_eq!(q("mem", serde_json::json!({"sql": "SELECT 7 AS seven"})).await, "ok:seven|i7");
-    assert_eq!(q("default", serde_json::json!({"sql": "SELECT 'd'"})).await, "ok:'d'|td");
-    assert!(app.dir.path().join(".spin/sqlite_db.db").exists(), "`default` without config lives under .spin/");
+    assert_eq!(
+        q("mem", serde_json::json!({"sql": "SELECT 7 AS seven"})).await,
+        "ok:seven|i7"
+    );
+    assert_eq!(
+        q("default", serde_json::json!({"sql": "SELECT 'd'"})).await,
+        "ok:'d'|td"
+    );
+    assert!(
+        app.dir.path().join(".spin/sqlite_db.db").exists(),
+        "`default` without config lives under .spin/"
+    );
 
-    assert!(q("other", serde_json::json!({"sql": "SELECT 1"})).await.starts_with("err:access-denied"));
-    let denied = post(&app.url("/denied/sqlite/billing"), serde_json::json!({"sql": "SELECT 1"}).to_string()).await.1;
-    assert!(denied.starts_with("err:access-denied"), "a component without the label is denied: {denied}");
-    assert!(q("billing", serde_json::json!({"sql": "SELEKT"})).await.starts_with("err:io:"));
+    assert!(q("other", serde_json::json!({"sql": "SELECT 1"}))
+        .await
+        .starts_with("err:access-denied"));
+    let denied = post(
+        &app.url("/denied/sqlite/billing"),
+        serde_json::json!({"sql": "SELECT 1"}).to_string(),
+    )
+    .await
+    .1;
+    assert!(
+        denied.starts_with("err:access-denied"),
+        "a component without the label is denied: {denied}"
+    );
+    assert!(q("billing", serde_json::json!({"sql": "SELEKT"}))
+        .await
+        .starts_with("err:io:"));
 }
 
 // A label a component lists but no runtime config defines stops start-up with Spin's message.
 #[tokio::test]
 async fn undefined_database_refused() {
-    let (_dir, m, _) = write_app(&PROBE_APP.replace("api_key = { required = true, secret = true }", "api_key = { default = \"k\" }"), None);
-    let err = format!("{:#}", App::load(&m, None, Limits::default()).err().unwrap());
-    assert!(err.contains("use SQLite databases which are not defined") && err.contains("Component probe uses database 'billing'"), "{err}");
+    let (_dir, m, _) = write_app(
+        &PROBE_APP.replace(
+            "api_key = { required = true, secret = true }",
+            "api_key = { default = \"k\" }",
+        ),
+        None,
+    );
+    let err = format!(
+        "{:#}",
+        App::load(&m, None, Limits::default()).err().unwrap()
+    );
+    assert!(
+        err.contains("use SQLite databases which are not defined")
+            && err.contains("Component probe uses database 'billing'"),
+        "{err}"
+    );
 }
 
 // Redis: every operation against a real server, type errors, the allow-list, and a server that is down.
@@ -129,53 +203,94 @@ async fn redis() {
     let url = app.url(&format!("/redis?addr={}", redis.url()));
     let script = "set k v1\nget k\nget missing\nincr n\nincr n\nsadd s a b c\nsrem s b\nsmembers s\npublish ch hi\nexec SET x 5\nexec INCRBY x 10\nexec MGET x k missing\ndel k x n";
     let (_, body) = post(&url, script).await;
-    assert_eq!(body, "ok:OK|v1|nil|1|2|3|1|a,c|published|status:OK|int:15|bin:15,bin:v1,nil|3");
+    assert_eq!(
+        body,
+        "ok:OK|v1|nil|1|2|3|1|a,c|published|status:OK|int:15|bin:15,bin:v1,nil|3"
+    );
 
     // As in Spin: a server-side WRONGTYPE is `other`; a reply the client cannot convert (non-UTF-8 set members read as strings) is `type-error`.
     let (_, body) = post(&url, "incr s").await;
-    assert!(body.starts_with("ok:err:Error::Other(\"WRONGTYPE"), "{body}");
+    assert!(
+        body.starts_with("ok:err:Error::Other(\"WRONGTYPE"),
+        "{body}"
+    );
     use std::io::Write;
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
-    raw.write_all(b"*3\r\n$4\r\nSADD\r\n$3\r\nbin\r\n$2\r\n\xff\xfe\r\n").unwrap();
+    raw.write_all(b"*3\r\n$4\r\nSADD\r\n$3\r\nbin\r\n$2\r\n\xff\xfe\r\n")
+        .unwrap();
     let mut reply = [0u8; 4];
     std::io::Read::read_exact(&mut raw, &mut reply).unwrap();
     assert_eq!(post(&url, "smembers bin").await.1, "ok:err:type-error");
 
-    assert_eq!(get(&app.url(&format!("/redis-many?addr={}", redis.url()))).await.1, "err:too-many-connections:10", "ten connections per instance, as in Spin");
+    assert_eq!(
+        get(&app.url(&format!("/redis-many?addr={}", redis.url())))
+            .await
+            .1,
+        "err:too-many-connections:10",
+        "ten connections per instance, as in Spin"
+    );
 
     let denied = app.url(&format!("/denied/redis?addr={}", redis.url()));
-    assert_eq!(post(&denied, "get k").await.1, "err:invalid-address:", "not in allowed_outbound_hosts");
+    assert_eq!(
+        post(&denied, "get k").await.1,
+        "err:invalid-address:",
+        "not in allowed_outbound_hosts"
+    );
     let wrong_scheme = app.url("/redis?addr=http://127.0.0.1:80");
     assert_eq!(post(&wrong_scheme, "get k").await.1, "err:invalid-address:");
 
     redis.stop();
     let (status, body) = post(&url, "get k").await;
     assert_eq!(status, 200);
-    assert!(body.starts_with("err:other:"), "a down server is an `other` error, not a crash: {body}");
+    assert!(
+        body.starts_with("err:other:"),
+        "a down server is an `other` error, not a crash: {body}"
+    );
 }
 
 // Outbound HTTP: relative URLs reach the app itself with `http://self`; anything off the allow-list is HttpRequestDenied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_http() {
     let app = probe_app().await;
-    assert_eq!(post(&app.url("/outbound"), "/hello").await.1, "ok:200 hello from probe");
-    assert_eq!(post(&app.url("/outbound"), app.url("/hello")).await.1, "ok:200 hello from probe", "127.0.0.1 port range allowed");
-    let denied = post(&app.url("/outbound"), "https://api.anthropic.com/v1/messages").await.1;
+    assert_eq!(
+        post(&app.url("/outbound"), "/hello").await.1,
+        "ok:200 hello from probe"
+    );
+    assert_eq!(
+        post(&app.url("/outbound"), app.url("/hello")).await.1,
+        "ok:200 hello from probe",
+        "127.0.0.1 port range allowed"
+    );
+    let denied = post(
+        &app.url("/outbound"),
+        "https://api.anthropic.com/v1/messages",
+    )
+    .await
+    .1;
     assert_eq!(denied, "err:send:Http(ErrorCode::HttpRequestDenied)");
     let self_denied = post(&app.url("/denied/outbound"), "/hello").await.1;
-    assert_eq!(self_denied, "err:send:Http(ErrorCode::HttpRequestDenied)", "no `self` in the allow-list");
+    assert_eq!(
+        self_denied, "err:send:Http(ErrorCode::HttpRequestDenied)",
+        "no `self` in the allow-list"
+    );
 }
 
 // `files` mounts are readable and read-only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_read_only() {
     let app = probe_app().await;
-    assert_eq!(get(&app.url("/file/sub/a.txt")).await.1, "ok:static content");
+    assert_eq!(
+        get(&app.url("/file/sub/a.txt")).await.1,
+        "ok:static content"
+    );
     let w = get(&app.url("/write-file")).await.1;
     assert!(w.starts_with("err:io:"), "{w}");
     for outside in ["../../etc/passwd", "/etc/passwd", "/sub/../../etc/hostname"] {
         let r = get(&app.url(&format!("/file?path={outside}"))).await.1;
-        assert!(r.starts_with("err:io:"), "no escape from the mount via {outside}: {r}");
+        assert!(
+            r.starts_with("err:io:"),
+            "no escape from the mount via {outside}: {r}"
+        );
     }
 }
 
@@ -186,16 +301,31 @@ async fn unknown_import_refused() {
         "spin_manifest_version = 2\n[application]\nname = \"kv\"\n[[trigger.http]]\nroute = \"/...\"\ncomponent = \"kv\"\n[component.kv]\nsource = \"{kv}\"\n",
         None,
     );
-    let err = format!("{:#}", App::load(&m, None, Limits::default()).err().unwrap());
-    assert!(err.contains("component `kv`") && err.contains("fermyon:spin/key-value"), "{err}");
+    let err = format!(
+        "{:#}",
+        App::load(&m, None, Limits::default()).err().unwrap()
+    );
+    assert!(
+        err.contains("component `kv`") && err.contains("fermyon:spin/key-value"),
+        "{err}"
+    );
 }
 
 // A bad manifest fails at start-up with the file and the field.
 #[tokio::test]
 async fn bad_manifest() {
-    let (_dir, m, _) = write_app(&PROBE_APP.replace("allowed_outbound_hosts", "allowed_hosts"), None);
-    let err = format!("{:#}", App::load(&m, None, Limits::default()).err().unwrap());
-    assert!(err.contains(&m.display().to_string()) && err.contains("unknown field `allowed_hosts`"), "{err}");
+    let (_dir, m, _) = write_app(
+        &PROBE_APP.replace("allowed_outbound_hosts", "allowed_hosts"),
+        None,
+    );
+    let err = format!(
+        "{:#}",
+        App::load(&m, None, Limits::default()).err().unwrap()
+    );
+    assert!(
+        err.contains(&m.display().to_string()) && err.contains("unknown field `allowed_hosts`"),
+        "{err}"
+    );
 }
 
 // `billing-host build` runs each component's build command in its workdir, and a failing command is an error.
@@ -210,7 +340,12 @@ async fn build_commands() {
     )
     .unwrap();
     billing_host::build::build(&m, &["one".into()]).unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("w/out.txt")).unwrap().trim(), "built");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("w/out.txt"))
+            .unwrap()
+            .trim(),
+        "built"
+    );
     let err = billing_host::build::build(&m, &[]).unwrap_err().to_string();
     assert!(err.contains("component `two` failed"), "{err}");
     assert!(billing_host::build::build(&m, &["three".into()]).is_err());

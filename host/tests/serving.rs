@@ -33,7 +33,10 @@ source = "{probe}"
 "#;
 
 fn header_map(body: &str) -> std::collections::BTreeMap<String, String> {
-    body.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+    body.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 // Exact routes beat wildcards, captures become spin-path-match-* headers, unrouted paths are 404, health answers.
@@ -47,11 +50,17 @@ async fn routing_and_headers() {
     assert_eq!(h["spin-component-route"], "/api");
     assert_eq!(h["spin-path-info"], "/headers");
     assert_eq!(h["spin-base-path"], "/");
-    assert_eq!(h["spin-full-url"], format!("http://{}/api/headers?x=1", app.addr));
+    assert_eq!(
+        h["spin-full-url"],
+        format!("http://{}/api/headers?x=1", app.addr)
+    );
     assert!(h["spin-client-addr"].starts_with("127.0.0.1:"));
 
     let h = header_map(&get(&app.url("/api/exact")).await.1);
-    assert_eq!(h["spin-matched-route"], "/api/exact", "the exact route wins over /api/...");
+    assert_eq!(
+        h["spin-matched-route"], "/api/exact",
+        "the exact route wins over /api/..."
+    );
     assert_eq!(h["spin-path-info"], "");
 
     let h = header_map(&get(&app.url("/items/42/parts/a-7")).await.1);
@@ -60,7 +69,10 @@ async fn routing_and_headers() {
     assert_eq!(h["spin-matched-route"], "/items/:id/parts/:part_no");
 
     assert_eq!(get(&app.url("/nowhere")).await.0, 404);
-    assert_eq!(get(&app.url("/.well-known/spin/health")).await, (200, "OK".into()));
+    assert_eq!(
+        get(&app.url("/.well-known/spin/health")).await,
+        (200, "OK".into())
+    );
     assert_eq!(get(&app.url("/.well-known/spin/other")).await.0, 404);
 }
 
@@ -69,39 +81,74 @@ const PROBE_ONLY: &str = "spin_manifest_version = 2\n[application]\nname = \"p\"
 // A guest spinning forever is stopped at the time limit with 504, and the host keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_limit() {
-    let limits = Limits { timeout: Duration::from_millis(700), ..Limits::default() };
+    let limits = Limits {
+        timeout: Duration::from_millis(700),
+        ..Limits::default()
+    };
     let app = serve(PROBE_ONLY, None, limits).await;
     let started = Instant::now();
     let (status, _) = get(&app.url("/spin-loop")).await;
     let took = started.elapsed();
     assert_eq!(status, 504);
-    assert!(took >= Duration::from_millis(690) && took < Duration::from_secs(5), "stopped after {took:?}");
+    assert!(
+        took >= Duration::from_millis(690) && took < Duration::from_secs(5),
+        "stopped after {took:?}"
+    );
     let (status, _) = get(&app.url("/sleep?ms=5000")).await;
     assert_eq!(status, 504, "time awaiting the host counts too");
-    assert_eq!(get(&app.url("/hello")).await, (200, "hello from probe".into()));
+    assert_eq!(
+        get(&app.url("/hello")).await,
+        (200, "hello from probe".into())
+    );
 }
 
 // A guest growing past the memory cap fails (the allocation is refused) while one under it succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit() {
-    let limits = Limits { memory_bytes: 48 << 20, ..Limits::default() };
+    let limits = Limits {
+        memory_bytes: 48 << 20,
+        ..Limits::default()
+    };
     let app = serve(PROBE_ONLY, None, limits).await;
     let (status, body) = get(&app.url("/alloc?mb=8")).await;
-    assert_eq!((status, body.as_str()), (200, format!("ok:{}", 8u64 << 20).as_str()));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, format!("ok:{}", 8u64 << 20).as_str())
+    );
     let (status, body) = get(&app.url("/alloc?mb=64")).await;
-    assert!(status == 500 || body.starts_with("err:alloc"), "64 MiB over a 48 MiB cap: {status} {body}");
+    assert!(
+        status == 500 || body.starts_with("err:alloc"),
+        "64 MiB over a 48 MiB cap: {status} {body}"
+    );
     assert_eq!(get(&app.url("/hello")).await.0, 200);
 }
 
 // Bodies over the cap get 413 whether declared by content-length or streamed chunked; the component never runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_limit() {
-    let limits = Limits { max_body_bytes: 64 * 1024, ..Limits::default() };
+    let limits = Limits {
+        max_body_bytes: 64 * 1024,
+        ..Limits::default()
+    };
     let app = serve(PROBE_ONLY, None, limits).await;
-    assert_eq!(post(&app.url("/body"), vec![b'x'; 64 * 1024]).await, (200, format!("ok:{}", 64 * 1024)));
-    assert_eq!(post(&app.url("/body"), vec![b'x'; 64 * 1024 + 1]).await.0, 413);
-    let chunks = tokio_stream::iter(vec![Ok::<_, std::io::Error>(vec![b'y'; 40 * 1024]), Ok(vec![b'y'; 40 * 1024])]);
-    let r = reqwest::Client::new().post(app.url("/body")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(
+        post(&app.url("/body"), vec![b'x'; 64 * 1024]).await,
+        (200, format!("ok:{}", 64 * 1024))
+    );
+    assert_eq!(
+        post(&app.url("/body"), vec![b'x'; 64 * 1024 + 1]).await.0,
+        413
+    );
+    let chunks = tokio_stream::iter(vec![
+        Ok::<_, std::io::Error>(vec![b'y'; 40 * 1024]),
+        Ok(vec![b'y'; 40 * 1024]),
+    ]);
+    let r = reqwest::Client::new()
+        .post(app.url("/body"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 413);
 }
 
@@ -109,7 +156,11 @@ async fn body_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent() {
     let app = serve(PROBE_ONLY, None, Limits::default()).await;
-    post(&app.url("/sqlite/default"), r#"{"sql": "CREATE TABLE hits (n INTEGER)"}"#).await;
+    post(
+        &app.url("/sqlite/default"),
+        r#"{"sql": "CREATE TABLE hits (n INTEGER)"}"#,
+    )
+    .await;
     let client = reqwest::Client::new();
     let tasks: Vec<_> = (0..200)
         .map(|i| {
@@ -124,8 +175,15 @@ async fn two_hundred_concurrent() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), (200, "ok:|".to_string()));
     }
-    let (_, count) = post(&app.url("/sqlite/default"), r#"{"sql": "SELECT count(*), sum(n) FROM hits"}"#).await;
-    assert_eq!(count, format!("ok:count(*),sum(n)|i200,i{}", (0..200).sum::<i32>()));
+    let (_, count) = post(
+        &app.url("/sqlite/default"),
+        r#"{"sql": "SELECT count(*), sum(n) FROM hits"}"#,
+    )
+    .await;
+    assert_eq!(
+        count,
+        format!("ok:count(*),sum(n)|i200,i{}", (0..200).sum::<i32>())
+    );
 }
 
 // Shutdown lets a request in flight finish with its answer, then refuses new connections.
@@ -137,7 +195,10 @@ async fn graceful_shutdown() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = app.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(reqwest::get(app.url("/hello")).await.is_err(), "no new connections after shutdown began");
+    assert!(
+        reqwest::get(app.url("/hello")).await.is_err(),
+        "no new connections after shutdown began"
+    );
     assert_eq!(in_flight.await.unwrap(), (200, "ok:slept 1500".into()));
     server.await.unwrap().unwrap();
 }

@@ -26,13 +26,19 @@ pub struct Migration {
 impl Migration {
     /// Parses `NNNN_name.sql` into a migration.
     pub fn new(file: &str, sql: impl Into<String>) -> Result<Self, MigrateError> {
-        let bad = || MigrateError::BadFileName { file: file.to_owned() };
+        let bad = || MigrateError::BadFileName {
+            file: file.to_owned(),
+        };
         let stem = file.strip_suffix(".sql").ok_or_else(bad)?;
         let (num, name) = stem.split_once('_').ok_or_else(bad)?;
         if num.len() != 4 || !num.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
             return Err(bad());
         }
-        Ok(Self { version: num.parse().map_err(|_| bad())?, file: file.to_owned(), sql: sql.into() })
+        Ok(Self {
+            version: num.parse().map_err(|_| bad())?,
+            file: file.to_owned(),
+            sql: sql.into(),
+        })
     }
 
     pub fn checksum(&self) -> String {
@@ -45,17 +51,31 @@ pub enum MigrateError {
     #[error("migration file name `{file}` is not of the form NNNN_name.sql")]
     BadFileName { file: String },
     #[error("two migration files have number {version}: {first} and {second}")]
-    DuplicateVersion { version: u32, first: String, second: String },
+    DuplicateVersion {
+        version: u32,
+        first: String,
+        second: String,
+    },
     #[error("migration {file} was changed after it was applied (applied checksum {applied}, file checksum {current}); add a new migration instead of editing an applied one")]
-    Tampered { file: String, applied: String, current: String },
+    Tampered {
+        file: String,
+        applied: String,
+        current: String,
+    },
     #[error("the database has migration {version} ({file}) applied, which this build does not know; it was migrated by a newer version")]
     UnknownApplied { version: u32, file: String },
     #[error("migration {file} failed: {source}")]
-    Failed { file: String, source: rusqlite::Error },
+    Failed {
+        file: String,
+        source: rusqlite::Error,
+    },
     #[error("foreign key check failed after migrating: {0}")]
     ForeignKeys(String),
     #[error("reading migrations from {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -72,12 +92,18 @@ pub struct Report {
 const EMBEDDED: &[(&str, &str)] = &[
     ("0001_schema.sql", include_str!("../0001_schema.sql")),
     ("0002_seed.sql", include_str!("../0002_seed.sql")),
-    ("0003_event_facts.sql", include_str!("../0003_event_facts.sql")),
+    (
+        "0003_event_facts.sql",
+        include_str!("../0003_event_facts.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.
 pub fn embedded() -> Vec<Migration> {
-    let list: Vec<Migration> = EMBEDDED.iter().map(|(f, sql)| Migration::new(f, *sql).expect("embedded names are valid")).collect();
+    let list: Vec<Migration> = EMBEDDED
+        .iter()
+        .map(|(f, sql)| Migration::new(f, *sql).expect("embedded names are valid"))
+        .collect();
     check_sequence(&list).expect("embedded migrations are in order");
     list
 }
@@ -89,13 +115,19 @@ pub fn source_dir() -> &'static Path {
 
 /// Reads every `*.sql` file of `dir`, sorted by number.
 pub fn from_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
-    let io = |source| MigrateError::Io { path: dir.to_owned(), source };
+    let io = |source| MigrateError::Io {
+        path: dir.to_owned(),
+        source,
+    };
     let mut list = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         if path.extension().is_some_and(|e| e == "sql") {
             let file = path.file_name().unwrap().to_string_lossy().into_owned();
-            let sql = std::fs::read_to_string(&path).map_err(|source| MigrateError::Io { path: path.clone(), source })?;
+            let sql = std::fs::read_to_string(&path).map_err(|source| MigrateError::Io {
+                path: path.clone(),
+                source,
+            })?;
             list.push(Migration::new(&file, sql)?);
         }
     }
@@ -107,7 +139,11 @@ pub fn from_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
 fn check_sequence(list: &[Migration]) -> Result<(), MigrateError> {
     for w in list.windows(2) {
         if w[0].version == w[1].version {
-            return Err(MigrateError::DuplicateVersion { version: w[0].version, first: w[0].file.clone(), second: w[1].file.clone() });
+            return Err(MigrateError::DuplicateVersion {
+                version: w[0].version,
+                first: w[0].file.clone(),
+                second: w[1].file.clone(),
+            });
         }
     }
     Ok(())
@@ -117,7 +153,10 @@ fn check_sequence(list: &[Migration]) -> Result<(), MigrateError> {
 /// native process uses: WAL, foreign keys on, a busy timeout.
 pub fn open(path: &Path) -> Result<Connection, MigrateError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| MigrateError::Io { path: dir.to_owned(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| MigrateError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -140,7 +179,10 @@ pub fn migrate(conn: &mut Connection, list: &[Migration]) -> Result<Report, Migr
         match conn.pragma_update(None, "journal_mode", "WAL") {
             Ok(()) => break,
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) && tries < 200 =>
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && tries < 200 =>
             {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
@@ -159,16 +201,34 @@ pub fn migrate(conn: &mut Connection, list: &[Migration]) -> Result<Report, Migr
 
     verify_applied(conn, list)?;
 
-    let mut report = Report { applied: Vec::new(), already: Vec::new() };
+    let mut report = Report {
+        applied: Vec::new(),
+        already: Vec::new(),
+    };
     for m in list {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let done: Option<String> =
-            tx.query_row("SELECT checksum FROM schema_migrations WHERE version = ?1", [m.version], |r| r.get(0)).optional()?;
+        let done: Option<String> = tx
+            .query_row(
+                "SELECT checksum FROM schema_migrations WHERE version = ?1",
+                [m.version],
+                |r| r.get(0),
+            )
+            .optional()?;
         match done {
             Some(sum) if sum == m.checksum() => report.already.push(m.file.clone()),
-            Some(sum) => return Err(MigrateError::Tampered { file: m.file.clone(), applied: sum, current: m.checksum() }),
+            Some(sum) => {
+                return Err(MigrateError::Tampered {
+                    file: m.file.clone(),
+                    applied: sum,
+                    current: m.checksum(),
+                })
+            }
             None => {
-                tx.execute_batch(&m.sql).map_err(|source| MigrateError::Failed { file: m.file.clone(), source })?;
+                tx.execute_batch(&m.sql)
+                    .map_err(|source| MigrateError::Failed {
+                        file: m.file.clone(),
+                        source,
+                    })?;
                 tx.execute(
                     "INSERT INTO schema_migrations (version, file, checksum) VALUES (?1, ?2, ?3)",
                     (m.version, &m.file, m.checksum()),
@@ -188,14 +248,25 @@ pub fn migrate(conn: &mut Connection, list: &[Migration]) -> Result<Report, Migr
 
 /// Refuses a database whose applied files differ from `list`.
 fn verify_applied(conn: &Connection, list: &[Migration]) -> Result<(), MigrateError> {
-    let mut stmt = conn.prepare("SELECT version, file, checksum FROM schema_migrations ORDER BY version")?;
-    let applied = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+    let mut stmt =
+        conn.prepare("SELECT version, file, checksum FROM schema_migrations ORDER BY version")?;
+    let applied = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
     for row in applied {
         let (version, file, checksum) = row?;
         match list.iter().find(|m| m.version == version) {
             None => return Err(MigrateError::UnknownApplied { version, file }),
             Some(m) if m.checksum() != checksum => {
-                return Err(MigrateError::Tampered { file: m.file.clone(), applied: checksum, current: m.checksum() })
+                return Err(MigrateError::Tampered {
+                    file: m.file.clone(),
+                    applied: checksum,
+                    current: m.checksum(),
+                })
             }
             Some(_) => {}
         }
@@ -207,19 +278,28 @@ fn verify_applied(conn: &Connection, list: &[Migration]) -> Result<(), MigrateEr
 pub fn foreign_key_violations(conn: &Connection) -> Result<Vec<String>, MigrateError> {
     let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
     let rows = stmt.query_map([], |r| {
-        Ok(format!("{} row {} references missing {}", r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?.unwrap_or(-1), r.get::<_, String>(2)?))
+        Ok(format!(
+            "{} row {} references missing {}",
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<i64>>(1)?.unwrap_or(-1),
+            r.get::<_, String>(2)?
+        ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The applied migrations: (version, file, applied_at).
 pub fn status(conn: &Connection) -> Result<Vec<(u32, String, String)>, MigrateError> {
-    let exists: bool =
-        conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'", [], |r| r.get(0))?;
+    let exists: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+        [],
+        |r| r.get(0),
+    )?;
     if !exists {
         return Ok(Vec::new());
     }
-    let mut stmt = conn.prepare("SELECT version, file, applied_at FROM schema_migrations ORDER BY version")?;
+    let mut stmt =
+        conn.prepare("SELECT version, file, applied_at FROM schema_migrations ORDER BY version")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use std::path::Path;
 
 fn count(conn: &Connection, table: &str) -> i64 {
-    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
 }
 
 fn copy_sql(to: &Path) {
@@ -21,11 +22,22 @@ fn second_run_is_a_no_op() {
     let db = dir.path().join("nested/billing.db");
     let mut conn = open(&db).unwrap();
     let first = migrate(&mut conn, &embedded()).unwrap();
-    assert_eq!(first.applied, ["0001_schema.sql", "0002_seed.sql", "0003_event_facts.sql"]);
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        first.applied,
+        ["0001_schema.sql", "0002_seed.sql", "0003_event_facts.sql"]
+    );
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(mode, "wal");
     let users = count(&conn, "dim_users");
-    let stamps: Vec<String> = conn.prepare("SELECT applied_at FROM schema_migrations").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let stamps: Vec<String> = conn
+        .prepare("SELECT applied_at FROM schema_migrations")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     drop(conn);
 
     let mut conn = open(&db).unwrap();
@@ -33,7 +45,13 @@ fn second_run_is_a_no_op() {
     assert!(second.applied.is_empty());
     assert_eq!(second.already.len(), 3);
     assert_eq!(count(&conn, "dim_users"), users);
-    let again: Vec<String> = conn.prepare("SELECT applied_at FROM schema_migrations").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let again: Vec<String> = conn
+        .prepare("SELECT applied_at FROM schema_migrations")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(stamps, again);
 }
 
@@ -50,9 +68,20 @@ fn tampered_migration_is_refused() {
     sql.push_str("\nUPDATE dim_token_pricing SET input_price = 0;\n");
     std::fs::write(&seed, sql).unwrap();
     let err = migrate(&mut conn, &from_dir(dir.path()).unwrap()).unwrap_err();
-    assert!(matches!(&err, MigrateError::Tampered { file, .. } if file == "0002_seed.sql"), "{err}");
-    assert!(err.to_string().contains("0002_seed.sql was changed after it was applied"));
-    let price: i64 = conn.query_row("SELECT input_price FROM dim_token_pricing WHERE pricing_id = 3", [], |r| r.get(0)).unwrap();
+    assert!(
+        matches!(&err, MigrateError::Tampered { file, .. } if file == "0002_seed.sql"),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("0002_seed.sql was changed after it was applied"));
+    let price: i64 = conn
+        .query_row(
+            "SELECT input_price FROM dim_token_pricing WHERE pricing_id = 3",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(price, 3_000_000, "nothing of the edited file ran");
 }
 
@@ -64,7 +93,10 @@ fn unknown_applied_version_is_refused() {
     migrate(&mut conn, &embedded()).unwrap();
     let older: Vec<Migration> = embedded().into_iter().take(1).collect();
     let err = migrate(&mut conn, &older).unwrap_err();
-    assert!(matches!(err, MigrateError::UnknownApplied { version: 2, .. }), "{err}");
+    assert!(
+        matches!(err, MigrateError::UnknownApplied { version: 2, .. }),
+        "{err}"
+    );
 }
 
 // A failing file rolls back whole: no half-made tables, no record, and the error names the file.
@@ -75,10 +107,25 @@ fn failed_migration_rolls_back() {
     let mut list = embedded();
     let shipped = list.len() as i64;
     let broken = format!("{:04}_broken.sql", shipped + 1);
-    list.push(Migration::new(&broken, "CREATE TABLE half_made (x INTEGER); INSERT INTO nowhere VALUES (1);").unwrap());
+    list.push(
+        Migration::new(
+            &broken,
+            "CREATE TABLE half_made (x INTEGER); INSERT INTO nowhere VALUES (1);",
+        )
+        .unwrap(),
+    );
     let err = migrate(&mut conn, &list).unwrap_err();
-    assert!(matches!(&err, MigrateError::Failed { file, .. } if *file == broken), "{err}");
-    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'half_made'", [], |r| r.get(0)).unwrap();
+    assert!(
+        matches!(&err, MigrateError::Failed { file, .. } if *file == broken),
+        "{err}"
+    );
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'half_made'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(tables, 0);
     assert_eq!(count(&conn, "schema_migrations"), shipped);
 }
@@ -92,7 +139,10 @@ fn file_names_checked() {
     let dir = tempfile::tempdir().unwrap();
     copy_sql(dir.path());
     std::fs::write(dir.path().join("0002_other.sql"), "SELECT 1;").unwrap();
-    assert!(matches!(from_dir(dir.path()), Err(MigrateError::DuplicateVersion { version: 2, .. })));
+    assert!(matches!(
+        from_dir(dir.path()),
+        Err(MigrateError::DuplicateVersion { version: 2, .. })
+    ));
 }
 
 // The build embeds exactly the .sql files of the directory, byte for byte.
@@ -112,7 +162,10 @@ fn concurrent_migrations_apply_once() {
             std::thread::spawn(move || migrate(&mut open(&db).unwrap(), &embedded()).unwrap())
         })
         .collect();
-    let applied: usize = handles.into_iter().map(|h| h.join().unwrap().applied.len()).sum();
+    let applied: usize = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().applied.len())
+        .sum();
     assert_eq!(applied, embedded().len());
     let conn = open(&db).unwrap();
     assert_eq!(count(&conn, "dim_users"), 3);
@@ -124,9 +177,16 @@ fn seed_is_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let mut conn = open(&dir.path().join("b.db")).unwrap();
     migrate(&mut conn, &embedded()).unwrap();
-    assert!(billing_migrations::foreign_key_violations(&conn).unwrap().is_empty());
-    let families: Vec<String> =
-        conn.prepare("SELECT DISTINCT family FROM dim_models ORDER BY family").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert!(billing_migrations::foreign_key_violations(&conn)
+        .unwrap()
+        .is_empty());
+    let families: Vec<String> = conn
+        .prepare("SELECT DISTINCT family FROM dim_models ORDER BY family")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(families, ["haiku", "opus", "sonnet"]);
     let unpriced: i64 = conn
         .query_row("SELECT count(*) FROM dim_models m WHERE NOT EXISTS (SELECT 1 FROM dim_token_pricing p WHERE p.model_id = m.model_id)", [], |r| r.get(0))
@@ -134,8 +194,12 @@ fn seed_is_consistent() {
     assert_eq!(unpriced, 0);
     assert_eq!(count(&conn, "dim_event_types"), 5);
     let roles: Vec<(String, i64)> = conn
-        .prepare("SELECT role, count(*) FROM dim_users GROUP BY role ORDER BY role").unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        .prepare("SELECT role, count(*) FROM dim_users GROUP BY role ORDER BY role")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(roles, [("admin".to_string(), 1), ("user".to_string(), 2)]);
 }
 
@@ -151,11 +215,23 @@ fn schema_constraints() {
             [],
         )
     };
-    assert!(price("1.5", "2030-01-01T00:00:00.000Z").is_err(), "fractional price");
-    assert!(price("-1", "2030-01-01T00:00:00.000Z").is_err(), "negative price");
-    assert!(price("1", "2030-01-01 00:00:00").is_err(), "non-canonical timestamp");
+    assert!(
+        price("1.5", "2030-01-01T00:00:00.000Z").is_err(),
+        "fractional price"
+    );
+    assert!(
+        price("-1", "2030-01-01T00:00:00.000Z").is_err(),
+        "negative price"
+    );
+    assert!(
+        price("1", "2030-01-01 00:00:00").is_err(),
+        "non-canonical timestamp"
+    );
     assert!(price("1", "2030-01-01T00:00:00.000Z").is_ok());
-    assert!(price("2", "2030-01-01T00:00:00.000Z").is_err(), "second version at the same instant");
+    assert!(
+        price("2", "2030-01-01T00:00:00.000Z").is_err(),
+        "second version at the same instant"
+    );
 
     let line = |class: &str| {
         conn.execute(

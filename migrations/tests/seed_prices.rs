@@ -36,8 +36,19 @@ fn seeded_prices_quote() {
         .collect();
     assert_eq!(versions.len(), 7);
     let book = PriceBook::new(versions).unwrap();
-    let usage = Usage { input_tokens: 1000, output_tokens: 500, cache_read_input_tokens: 2000, ..Default::default() };
-    let q = book.quote("claude-sonnet-4-5-20250929", &usage, Timestamp::parse("2026-06-01T00:00:00Z").unwrap()).unwrap();
+    let usage = Usage {
+        input_tokens: 1000,
+        output_tokens: 500,
+        cache_read_input_tokens: 2000,
+        ..Default::default()
+    };
+    let q = book
+        .quote(
+            "claude-sonnet-4-5-20250929",
+            &usage,
+            Timestamp::parse("2026-06-01T00:00:00Z").unwrap(),
+        )
+        .unwrap();
     // 1000 × $3 + 500 × $15 + 2000 × $0.30 per million = $0.003 + $0.0075 + $0.0006
     assert_eq!(q.total.0, 11_100_000);
 }

@@ -12,13 +12,18 @@ use std::sync::OnceLock;
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Runs every component's build command from spin.toml, once per test binary.
 pub fn build_components() {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| billing_host::build::build(&repo_root().join("spin.toml"), &[]).expect("components build"));
+    BUILT.get_or_init(|| {
+        billing_host::build::build(&repo_root().join("spin.toml"), &[]).expect("components build")
+    });
 }
 
 /// One running stack.
@@ -53,14 +58,20 @@ impl Stack {
             "[sqlite_database.default]\ntype = \"spin\"\npath = \"billing.db\"\n[[config_provider]]\ntype = \"env\"\ndotenv_path = \".env\"\n",
         )
         .unwrap();
-        let app = App::load(&repo_root().join("spin.toml"), Some(&rc), Limits::default()).expect("app loads");
+        let app = App::load(&repo_root().join("spin.toml"), Some(&rc), Limits::default())
+            .expect("app loads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(billing_host::server::serve(app, listener, async move {
             let _ = rx.await;
         }));
-        Self { addr, dir, redis, shutdown: Some(tx) }
+        Self {
+            addr,
+            dir,
+            redis,
+            shutdown: Some(tx),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -73,12 +84,20 @@ impl Stack {
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        self.db().query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+        self.db()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
     }
 
     /// Sends a request with an optional key and JSON body; returns the
     /// status, the content type and the body as JSON (Null when empty).
-    pub async fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let client = reqwest::Client::new();
         let mut rb = client.request(method.parse().unwrap(), self.url(path));
         if let Some(k) = key {
@@ -91,9 +110,19 @@ impl Stack {
     }
 
     /// Sends a JSON body with extra headers.
-    pub async fn call_with(&self, method: &str, path: &str, key: &str, headers: &[(&str, &str)], body: Value) -> Reply {
+    pub async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> Reply {
         let client = reqwest::Client::new();
-        let mut rb = client.request(method.parse().unwrap(), self.url(path)).bearer_auth(key).json(&body);
+        let mut rb = client
+            .request(method.parse().unwrap(), self.url(path))
+            .bearer_auth(key)
+            .json(&body);
         for (k, v) in headers {
             rb = rb.header(*k, *v);
         }
@@ -101,9 +130,19 @@ impl Stack {
     }
 
     /// Sends raw bytes as the body.
-    pub async fn call_raw(&self, method: &str, path: &str, key: Option<&str>, content_type: &str, body: Vec<u8>) -> Reply {
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
         let client = reqwest::Client::new();
-        let mut rb = client.request(method.parse().unwrap(), self.url(path)).header("content-type", content_type).body(body);
+        let mut rb = client
+            .request(method.parse().unwrap(), self.url(path))
+            .header("content-type", content_type)
+            .body(body);
         if let Some(k) = key {
             rb = rb.bearer_auth(k);
         }
@@ -112,10 +151,24 @@ impl Stack {
 
     /// Creates a user as admin and returns (user_id, api key).
     pub async fn user(&self, name: &str, email: &str) -> (i64, String) {
-        let u = self.call("POST", "/api/users", Some(ADMIN_KEY), Some(serde_json::json!({"name": name, "email": email}))).await;
+        let u = self
+            .call(
+                "POST",
+                "/api/users",
+                Some(ADMIN_KEY),
+                Some(serde_json::json!({"name": name, "email": email})),
+            )
+            .await;
         assert_eq!(u.status, 201, "{:?}", u.body);
         let id = u.body["user_id"].as_i64().unwrap();
-        let k = self.call("POST", "/api/keys", Some(ADMIN_KEY), Some(serde_json::json!({"user_id": id, "label": "test"}))).await;
+        let k = self
+            .call(
+                "POST",
+                "/api/keys",
+                Some(ADMIN_KEY),
+                Some(serde_json::json!({"user_id": id, "label": "test"})),
+            )
+            .await;
         assert_eq!(k.status, 201, "{:?}", k.body);
         (id, k.body["key"].as_str().unwrap().to_owned())
     }
@@ -140,19 +193,43 @@ pub struct Reply {
 impl Reply {
     async fn from(r: reqwest::Response) -> Self {
         let status = r.status().as_u16();
-        let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let (content_type, retry_after) = (header("content-type").unwrap_or_default(), header("retry-after"));
+        let header = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (content_type, retry_after) = (
+            header("content-type").unwrap_or_default(),
+            header("retry-after"),
+        );
         let bytes = r.bytes().await.unwrap();
-        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned())) };
-        Self { status, content_type, retry_after, body }
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Self {
+            status,
+            content_type,
+            retry_after,
+            body,
+        }
     }
 
     /// Asserts an RFC 9457 problem with this status, and returns its detail.
     pub fn problem(&self, status: u16) -> String {
         assert_eq!(self.status, status, "{:?}", self.body);
-        assert_eq!(self.content_type, "application/problem+json", "{:?}", self.body);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{:?}",
+            self.body
+        );
         assert_eq!(self.body["status"], status);
-        assert!(self.body["type"].as_str().is_some_and(|t| t.starts_with("/problems/")));
+        assert!(self.body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("/problems/")));
         self.body["detail"].as_str().unwrap_or_default().to_owned()
     }
 }
@@ -170,14 +247,37 @@ impl Bridge {
         use billing_bridge::config::{RelayConfig, TopicsConfig};
         let tansu = billing_testkit::Tansu::start(stack.dir.path());
         let db = stack.dir.path().join("billing.db");
-        billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 2, ..TopicsConfig::default() }).await.unwrap();
+        billing_bridge::topics::ensure(
+            &tansu.brokers(),
+            &TopicsConfig {
+                partitions: 2,
+                ..TopicsConfig::default()
+            },
+        )
+        .await
+        .unwrap();
         let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
-        billing_bridge::aggregates::ensure_complete(&db, &stack.redis.url(), 3600, now).await.unwrap();
+        billing_bridge::aggregates::ensure_complete(&db, &stack.redis.url(), 3600, now)
+            .await
+            .unwrap();
         let mut conn = billing_migrations::open(&db).unwrap();
-        let relay = billing_bridge::relay::Relay::with(&db, &tansu.brokers(), RelayConfig { batch_size: 100, poll_interval_ms: 200, delivery_timeout_ms: 5000, ..RelayConfig::default() }).unwrap();
+        let relay = billing_bridge::relay::Relay::with(
+            &db,
+            &tansu.brokers(),
+            RelayConfig {
+                batch_size: 100,
+                poll_interval_ms: 200,
+                delivery_timeout_ms: 5000,
+                ..RelayConfig::default()
+            },
+        )
+        .unwrap();
         let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
         let (stop, rx) = tokio::sync::watch::channel(false);
-        let mut tasks = vec![tokio::spawn(billing_bridge::relay::listen_for_nudges(stack.redis.url(), nudge_tx))];
+        let mut tasks = vec![tokio::spawn(billing_bridge::relay::listen_for_nudges(
+            stack.redis.url(),
+            nudge_tx,
+        ))];
         tasks.push(tokio::spawn({
             let mut rx = rx.clone();
             async move {
@@ -192,9 +292,22 @@ impl Bridge {
         let (brokers, redis_url) = (tansu.brokers(), stack.redis.url());
         tasks.push(tokio::spawn(async move {
             let producer = billing_bridge::relay::producer(&brokers, 5000).unwrap();
-            let settings = billing_bridge::consumer::Settings { group: "e2e".into(), batch_size: 100, batch_wait_ms: 5 };
+            let settings = billing_bridge::consumer::Settings {
+                group: "e2e".into(),
+                batch_size: 100,
+                batch_wait_ms: 5,
+            };
             let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
-            billing_bridge::consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggregates, rx).await.unwrap()
+            billing_bridge::consumer::run(
+                &brokers,
+                &settings,
+                &mut conn,
+                &producer,
+                &mut aggregates,
+                rx,
+            )
+            .await
+            .unwrap()
         }));
         Self { tansu, stop, tasks }
     }
@@ -203,7 +316,12 @@ impl Bridge {
     pub async fn wait_for(&self, stack: &Stack, n: i64) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
         while stack.count("processed_events") < n || stack.count("outbox") > 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the bridge handled {} of {n} events; {} left in the outbox", stack.count("processed_events"), stack.count("outbox"));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bridge handled {} of {n} events; {} left in the outbox",
+                stack.count("processed_events"),
+                stack.count("outbox")
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }

@@ -9,11 +9,22 @@ use serde_json::{json, Value};
 /// Claude Haiku 4.5 list prices in nano-USD per token ($1, $5, $1.25, $2, $0.10 per million).
 fn haiku_cost(u: &Value) -> i64 {
     let t = |k: &str| u[k].as_i64().unwrap();
-    t("input") * 1000 + t("output") * 5000 + t("cache_write_5m") * 1250 + t("cache_write_1h") * 2000 + t("cache_read") * 100
+    t("input") * 1000
+        + t("output") * 5000
+        + t("cache_write_5m") * 1250
+        + t("cache_write_1h") * 2000
+        + t("cache_read") * 100
 }
 
 async fn thread(s: &Stack, key: &str) -> i64 {
-    let t = s.call("POST", "/api/threads", Some(key), Some(json!({"title": "Chat"}))).await;
+    let t = s
+        .call(
+            "POST",
+            "/api/threads",
+            Some(key),
+            Some(json!({"title": "Chat"})),
+        )
+        .await;
     assert_eq!(t.status, 201, "{:?}", t.body);
     t.body["thread_id"].as_i64().unwrap()
 }
@@ -24,11 +35,24 @@ async fn full_turn() {
     let s = Stack::start().await;
     let (uid, key) = s.user("Chatty", "chatty@example.com").await;
     let tid = thread(&s, &key).await;
-    let r = s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "What does a cache read cost?"}))).await;
+    let r = s
+        .call(
+            "POST",
+            &format!("/api/threads/{tid}/messages"),
+            Some(&key),
+            Some(json!({"content": "What does a cache read cost?"})),
+        )
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    assert!(r.body["message"]["content"].as_str().unwrap().starts_with("(llm-sim) About \"What does a cache read cost?\""));
+    assert!(r.body["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("(llm-sim) About \"What does a cache read cost?\""));
     let usage = &r.body["usage"];
-    assert!(usage["input"].as_i64().unwrap() > 5 && usage["output"].as_i64().unwrap() > 5, "{usage}");
+    assert!(
+        usage["input"].as_i64().unwrap() > 5 && usage["output"].as_i64().unwrap() > 5,
+        "{usage}"
+    );
     let cost = haiku_cost(usage);
     assert_eq!(r.body["cost"]["nanos"].as_i64(), Some(cost));
     assert_eq!(r.body["provider_attempts"], 1);
@@ -38,29 +62,70 @@ async fn full_turn() {
         .db()
         .query_row("SELECT cost_nanos, input_tokens, output_tokens FROM message_tokens WHERE message_id = ?1", [answer_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap();
-    assert_eq!((row_cost, row_in, row_out), (cost, usage["input"].as_i64().unwrap(), usage["output"].as_i64().unwrap()));
+    assert_eq!(
+        (row_cost, row_in, row_out),
+        (
+            cost,
+            usage["input"].as_i64().unwrap(),
+            usage["output"].as_i64().unwrap()
+        )
+    );
 
     let db = s.db();
-    let mut stmt = db.prepare("SELECT topic, event_key, payload FROM outbox ORDER BY outbox_id").unwrap();
-    let rows: Vec<(String, String, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    let mut stmt = db
+        .prepare("SELECT topic, event_key, payload FROM outbox ORDER BY outbox_id")
+        .unwrap();
+    let rows: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     let topics: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(topics, ["raw-messages", "llm-responses", "token-metrics"]);
-    assert!(rows.iter().all(|r| r.1 == uid.to_string()), "the Kafka key is the user id");
+    assert!(
+        rows.iter().all(|r| r.1 == uid.to_string()),
+        "the Kafka key is the user id"
+    );
     let metrics: Value = serde_json::from_str(&rows[2].2).unwrap();
-    assert_eq!((metrics["specversion"].as_str(), metrics["type"].as_str()), (Some("1.0"), Some("llm-billing.token.metrics")));
+    assert_eq!(
+        (metrics["specversion"].as_str(), metrics["type"].as_str()),
+        (Some("1.0"), Some("llm-billing.token.metrics"))
+    );
     assert_eq!(metrics["data"]["usage"]["output_tokens"], usage["output"]);
     assert_eq!(metrics["data"]["message_id"], answer_id);
 
-    let second = s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "And a write?"}))).await;
-    assert!(second.body["usage"]["input"].as_i64() > usage["input"].as_i64(), "the history is sent along");
-    let hist = s.call("GET", &format!("/api/threads/{tid}/messages"), Some(&key), None).await;
+    let second = s
+        .call(
+            "POST",
+            &format!("/api/threads/{tid}/messages"),
+            Some(&key),
+            Some(json!({"content": "And a write?"})),
+        )
+        .await;
+    assert!(
+        second.body["usage"]["input"].as_i64() > usage["input"].as_i64(),
+        "the history is sent along"
+    );
+    let hist = s
+        .call(
+            "GET",
+            &format!("/api/threads/{tid}/messages"),
+            Some(&key),
+            None,
+        )
+        .await;
     let items = hist.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 4);
     assert_eq!(items[1]["cost"]["nanos"].as_i64(), Some(cost));
     assert!(items[0]["cost"].is_null(), "user messages carry no cost");
-    let thread = s.call("GET", &format!("/api/threads/{tid}"), Some(&key), None).await;
+    let thread = s
+        .call("GET", &format!("/api/threads/{tid}"), Some(&key), None)
+        .await;
     assert_eq!(thread.body["message_count"], 4);
-    assert_eq!(thread.body["cost_nanos"].as_i64(), Some(cost + haiku_cost(&second.body["usage"])));
+    assert_eq!(
+        thread.body["cost_nanos"].as_i64(),
+        Some(cost + haiku_cost(&second.body["usage"]))
+    );
 }
 
 // Each injected provider error: the retries llm-sim counted, the status we return, and nothing billed.
@@ -70,21 +135,78 @@ async fn provider_errors() {
     let (_, key) = s.user("Unlucky", "unlucky@example.com").await;
     let tid = thread(&s, &key).await;
     let path = format!("/api/threads/{tid}/messages");
-    for (fail, status, calls) in [("429", 503, 4), ("529", 503, 4), ("500", 502, 4), ("503", 503, 4), ("spend-limit", 503, 1), ("malformed", 502, 1), ("400", 502, 1), ("401", 502, 1)] {
+    for (fail, status, calls) in [
+        ("429", 503, 4),
+        ("529", 503, 4),
+        ("500", 502, 4),
+        ("503", 503, 4),
+        ("spend-limit", 503, 1),
+        ("malformed", 502, 1),
+        ("400", 502, 1),
+        ("401", 502, 1),
+    ] {
         let fail_key = format!("k-{fail}");
-        let r = s.call_with("POST", &path, &key, &[("x-sim-fail", fail), ("x-sim-fail-key", &fail_key)], json!({"content": "hi"})).await;
+        let r = s
+            .call_with(
+                "POST",
+                &path,
+                &key,
+                &[("x-sim-fail", fail), ("x-sim-fail-key", &fail_key)],
+                json!({"content": "hi"}),
+            )
+            .await;
         let detail = r.problem(status);
-        assert!(r.body["request_id"].as_str().is_some_and(|id| id.starts_with("req_sim_")), "{fail}: {:?}", r.body);
-        let seen = s.call("GET", &format!("/sim/v1/calls?key={fail_key}"), None, None).await;
+        assert!(
+            r.body["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("req_sim_")),
+            "{fail}: {:?}",
+            r.body
+        );
+        let seen = s
+            .call("GET", &format!("/sim/v1/calls?key={fail_key}"), None, None)
+            .await;
         assert_eq!(seen.body["calls"], calls, "{fail}: {detail}");
     }
-    assert_eq!((s.count("message_tokens"), s.count("outbox")), (0, 0), "failures bill nothing");
-    let failed: i64 = s.db().query_row("SELECT count(*) FROM user_thread_messages WHERE status = 'failed' AND role = 'user'", [], |r| r.get(0)).unwrap();
+    assert_eq!(
+        (s.count("message_tokens"), s.count("outbox")),
+        (0, 0),
+        "failures bill nothing"
+    );
+    let failed: i64 = s
+        .db()
+        .query_row(
+            "SELECT count(*) FROM user_thread_messages WHERE status = 'failed' AND role = 'user'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(failed, 8, "the user's messages are kept, marked failed");
 
-    let r = s.call_with("POST", &path, &key, &[("x-sim-fail", "529"), ("x-sim-fail-times", "2"), ("x-sim-fail-key", "transient")], json!({"content": "again"})).await;
-    assert_eq!((r.status, r.body["provider_attempts"].as_i64()), (201, Some(3)), "{:?}", r.body);
-    assert_eq!((s.count("message_tokens"), s.count("outbox")), (1, 3), "billed once after the retries");
+    let r = s
+        .call_with(
+            "POST",
+            &path,
+            &key,
+            &[
+                ("x-sim-fail", "529"),
+                ("x-sim-fail-times", "2"),
+                ("x-sim-fail-key", "transient"),
+            ],
+            json!({"content": "again"}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["provider_attempts"].as_i64()),
+        (201, Some(3)),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        (s.count("message_tokens"), s.count("outbox")),
+        (1, 3),
+        "billed once after the retries"
+    );
 }
 
 // Another user's thread is 404 to read and to post; a revoked key is 401.
@@ -95,13 +217,30 @@ async fn isolation() {
     let (_, bkey) = s.user("B", "b@example.com").await;
     let tid = thread(&s, &akey).await;
     let path = format!("/api/threads/{tid}/messages");
-    s.call("POST", &path, Some(&bkey), Some(json!({"content": "let me in"}))).await.problem(404);
+    s.call(
+        "POST",
+        &path,
+        Some(&bkey),
+        Some(json!({"content": "let me in"})),
+    )
+    .await
+    .problem(404);
     s.call("GET", &path, Some(&bkey), None).await.problem(404);
-    s.call("POST", &path, Some(ADMIN_KEY), Some(json!({"content": "as admin"}))).await.problem(403);
+    s.call(
+        "POST",
+        &path,
+        Some(ADMIN_KEY),
+        Some(json!({"content": "as admin"})),
+    )
+    .await
+    .problem(403);
     let keys = s.call("GET", "/api/keys", Some(&akey), None).await;
     let kid = keys.body["items"][0]["key_id"].as_i64().unwrap();
-    s.call("DELETE", &format!("/api/keys/{kid}"), Some(&akey), None).await;
-    s.call("POST", &path, Some(&akey), Some(json!({"content": "hi"}))).await.problem(401);
+    s.call("DELETE", &format!("/api/keys/{kid}"), Some(&akey), None)
+        .await;
+    s.call("POST", &path, Some(&akey), Some(json!({"content": "hi"})))
+        .await
+        .problem(401);
     assert_eq!(s.count("user_thread_messages"), 0);
 }
 
@@ -112,15 +251,57 @@ async fn bad_input_writes_nothing() {
     let (_, key) = s.user("Careless", "careless@example.com").await;
     let tid = thread(&s, &key).await;
     let path = format!("/api/threads/{tid}/messages");
-    s.call_raw("POST", &path, Some(&key), "application/json", b"{\"content\": ".to_vec()).await.problem(400);
-    s.call("POST", &path, Some(&key), Some(json!({"text": "wrong field"}))).await.problem(422);
-    s.call("POST", &path, Some(&key), Some(json!({"content": "   "}))).await.problem(422);
-    let unknown = s.call("POST", &path, Some(&key), Some(json!({"content": "hi", "model": "claude-9"}))).await;
-    assert!(unknown.problem(422).contains("`claude-9` is not an active model"));
-    s.call("POST", &path, Some(&key), Some(json!({"content": "hi", "model": "claude-3-opus-20240229"}))).await.problem(422);
+    s.call_raw(
+        "POST",
+        &path,
+        Some(&key),
+        "application/json",
+        b"{\"content\": ".to_vec(),
+    )
+    .await
+    .problem(400);
+    s.call(
+        "POST",
+        &path,
+        Some(&key),
+        Some(json!({"text": "wrong field"})),
+    )
+    .await
+    .problem(422);
+    s.call("POST", &path, Some(&key), Some(json!({"content": "   "})))
+        .await
+        .problem(422);
+    let unknown = s
+        .call(
+            "POST",
+            &path,
+            Some(&key),
+            Some(json!({"content": "hi", "model": "claude-9"})),
+        )
+        .await;
+    assert!(unknown
+        .problem(422)
+        .contains("`claude-9` is not an active model"));
+    s.call(
+        "POST",
+        &path,
+        Some(&key),
+        Some(json!({"content": "hi", "model": "claude-3-opus-20240229"})),
+    )
+    .await
+    .problem(422);
     let big = "x".repeat(1 << 20);
-    s.call("POST", &path, Some(&key), Some(json!({"content": big}))).await.problem(413);
-    assert_eq!((s.count("user_thread_messages"), s.count("message_tokens"), s.count("outbox")), (0, 0, 0));
+    s.call("POST", &path, Some(&key), Some(json!({"content": big})))
+        .await
+        .problem(413);
+    assert_eq!(
+        (
+            s.count("user_thread_messages"),
+            s.count("message_tokens"),
+            s.count("outbox")
+        ),
+        (0, 0, 0)
+    );
 }
 
 // Redis stopped mid-test: chats keep working, history comes from SQLite.
@@ -130,13 +311,26 @@ async fn redis_down() {
     let (_, key) = s.user("Resilient", "resilient@example.com").await;
     let tid = thread(&s, &key).await;
     let path = format!("/api/threads/{tid}/messages");
-    let first = s.call("POST", &path, Some(&key), Some(json!({"content": "one"}))).await;
+    let first = s
+        .call("POST", &path, Some(&key), Some(json!({"content": "one"})))
+        .await;
     assert_eq!(first.status, 201);
     s.redis.stop();
-    let second = s.call("POST", &path, Some(&key), Some(json!({"content": "two"}))).await;
+    let second = s
+        .call("POST", &path, Some(&key), Some(json!({"content": "two"})))
+        .await;
     assert_eq!(second.status, 201, "{:?}", second.body);
-    assert!(second.body["usage"]["input"].as_i64() > first.body["usage"]["input"].as_i64(), "history read from SQLite");
-    assert_eq!(s.call("GET", &path, Some(&key), None).await.body["items"].as_array().unwrap().len(), 4);
+    assert!(
+        second.body["usage"]["input"].as_i64() > first.body["usage"]["input"].as_i64(),
+        "history read from SQLite"
+    );
+    assert_eq!(
+        s.call("GET", &path, Some(&key), None).await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     assert_eq!(s.count("outbox"), 6);
 }
 
@@ -151,13 +345,33 @@ async fn openai_compatible_provider() {
         db.execute("INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price) VALUES (100, '2024-07-18T00:00:00.000Z', 150000, 600000, 150000, 150000, 75000)", []).unwrap();
     }
     let (_, key) = s.user("Polyglot", "poly@example.com").await;
-    let t = s.call("POST", "/api/threads", Some(&key), Some(json!({"model": "gpt-4o-mini"}))).await;
+    let t = s
+        .call(
+            "POST",
+            "/api/threads",
+            Some(&key),
+            Some(json!({"model": "gpt-4o-mini"})),
+        )
+        .await;
     let tid = t.body["thread_id"].as_i64().unwrap();
-    let r = s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "Hello from the other provider"}))).await;
+    let r = s
+        .call(
+            "POST",
+            &format!("/api/threads/{tid}/messages"),
+            Some(&key),
+            Some(json!({"content": "Hello from the other provider"})),
+        )
+        .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    assert!(r.body["message"]["content"].as_str().unwrap().starts_with("(llm-sim)"));
+    assert!(r.body["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("(llm-sim)"));
     let u = &r.body["usage"];
-    assert_eq!((u["cache_write_5m"].as_i64(), u["cache_read"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(
+        (u["cache_write_5m"].as_i64(), u["cache_read"].as_i64()),
+        (Some(0), Some(0))
+    );
     // 150 nano-USD per input token and 600 per output token (price / 1000).
     let expected = u["input"].as_i64().unwrap() * 150 + u["output"].as_i64().unwrap() * 600;
     assert_eq!(r.body["cost"]["nanos"].as_i64(), Some(expected));
@@ -169,15 +383,35 @@ async fn redis_caches() {
     let s = Stack::start().await;
     let (_, key) = s.user("Cached", "cached@example.com").await;
     let tid = thread(&s, &key).await;
-    s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "first"}))).await;
-    s.call("POST", &format!("/api/threads/{tid}/messages"), Some(&key), Some(json!({"content": "second"}))).await;
+    s.call(
+        "POST",
+        &format!("/api/threads/{tid}/messages"),
+        Some(&key),
+        Some(json!({"content": "first"})),
+    )
+    .await;
+    s.call(
+        "POST",
+        &format!("/api/threads/{tid}/messages"),
+        Some(&key),
+        Some(json!({"content": "second"})),
+    )
+    .await;
     let client = redis::Client::open(s.redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    for (k, max) in [("model:id:5", 300), ("prices:5", 300), (&format!("thread:{tid}:history") as &str, 3600)] {
+    for (k, max) in [
+        ("model:id:5", 300),
+        ("prices:5", 300),
+        (&format!("thread:{tid}:history") as &str, 3600),
+    ] {
         let ttl: i64 = redis::cmd("TTL").arg(k).query_async(&mut c).await.unwrap();
         assert!(ttl > 0 && ttl <= max, "{k}: ttl {ttl}");
     }
-    let history: String = redis::cmd("GET").arg(format!("thread:{tid}:history")).query_async(&mut c).await.unwrap();
+    let history: String = redis::cmd("GET")
+        .arg(format!("thread:{tid}:history"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let turns: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
     let roles: Vec<&str> = turns.iter().map(|t| t["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "assistant", "user", "assistant"]);

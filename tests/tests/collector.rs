@@ -15,7 +15,14 @@ fn event(id: &str, user: i64) -> Value {
 }
 
 async fn post(s: &Stack, key: &str, ct: &str, body: &Value) -> billing_e2e::Reply {
-    s.call_raw("POST", "/api/events", Some(key), ct, serde_json::to_vec(body).unwrap()).await
+    s.call_raw(
+        "POST",
+        "/api/events",
+        Some(key),
+        ct,
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
 }
 
 const BATCH: &str = "application/cloudevents-batch+json";
@@ -36,10 +43,28 @@ async fn validation_matrix() {
     let someone_else = event("e6", 2);
     let mut bad_time = event("e7", uid);
     bad_time["time"] = json!("last tuesday");
-    let batch = json!([event("e1", uid), bad_spec, no_user, unknown_model, negative, someone_else, bad_time]);
+    let batch = json!([
+        event("e1", uid),
+        bad_spec,
+        no_user,
+        unknown_model,
+        negative,
+        someone_else,
+        bad_time
+    ]);
     let r = post(&s, &key, BATCH, &batch).await;
     assert!(r.problem(400).contains("nothing was stored"));
-    let errs: Vec<(i64, String)> = r.body["errors"].as_array().unwrap().iter().map(|e| (e["index"].as_i64().unwrap(), e["field"].as_str().unwrap().to_owned())).collect();
+    let errs: Vec<(i64, String)> = r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_i64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     let indexes: Vec<i64> = errs.iter().map(|e| e.0).collect();
     assert_eq!(indexes, [1, 2, 3, 4, 5, 6], "{errs:?}");
     assert_eq!(errs[0].1, "specversion");
@@ -49,8 +74,19 @@ async fn validation_matrix() {
     assert_eq!((s.count("outbox"), s.count("collected_events")), (0, 0));
 
     // The admin's key may report for any user.
-    let ok = post(&s, ADMIN_KEY, BATCH, &json!([event("e1", uid), event("e6", 2)])).await;
-    assert_eq!((ok.status, ok.body["accepted"].as_i64()), (202, Some(2)), "{:?}", ok.body);
+    let ok = post(
+        &s,
+        ADMIN_KEY,
+        BATCH,
+        &json!([event("e1", uid), event("e6", 2)]),
+    )
+    .await;
+    assert_eq!(
+        (ok.status, ok.body["accepted"].as_i64()),
+        (202, Some(2)),
+        "{:?}",
+        ok.body
+    );
 }
 
 // The same batch twice is stored once and answered the same way; duplicates inside one batch count too.
@@ -60,27 +96,58 @@ async fn duplicate_replay() {
     let (uid, key) = s.user("Replayer", "replayer@example.com").await;
     let batch = json!([event("a", uid), event("b", uid), event("c", uid)]);
     let first = post(&s, &key, BATCH, &batch).await;
-    assert_eq!((first.status, first.body.clone()), (202, json!({"accepted": 3, "duplicates": 0})));
+    assert_eq!(
+        (first.status, first.body.clone()),
+        (202, json!({"accepted": 3, "duplicates": 0}))
+    );
     let again = post(&s, &key, BATCH, &batch).await;
-    assert_eq!((again.status, again.body.clone()), (202, json!({"accepted": 0, "duplicates": 3})));
-    let inner = post(&s, &key, BATCH, &json!([event("d", uid), event("d", uid), event("a", uid)])).await;
+    assert_eq!(
+        (again.status, again.body.clone()),
+        (202, json!({"accepted": 0, "duplicates": 3}))
+    );
+    let inner = post(
+        &s,
+        &key,
+        BATCH,
+        &json!([event("d", uid), event("d", uid), event("a", uid)]),
+    )
+    .await;
     assert_eq!(inner.body, json!({"accepted": 1, "duplicates": 2}));
     assert_eq!(s.count("outbox"), 4);
     let single = post(&s, &key, "application/cloudevents+json", &event("e", uid)).await;
     assert_eq!(single.body, json!({"accepted": 1, "duplicates": 0}));
 
-    let payload: String = s.db().query_row("SELECT payload FROM outbox WHERE event_id = 'a'", [], |r| r.get(0)).unwrap();
+    let payload: String = s
+        .db()
+        .query_row("SELECT payload FROM outbox WHERE event_id = 'a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     let stored: Value = serde_json::from_str(&payload).unwrap();
     assert_eq!(stored["dataschema"], "urn:llm-billing:inference-event:1");
-    assert_eq!(stored["time"], "2026-11-01T10:00:00.000Z", "stored in the canonical form");
-    let topic_key: (String, String) = s.db().query_row("SELECT topic, event_key FROM outbox WHERE event_id = 'a'", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(
+        stored["time"], "2026-11-01T10:00:00.000Z",
+        "stored in the canonical form"
+    );
+    let topic_key: (String, String) = s
+        .db()
+        .query_row(
+            "SELECT topic, event_key FROM outbox WHERE event_id = 'a'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
     assert_eq!(topic_key, ("inference-events".to_string(), uid.to_string()));
 }
 
 // Too many events or the wrong media type are refused whole; past the per-key rate a 429 says when to retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_and_rate_limit() {
-    let s = Stack::start_with(&[("COLLECTOR_MAX_BATCH", "5"), ("COLLECTOR_REQUESTS_PER_SECOND", "2")]).await;
+    let s = Stack::start_with(&[
+        ("COLLECTOR_MAX_BATCH", "5"),
+        ("COLLECTOR_REQUESTS_PER_SECOND", "2"),
+    ])
+    .await;
     let (uid, key) = s.user("Flooder", "flooder@example.com").await;
     // Spaced out, so these stay under the rate limit of 2 a second.
     let pause = || tokio::time::sleep(std::time::Duration::from_millis(600));
@@ -91,7 +158,9 @@ async fn caps_and_rate_limit() {
     pause().await;
     post(&s, &key, BATCH, &json!([])).await.problem(400);
     pause().await;
-    s.call_raw("POST", "/api/events", Some(&key), BATCH, b"[{".to_vec()).await.problem(400);
+    s.call_raw("POST", "/api/events", Some(&key), BATCH, b"[{".to_vec())
+        .await
+        .problem(400);
     pause().await;
     assert_eq!(s.count("outbox"), 0);
 

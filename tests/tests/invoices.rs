@@ -7,7 +7,16 @@
 use billing_e2e::{Stack, ADMIN_KEY};
 use serde_json::json;
 
-fn token_line(s: &Stack, user: i64, event: &str, class: &str, tokens: i64, pricing_id: i64, unit_price: i64, at: &str) {
+fn token_line(
+    s: &Stack,
+    user: i64,
+    event: &str,
+    class: &str,
+    tokens: i64,
+    pricing_id: i64,
+    unit_price: i64,
+    at: &str,
+) {
     s.db()
         .execute(
             "INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
@@ -17,7 +26,16 @@ fn token_line(s: &Stack, user: i64, event: &str, class: &str, tokens: i64, prici
         .unwrap();
 }
 
-fn resource_line(s: &Stack, user: i64, event: &str, resource: &str, pricing_id: i64, quantity: i64, unit_price: i64, at: &str) {
+fn resource_line(
+    s: &Stack,
+    user: i64,
+    event: &str,
+    resource: &str,
+    pricing_id: i64,
+    quantity: i64,
+    unit_price: i64,
+    at: &str,
+) {
     s.db()
         .execute(
             "INSERT INTO resource_invoice_line_item (source, event_id, user_id, resource_pricing_id, resource, quantity, unit_price, cost_nanos, occurred_at)
@@ -37,69 +55,284 @@ async fn invoice_lifecycle() {
     s.db()
         .execute("INSERT INTO dim_token_pricing (pricing_id, model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price) VALUES (50, 5, '2026-03-16T00:00:00.000Z', 800000, 4000000, 1000000, 1600000, 80000)", [])
         .unwrap();
-    token_line(&s, uid, "late-feb", "input", 5_000, 5, 1_000_000, "2026-02-27T10:00:00.000Z"); //   5,000,000 (late for February)
-    token_line(&s, uid, "e1", "input", 120_000, 5, 1_000_000, "2026-03-02T09:00:00.000Z"); //     120,000,000
-    token_line(&s, uid, "e1", "output", 80_000, 5, 5_000_000, "2026-03-02T09:00:00.000Z"); //     400,000,000
-    token_line(&s, uid, "e2", "input", 120_000, 50, 800_000, "2026-03-20T14:30:00.000Z"); //       96,000,000
-    token_line(&s, uid, "e2", "output", 33_300, 50, 4_000_000, "2026-03-20T14:30:00.000Z"); //    133,200,000
-    resource_line(&s, uid, "r1", "inference_request", 1, 1, 100_000_000, "2026-03-20T14:30:00.000Z"); // 100,000
-    resource_line(&s, uid, "r1", "compute_time", 2, 1_251, 1_000_000, "2026-03-20T14:30:00.000Z"); //  1,251,000
-    token_line(&s, uid, "april", "input", 10_000, 50, 800_000, "2026-04-02T08:00:00.000Z"); //      8,000,000
+    token_line(
+        &s,
+        uid,
+        "late-feb",
+        "input",
+        5_000,
+        5,
+        1_000_000,
+        "2026-02-27T10:00:00.000Z",
+    ); //   5,000,000 (late for February)
+    token_line(
+        &s,
+        uid,
+        "e1",
+        "input",
+        120_000,
+        5,
+        1_000_000,
+        "2026-03-02T09:00:00.000Z",
+    ); //     120,000,000
+    token_line(
+        &s,
+        uid,
+        "e1",
+        "output",
+        80_000,
+        5,
+        5_000_000,
+        "2026-03-02T09:00:00.000Z",
+    ); //     400,000,000
+    token_line(
+        &s,
+        uid,
+        "e2",
+        "input",
+        120_000,
+        50,
+        800_000,
+        "2026-03-20T14:30:00.000Z",
+    ); //       96,000,000
+    token_line(
+        &s,
+        uid,
+        "e2",
+        "output",
+        33_300,
+        50,
+        4_000_000,
+        "2026-03-20T14:30:00.000Z",
+    ); //    133,200,000
+    resource_line(
+        &s,
+        uid,
+        "r1",
+        "inference_request",
+        1,
+        1,
+        100_000_000,
+        "2026-03-20T14:30:00.000Z",
+    ); // 100,000
+    resource_line(
+        &s,
+        uid,
+        "r1",
+        "compute_time",
+        2,
+        1_251,
+        1_000_000,
+        "2026-03-20T14:30:00.000Z",
+    ); //  1,251,000
+    token_line(
+        &s,
+        uid,
+        "april",
+        "input",
+        10_000,
+        50,
+        800_000,
+        "2026-04-02T08:00:00.000Z",
+    ); //      8,000,000
     let march = json!({"user_id": uid, "period_start": "2026-03-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"});
 
-    s.call("POST", "/api/invoices", Some(&key), Some(march.clone())).await.problem(403);
-    let draft = s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(march.clone())).await;
+    s.call("POST", "/api/invoices", Some(&key), Some(march.clone()))
+        .await
+        .problem(403);
+    let draft = s
+        .call(
+            "POST",
+            "/api/invoices",
+            Some(ADMIN_KEY),
+            Some(march.clone()),
+        )
+        .await;
     assert_eq!(draft.status, 201, "{:?}", draft.body);
     // 5,000,000 + 120,000,000 + 400,000,000 + 96,000,000 + 133,200,000 + 100,000 + 1,251,000
     assert_eq!(draft.body["total_nanos"], 755_551_000);
-    assert_eq!((draft.body["status"].as_str(), draft.body["line_count"].as_i64()), (Some("draft"), Some(7)));
+    assert_eq!(
+        (
+            draft.body["status"].as_str(),
+            draft.body["line_count"].as_i64()
+        ),
+        (Some("draft"), Some(7))
+    );
     let haiku = &draft.body["models"][0];
-    assert_eq!((haiku["model"].as_str(), haiku["cost_nanos"].as_i64()), (Some("claude-haiku-4-5-20251001"), Some(754_200_000)));
+    assert_eq!(
+        (haiku["model"].as_str(), haiku["cost_nanos"].as_i64()),
+        (Some("claude-haiku-4-5-20251001"), Some(754_200_000))
+    );
     assert_eq!(draft.body["resources"][0]["cost_nanos"], 1_251_000);
     let id = draft.body["invoice_id"].as_i64().unwrap();
 
-    let second = s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(march.clone())).await;
-    assert_eq!((second.body["line_count"].as_i64(), second.body["total_nanos"].as_i64()), (Some(0), Some(0)), "no line is on two invoices");
+    let second = s
+        .call(
+            "POST",
+            "/api/invoices",
+            Some(ADMIN_KEY),
+            Some(march.clone()),
+        )
+        .await;
+    assert_eq!(
+        (
+            second.body["line_count"].as_i64(),
+            second.body["total_nanos"].as_i64()
+        ),
+        (Some(0), Some(0)),
+        "no line is on two invoices"
+    );
     let second_id = second.body["invoice_id"].as_i64().unwrap();
-    assert_eq!(s.call("DELETE", &format!("/api/invoices/{second_id}"), Some(ADMIN_KEY), None).await.status, 204);
+    assert_eq!(
+        s.call(
+            "DELETE",
+            &format!("/api/invoices/{second_id}"),
+            Some(ADMIN_KEY),
+            None
+        )
+        .await
+        .status,
+        204
+    );
 
-    let fin = s.call("POST", &format!("/api/invoices/{id}/finalize"), Some(ADMIN_KEY), None).await;
+    let fin = s
+        .call(
+            "POST",
+            &format!("/api/invoices/{id}/finalize"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
     assert_eq!(fin.status, 200, "{:?}", fin.body);
     // $0.755551 is 75.5551 cents: 76 cents, rounded up by 4,449,000 nano-USD.
-    assert_eq!((fin.body["total_cents"].as_i64(), fin.body["rounding_nanos"].as_i64(), fin.body["total"].as_str()), (Some(76), Some(4_449_000), Some("$0.76")));
+    assert_eq!(
+        (
+            fin.body["total_cents"].as_i64(),
+            fin.body["rounding_nanos"].as_i64(),
+            fin.body["total"].as_str()
+        ),
+        (Some(76), Some(4_449_000), Some("$0.76"))
+    );
     assert_eq!(fin.body["invoice_number"], 1);
-    let again = s.call("POST", &format!("/api/invoices/{id}/finalize"), Some(ADMIN_KEY), None).await;
-    assert_eq!((again.body["invoice_number"].as_i64(), again.body["finalized_at"].clone()), (Some(1), fin.body["finalized_at"].clone()), "finalize is idempotent");
-    s.call("DELETE", &format!("/api/invoices/{id}"), Some(ADMIN_KEY), None).await.problem(409);
+    let again = s
+        .call(
+            "POST",
+            &format!("/api/invoices/{id}/finalize"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            again.body["invoice_number"].as_i64(),
+            again.body["finalized_at"].clone()
+        ),
+        (Some(1), fin.body["finalized_at"].clone()),
+        "finalize is idempotent"
+    );
+    s.call(
+        "DELETE",
+        &format!("/api/invoices/{id}"),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await
+    .problem(409);
 
     // A March event arriving after March is final goes on the next invoice.
-    token_line(&s, uid, "late-march", "output", 1_000, 50, 4_000_000, "2026-03-31T23:59:59.999Z"); // 4,000,000
+    token_line(
+        &s,
+        uid,
+        "late-march",
+        "output",
+        1_000,
+        50,
+        4_000_000,
+        "2026-03-31T23:59:59.999Z",
+    ); // 4,000,000
     let april = s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-04-01T00:00:00Z", "period_end": "2026-05-01T00:00:00Z"}))).await;
-    assert_eq!((april.body["total_nanos"].as_i64(), april.body["line_count"].as_i64()), (Some(12_000_000), Some(2)));
+    assert_eq!(
+        (
+            april.body["total_nanos"].as_i64(),
+            april.body["line_count"].as_i64()
+        ),
+        (Some(12_000_000), Some(2))
+    );
     let april_id = april.body["invoice_id"].as_i64().unwrap();
-    let fin2 = s.call("POST", &format!("/api/invoices/{april_id}/finalize"), Some(ADMIN_KEY), None).await;
-    assert_eq!((fin2.body["invoice_number"].as_i64(), fin2.body["total_cents"].as_i64()), (Some(2), Some(1)), "numbers without gaps; 1.2 cents rounds to 1");
+    let fin2 = s
+        .call(
+            "POST",
+            &format!("/api/invoices/{april_id}/finalize"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            fin2.body["invoice_number"].as_i64(),
+            fin2.body["total_cents"].as_i64()
+        ),
+        (Some(2), Some(1)),
+        "numbers without gaps; 1.2 cents rounds to 1"
+    );
 
-    let frozen = s.call("GET", &format!("/api/invoices/{id}"), Some(&key), None).await;
-    assert_eq!((frozen.body["total_nanos"].as_i64(), frozen.body["line_count"].as_i64()), (Some(755_551_000), Some(7)), "a final invoice never changes");
-    s.call("GET", &format!("/api/invoices/{id}"), Some(&other), None).await.problem(404);
-    assert_eq!(s.call("GET", "/api/invoices", Some(&other), None).await.body["total"], 0);
-    let mine = s.call("GET", "/api/invoices?status=final", Some(&key), None).await;
+    let frozen = s
+        .call("GET", &format!("/api/invoices/{id}"), Some(&key), None)
+        .await;
+    assert_eq!(
+        (
+            frozen.body["total_nanos"].as_i64(),
+            frozen.body["line_count"].as_i64()
+        ),
+        (Some(755_551_000), Some(7)),
+        "a final invoice never changes"
+    );
+    s.call("GET", &format!("/api/invoices/{id}"), Some(&other), None)
+        .await
+        .problem(404);
+    assert_eq!(
+        s.call("GET", "/api/invoices", Some(&other), None)
+            .await
+            .body["total"],
+        0
+    );
+    let mine = s
+        .call("GET", "/api/invoices?status=final", Some(&key), None)
+        .await;
     assert_eq!(mine.body["total"], 2);
-    s.call("GET", "/api/invoices?status=paid", Some(&key), None).await.problem(422);
+    s.call("GET", "/api/invoices?status=paid", Some(&key), None)
+        .await
+        .problem(422);
 
-    let csv = reqwest::Client::new().get(s.url(&format!("/api/invoices/{id}.csv"))).bearer_auth(&key).send().await.unwrap();
+    let csv = reqwest::Client::new()
+        .get(s.url(&format!("/api/invoices/{id}.csv")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     let text = csv.text().await.unwrap();
     let rows: Vec<&str> = text.lines().collect();
     assert!(rows[0].starts_with("line_item_id,kind,occurred_at,item"));
     assert_eq!(rows.len(), 1 + 7 + 3);
     assert!(rows[1].contains("late-feb") && rows[1].contains(",5000000,"));
-    assert!(text.contains(",total,,,,,,755551000,$0.755551,,") && text.contains(",total_charged,,,,,,,$0.76,,"));
-    let exported = s.call("GET", &format!("/api/invoices/{id}.json"), Some(&key), None).await;
+    assert!(
+        text.contains(",total,,,,,,755551000,$0.755551,,")
+            && text.contains(",total_charged,,,,,,,$0.76,,")
+    );
+    let exported = s
+        .call("GET", &format!("/api/invoices/{id}.json"), Some(&key), None)
+        .await;
     assert_eq!(exported.body["lines"].as_array().unwrap().len(), 7);
 
-    let unclaimed: i64 = s.db().query_row("SELECT count(*) FROM user_invoice_line_item WHERE invoice_id IS NULL", [], |r| r.get(0)).unwrap();
+    let unclaimed: i64 = s
+        .db()
+        .query_row(
+            "SELECT count(*) FROM user_invoice_line_item WHERE invoice_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(unclaimed, 0);
     s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-05-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"}))).await.problem(422);
 }

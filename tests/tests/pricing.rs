@@ -6,7 +6,11 @@ use billing_e2e::{Stack, ADMIN_KEY};
 use serde_json::json;
 
 fn future(days: i64) -> String {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + days * 86_400_000;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + days * 86_400_000;
     let secs = ms / 1000;
     // Whole days from now at midnight UTC, in RFC 3339.
     let day = secs / 86_400;
@@ -36,10 +40,19 @@ async fn models_and_quote() {
     let models = s.call("GET", "/api/models", Some(&key), None).await;
     let items = models.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 7);
-    let opus3 = items.iter().find(|m| m["model"] == "claude-3-opus-20240229").unwrap();
+    let opus3 = items
+        .iter()
+        .find(|m| m["model"] == "claude-3-opus-20240229")
+        .unwrap();
     assert_eq!(opus3["active"], false);
-    let sonnet = items.iter().find(|m| m["model"] == "claude-sonnet-4-5-20250929").unwrap();
-    assert_eq!(sonnet["price_now"]["prices"]["display"]["cache_write_1h"], "$6.00");
+    let sonnet = items
+        .iter()
+        .find(|m| m["model"] == "claude-sonnet-4-5-20250929")
+        .unwrap();
+    assert_eq!(
+        sonnet["price_now"]["prices"]["display"]["cache_write_1h"],
+        "$6.00"
+    );
 
     let q = s
         .call("POST", "/api/price/quote", Some(&key), Some(json!({"model": "claude-sonnet-4-5-20250929", "usage": {"input": 1200, "output": 850, "cache_write_5m": 3000, "cache_write_1h": 500, "cache_read": 12000}})))
@@ -50,8 +63,22 @@ async fn models_and_quote() {
     assert_eq!(q.body["total_nanos"], 34_200_000);
     assert_eq!(q.body["total"], "$0.0342");
     assert_eq!(q.body["lines"][3]["cost_nanos"], 3_000_000);
-    s.call("POST", "/api/price/quote", Some(&key), Some(json!({"model": "nope", "usage": {}}))).await.problem(422);
-    s.call("POST", "/api/price/quote", Some(&key), Some(json!({"model": "claude-sonnet-4-5-20250929", "usage": {"input": -1}}))).await.problem(422);
+    s.call(
+        "POST",
+        "/api/price/quote",
+        Some(&key),
+        Some(json!({"model": "nope", "usage": {}})),
+    )
+    .await
+    .problem(422);
+    s.call(
+        "POST",
+        "/api/price/quote",
+        Some(&key),
+        Some(json!({"model": "claude-sonnet-4-5-20250929", "usage": {"input": -1}})),
+    )
+    .await
+    .problem(422);
     s.call("POST", "/api/price/quote", Some(&key), Some(json!({"model": "claude-sonnet-4-5-20250929", "usage": {}, "at": "2020-01-01T00:00:00Z"}))).await.problem(422);
 }
 
@@ -60,23 +87,67 @@ async fn models_and_quote() {
 async fn version_rules() {
     let s = Stack::start().await;
     let (uid, key) = s.user("Pricer", "pricer@example.com").await;
-    let body = |from: &str, input: serde_json::Value| {
-        json!({"model": "claude-haiku-4-5-20251001", "effective_from": from, "prices": {"input": input, "output": 4000000, "cache_write_5m": 1000000, "cache_write_1h": 1600000, "cache_read": 80000}})
-    };
-    s.call("POST", "/api/pricing", Some(&key), Some(body(&future(10), json!(800000)))).await.problem(403);
+    let body = |from: &str, input: serde_json::Value| json!({"model": "claude-haiku-4-5-20251001", "effective_from": from, "prices": {"input": input, "output": 4000000, "cache_write_5m": 1000000, "cache_write_1h": 1600000, "cache_read": 80000}});
+    s.call(
+        "POST",
+        "/api/pricing",
+        Some(&key),
+        Some(body(&future(10), json!(800000))),
+    )
+    .await
+    .problem(403);
     let before = s.count("dim_token_pricing");
-    let past = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body("2025-01-01T00:00:00Z", json!(800000)))).await;
+    let past = s
+        .call(
+            "POST",
+            "/api/pricing",
+            Some(ADMIN_KEY),
+            Some(body("2025-01-01T00:00:00Z", json!(800000))),
+        )
+        .await;
     assert!(past.problem(422).contains("in the past"));
-    let neg = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body(&future(10), json!(-5)))).await;
+    let neg = s
+        .call(
+            "POST",
+            "/api/pricing",
+            Some(ADMIN_KEY),
+            Some(body(&future(10), json!(-5))),
+        )
+        .await;
     assert!(neg.problem(422).contains("negative"));
-    s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body(&future(10), json!(1.5)))).await.problem(422);
+    s.call(
+        "POST",
+        "/api/pricing",
+        Some(ADMIN_KEY),
+        Some(body(&future(10), json!(1.5))),
+    )
+    .await
+    .problem(422);
     let missing = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({"model": "claude-haiku-4-5-20251001", "effective_from": future(10), "prices": {"input": 1, "bogus": 2}}))).await;
-    assert_eq!(missing.problem(422).matches("prices.").count(), 5, "every missing and unknown class is listed");
+    assert_eq!(
+        missing.problem(422).matches("prices.").count(),
+        5,
+        "every missing and unknown class is listed"
+    );
     assert_eq!(s.count("dim_token_pricing"), before);
 
-    let ok = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body(&future(10), json!(800000)))).await;
+    let ok = s
+        .call(
+            "POST",
+            "/api/pricing",
+            Some(ADMIN_KEY),
+            Some(body(&future(10), json!(800000))),
+        )
+        .await;
     assert_eq!(ok.status, 201, "{:?}", ok.body);
-    s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body(&future(10), json!(700000)))).await.problem(422);
+    s.call(
+        "POST",
+        "/api/pricing",
+        Some(ADMIN_KEY),
+        Some(body(&future(10), json!(700000))),
+    )
+    .await
+    .problem(422);
 
     s.db()
         .execute(
@@ -85,16 +156,56 @@ async fn version_rules() {
             rusqlite::params![uid, format!("{}.000Z", future(40).trim_end_matches('Z'))],
         )
         .unwrap();
-    let inside = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body(&future(20), json!(700000)))).await;
+    let inside = s
+        .call(
+            "POST",
+            "/api/pricing",
+            Some(ADMIN_KEY),
+            Some(body(&future(20), json!(700000))),
+        )
+        .await;
     assert!(inside.problem(422).contains("finalized invoice period"));
-    assert_eq!(s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(body(&future(41), json!(700000)))).await.status, 201);
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/pricing",
+            Some(ADMIN_KEY),
+            Some(body(&future(41), json!(700000)))
+        )
+        .await
+        .status,
+        201
+    );
 
-    let history = s.call("GET", "/api/pricing?model=claude-haiku-4-5-20251001", Some(&key), None).await;
+    let history = s
+        .call(
+            "GET",
+            "/api/pricing?model=claude-haiku-4-5-20251001",
+            Some(&key),
+            None,
+        )
+        .await;
     let item = &history.body["items"][0];
     assert_eq!(item["history"].as_array().unwrap().len(), 3);
-    assert_eq!(item["in_force"]["pricing_id"], 5, "the seed price is still in force now");
-    let later = s.call("GET", &format!("/api/pricing?model=claude-haiku-4-5-20251001&at={}", future(15)), Some(&key), None).await;
-    assert_eq!(later.body["items"][0]["in_force"]["prices"]["input"], 800000);
+    assert_eq!(
+        item["in_force"]["pricing_id"], 5,
+        "the seed price is still in force now"
+    );
+    let later = s
+        .call(
+            "GET",
+            &format!(
+                "/api/pricing?model=claude-haiku-4-5-20251001&at={}",
+                future(15)
+            ),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        later.body["items"][0]["in_force"]["prices"]["input"],
+        800000
+    );
 }
 
 // A version starting now reaches the chat at once: the pricing component drops the cached prices.
@@ -102,39 +213,113 @@ async fn version_rules() {
 async fn new_price_reaches_chat() {
     let s = Stack::start().await;
     let (_, key) = s.user("Chatter", "chatter@example.com").await;
-    let t = s.call("POST", "/api/threads", Some(&key), None).await.body["thread_id"].as_i64().unwrap();
-    let first = s.call("POST", &format!("/api/threads/{t}/messages"), Some(&key), Some(json!({"content": "one"}))).await;
+    let t = s.call("POST", "/api/threads", Some(&key), None).await.body["thread_id"]
+        .as_i64()
+        .unwrap();
+    let first = s
+        .call(
+            "POST",
+            &format!("/api/threads/{t}/messages"),
+            Some(&key),
+            Some(json!({"content": "one"})),
+        )
+        .await;
     assert_eq!(first.body["cost"]["pricing_id"], 5);
     let soon = {
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 1500;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 1500;
         let secs = (ms / 1000) as i64;
         let (y, m, d) = civil(secs / 86_400);
         let rem = secs % 86_400;
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            ms % 1000
+        )
     };
     let v = s
         .call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({"model": "claude-haiku-4-5-20251001", "effective_from": soon, "prices": {"input": 2000000, "output": 10000000, "cache_write_5m": 2500000, "cache_write_1h": 4000000, "cache_read": 200000}})))
         .await;
     assert_eq!(v.status, 201, "{:?}", v.body);
     tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-    let second = s.call("POST", &format!("/api/threads/{t}/messages"), Some(&key), Some(json!({"content": "two"}))).await;
+    let second = s
+        .call(
+            "POST",
+            &format!("/api/threads/{t}/messages"),
+            Some(&key),
+            Some(json!({"content": "two"})),
+        )
+        .await;
     assert_eq!(second.body["cost"]["pricing_id"], v.body["pricing_id"]);
     let u = &second.body["usage"];
-    assert_eq!(second.body["cost"]["nanos"].as_i64().unwrap(), u["input"].as_i64().unwrap() * 2000 + u["output"].as_i64().unwrap() * 10000);
+    assert_eq!(
+        second.body["cost"]["nanos"].as_i64().unwrap(),
+        u["input"].as_i64().unwrap() * 2000 + u["output"].as_i64().unwrap() * 10000
+    );
 }
 
 // Resource prices are listed and versioned with the same rules.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_prices() {
     let s = Stack::start().await;
-    let list = s.call("GET", "/api/resource-pricing", Some(ADMIN_KEY), None).await;
-    let names: Vec<&str> = list.body["items"].as_array().unwrap().iter().map(|i| i["resource"].as_str().unwrap()).collect();
+    let list = s
+        .call("GET", "/api/resource-pricing", Some(ADMIN_KEY), None)
+        .await;
+    let names: Vec<&str> = list.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["resource"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["compute_time", "inference_request"]);
     let body = |from: String, price: i64| json!({"resource": "inference_request", "unit": "request", "effective_from": from, "unit_price": price});
-    assert_eq!(s.call("POST", "/api/resource-pricing", Some(ADMIN_KEY), Some(body(future(5), 50_000_000))).await.status, 201);
-    s.call("POST", "/api/resource-pricing", Some(ADMIN_KEY), Some(body(future(5), 40_000_000))).await.problem(422);
-    s.call("POST", "/api/resource-pricing", Some(ADMIN_KEY), Some(body("2020-01-01T00:00:00Z".into(), 1))).await.problem(422);
-    s.call("POST", "/api/resource-pricing", Some(ADMIN_KEY), Some(body(future(6), -1))).await.problem(422);
-    let later = s.call("GET", &format!("/api/resource-pricing?at={}", future(7)), Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        s.call(
+            "POST",
+            "/api/resource-pricing",
+            Some(ADMIN_KEY),
+            Some(body(future(5), 50_000_000))
+        )
+        .await
+        .status,
+        201
+    );
+    s.call(
+        "POST",
+        "/api/resource-pricing",
+        Some(ADMIN_KEY),
+        Some(body(future(5), 40_000_000)),
+    )
+    .await
+    .problem(422);
+    s.call(
+        "POST",
+        "/api/resource-pricing",
+        Some(ADMIN_KEY),
+        Some(body("2020-01-01T00:00:00Z".into(), 1)),
+    )
+    .await
+    .problem(422);
+    s.call(
+        "POST",
+        "/api/resource-pricing",
+        Some(ADMIN_KEY),
+        Some(body(future(6), -1)),
+    )
+    .await
+    .problem(422);
+    let later = s
+        .call(
+            "GET",
+            &format!("/api/resource-pricing?at={}", future(7)),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
     assert_eq!(later.body["items"][1]["in_force"]["unit_price"], 50_000_000);
 }

@@ -53,12 +53,21 @@ struct NewKey {
 }
 
 pub fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
-    let body: NewKey = if req.body().is_empty() { NewKey::default() } else { json_body(req, MAX_JSON_BYTES)? };
+    let body: NewKey = if req.body().is_empty() {
+        NewKey::default()
+    } else {
+        json_body(req, MAX_JSON_BYTES)?
+    };
     let user_id = match body.user_id {
         Some(u) if u != caller.user_id => {
             caller.require_admin()?;
-            let exists = db.scalar_i64("SELECT user_id FROM dim_users WHERE user_id = ?1 AND disabled_at IS NULL", &[int(u)])?;
-            exists.ok_or_else(|| ApiError::invalid("user_id", format!("there is no active user {u}")))?
+            let exists = db.scalar_i64(
+                "SELECT user_id FROM dim_users WHERE user_id = ?1 AND disabled_at IS NULL",
+                &[int(u)],
+            )?;
+            exists.ok_or_else(|| {
+                ApiError::invalid("user_id", format!("there is no active user {u}"))
+            })?
         }
         _ => caller.user_id,
     };
@@ -73,19 +82,28 @@ pub fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
             &[int(user_id), text(prefix.clone()), text(hash), text(label.clone())],
         )?
         .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-    Ok(json(201, &serde_json::json!({
-        "key_id": key_id, "user_id": user_id, "prefix": prefix, "label": label, "key": key,
-        "note": "This is the only time the key is shown; store it now."
-    })))
+    Ok(json(
+        201,
+        &serde_json::json!({
+            "key_id": key_id, "user_id": user_id, "prefix": prefix, "label": label, "key": key,
+            "note": "This is the only time the key is shown; store it now."
+        }),
+    ))
 }
 
 pub fn revoke(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
     let key_id = input::id(id, "key")?;
-    let owner = db.scalar_i64("SELECT user_id FROM api_keys WHERE key_id = ?1", &[int(key_id)])?;
+    let owner = db.scalar_i64(
+        "SELECT user_id FROM api_keys WHERE key_id = ?1",
+        &[int(key_id)],
+    )?;
     match owner {
         Some(o) if caller.may_see(o) => {
             let now = billing_fn_common::clock::now().to_rfc3339();
-            db.exec("UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?1) WHERE key_id = ?2", &[text(now), int(key_id)])?;
+            db.exec(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?1) WHERE key_id = ?2",
+                &[text(now), int(key_id)],
+            )?;
             Ok(Response::new(204, ()))
         }
         _ => Err(ApiError::NotFound(format!("there is no key {key_id}"))),

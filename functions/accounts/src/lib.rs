@@ -35,9 +35,14 @@ fn route(req: &Request) -> ApiResult<Response> {
         (Method::Get, ["api", "threads"]) => threads::list(&db, &caller, req),
         (Method::Get, ["api", "threads", id]) => threads::get(&db, &caller, id),
         (Method::Patch, ["api", "threads", id]) => threads::update(&db, &caller, req, id),
-        (_, ["api", "users" | "keys" | "threads", ..]) => {
-            Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
-        }
-        _ => Err(ApiError::NotFound(format!("no such endpoint: {}", req.path()))),
+        (_, ["api", "users" | "keys" | "threads", ..]) => Err(ApiError::MethodNotAllowed(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.path()
+        ))),
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path()
+        ))),
     }
 }

@@ -56,7 +56,9 @@ fn read(r: &spin_sdk::sqlite::QueryResult) -> ApiResult<Vec<Thread>> {
 /// The thread if the caller may see it; 404 otherwise.
 fn load_visible(db: &Db, caller: &Caller, id: &str) -> ApiResult<Thread> {
     let id = input::id(id, "thread")?;
-    let t = read(&db.query(&format!("{SELECT} WHERE t.thread_id = ?1"), &[int(id)])?)?.into_iter().next();
+    let t = read(&db.query(&format!("{SELECT} WHERE t.thread_id = ?1"), &[int(id)])?)?
+        .into_iter()
+        .next();
     match t {
         Some(t) if caller.may_see(t.user_id) => Ok(t),
         _ => Err(ApiError::NotFound(format!("there is no thread {id}"))),
@@ -65,15 +67,22 @@ fn load_visible(db: &Db, caller: &Caller, id: &str) -> ApiResult<Thread> {
 
 /// An active model's id, or a field problem naming it.
 fn active_model(db: &Db, field: &str, name: &str) -> ApiResult<i64> {
-    db.scalar_i64("SELECT model_id FROM dim_models WHERE model_name = ?1 AND is_active = 1", &[text(name)])?
-        .ok_or_else(|| ApiError::invalid(field, format!("`{name}` is not an active model")))
+    db.scalar_i64(
+        "SELECT model_id FROM dim_models WHERE model_name = ?1 AND is_active = 1",
+        &[text(name)],
+    )?
+    .ok_or_else(|| ApiError::invalid(field, format!("`{name}` is not an active model")))
 }
 
 fn default_model(db: &Db, caller: &Caller) -> ApiResult<i64> {
-    if let Some(id) = db.scalar_i64("SELECT default_model_id FROM dim_users WHERE user_id = ?1", &[int(caller.user_id)])? {
+    if let Some(id) = db.scalar_i64(
+        "SELECT default_model_id FROM dim_users WHERE user_id = ?1",
+        &[int(caller.user_id)],
+    )? {
         return Ok(id);
     }
-    let name = spin_sdk::variables::get("default_model").unwrap_or_else(|_| "claude-haiku-4-5-20251001".into());
+    let name = spin_sdk::variables::get("default_model")
+        .unwrap_or_else(|_| "claude-haiku-4-5-20251001".into());
     active_model(db, "model", &name)
 }
 
@@ -87,7 +96,11 @@ struct NewThread {
 }
 
 pub fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
-    let body: NewThread = if req.body().is_empty() { NewThread::default() } else { json_body(req, MAX_JSON_BYTES)? };
+    let body: NewThread = if req.body().is_empty() {
+        NewThread::default()
+    } else {
+        json_body(req, MAX_JSON_BYTES)?
+    };
     let mut p = Problems::default();
     let title = match &body.title {
         Some(t) => p.check(text_field("title", t, 200)),
@@ -114,19 +127,30 @@ pub fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let offset = input::int_param(&q, "offset", 0, 0, i64::MAX)?;
     let mut f = Filter::default();
     match q.get("user_id") {
-        Some(u) => f.bind("t.user_id = ?", int(input::owned_by(caller, u, "user_id", "threads")?)),
+        Some(u) => f.bind(
+            "t.user_id = ?",
+            int(input::owned_by(caller, u, "user_id", "threads")?),
+        ),
         None if caller.is_admin() && q.get("all").is_some_and(|v| v == "true") => {}
         None => f.bind("t.user_id = ?", int(caller.user_id)),
     }
     if let Some(text_filter) = q.get("q").filter(|s| !s.is_empty()) {
-        let escaped = text_filter.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = text_filter
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         f.bind("t.title LIKE ? ESCAPE '\\'", text(format!("%{escaped}%")));
     }
     match q.get("archived").map(String::as_str) {
         None | Some("false") => f.raw("t.archived_at IS NULL"),
         Some("true") => f.raw("t.archived_at IS NOT NULL"),
         Some("all") => {}
-        Some(other) => return Err(ApiError::invalid("archived", format!("`{other}` must be true, false or all"))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "archived",
+                format!("`{other}` must be true, false or all"),
+            ))
+        }
     }
     if let Some(from) = input::time_param(&q, "from")? {
         f.bind("t.created_at >= ?", text(from.to_rfc3339()));
@@ -135,11 +159,19 @@ pub fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         f.bind("t.created_at < ?", text(to.to_rfc3339()));
     }
     let filter = f.sql();
-    let total = db.scalar_i64(&format!("SELECT count(*) FROM user_threads t{filter}"), &f.params)?.unwrap_or(0);
+    let total = db
+        .scalar_i64(
+            &format!("SELECT count(*) FROM user_threads t{filter}"),
+            &f.params,
+        )?
+        .unwrap_or(0);
     let (page, params) = f.paged(limit, offset);
     let sql = format!("{SELECT}{filter} ORDER BY t.updated_at DESC, t.thread_id DESC{page}");
     let items = read(&db.query(&sql, &params)?)?;
-    Ok(json(200, &serde_json::json!({ "items": items, "total": total, "limit": limit, "offset": offset })))
+    Ok(json(
+        200,
+        &serde_json::json!({ "items": items, "total": total, "limit": limit, "offset": offset }),
+    ))
 }
 
 pub fn get(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
@@ -161,8 +193,14 @@ pub fn update(db: &Db, caller: &Caller, req: &Request, id: &str) -> ApiResult<Re
     let thread = load_visible(db, caller, id)?;
     let body: ThreadUpdate = json_body(req, MAX_JSON_BYTES)?;
     let mut p = Problems::default();
-    let title = body.title.as_deref().and_then(|t| p.check(text_field("title", t, 200)));
-    let model_id = body.model.as_deref().and_then(|m| p.check(active_model(db, "model", m)));
+    let title = body
+        .title
+        .as_deref()
+        .and_then(|t| p.check(text_field("title", t, 200)));
+    let model_id = body
+        .model
+        .as_deref()
+        .and_then(|m| p.check(active_model(db, "model", m)));
     if body.title.is_none() && body.archived.is_none() && body.model.is_none() {
         p.push("body", "give at least one of title, archived, model");
     }

@@ -38,11 +38,16 @@ fn read(r: &spin_sdk::sqlite::QueryResult) -> ApiResult<Vec<User>> {
 }
 
 pub fn load(db: &Db, user_id: i64) -> ApiResult<Option<User>> {
-    Ok(read(&db.query(&format!("{SELECT} WHERE u.user_id = ?1"), &[int(user_id)])?)?.into_iter().next())
+    Ok(
+        read(&db.query(&format!("{SELECT} WHERE u.user_id = ?1"), &[int(user_id)])?)?
+            .into_iter()
+            .next(),
+    )
 }
 
 pub fn me(db: &Db, caller: &Caller) -> ApiResult<Response> {
-    let user = load(db, caller.user_id)?.ok_or_else(|| ApiError::NotFound("your user no longer exists".into()))?;
+    let user = load(db, caller.user_id)?
+        .ok_or_else(|| ApiError::NotFound("your user no longer exists".into()))?;
     Ok(json(200, &user))
 }
 
@@ -51,9 +56,17 @@ pub fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let q = input::query(req)?;
     let limit = input::int_param(&q, "limit", 50, 1, 500)?;
     let offset = input::int_param(&q, "offset", 0, 0, i64::MAX)?;
-    let users = read(&db.query(&format!("{SELECT} ORDER BY u.user_id LIMIT ?1 OFFSET ?2"), &[int(limit), int(offset)])?)?;
-    let total = db.scalar_i64("SELECT count(*) FROM dim_users", &[])?.unwrap_or(0);
-    Ok(json(200, &serde_json::json!({ "items": users, "total": total, "limit": limit, "offset": offset })))
+    let users = read(&db.query(
+        &format!("{SELECT} ORDER BY u.user_id LIMIT ?1 OFFSET ?2"),
+        &[int(limit), int(offset)],
+    )?)?;
+    let total = db
+        .scalar_i64("SELECT count(*) FROM dim_users", &[])?
+        .unwrap_or(0);
+    Ok(json(
+        200,
+        &serde_json::json!({ "items": users, "total": total, "limit": limit, "offset": offset }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -78,14 +91,20 @@ pub fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let name = p.check(text_field("name", &body.name, 200));
     let email = body.email.trim().to_owned();
     let at = email.find('@');
-    if email.len() > 320 || at.is_none_or(|i| i == 0 || i == email.len() - 1) || email.contains(char::is_whitespace) {
+    if email.len() > 320
+        || at.is_none_or(|i| i == 0 || i == email.len() - 1)
+        || email.contains(char::is_whitespace)
+    {
         p.push("email", format!("`{email}` is not an email address"));
     }
     let role = p.check(Role::parse(&body.role));
     let model_id = match &body.default_model {
         None => None,
         Some(m) => {
-            let id = db.scalar_i64("SELECT model_id FROM dim_models WHERE model_name = ?1 AND is_active = 1", &[text(m.clone())])?;
+            let id = db.scalar_i64(
+                "SELECT model_id FROM dim_models WHERE model_name = ?1 AND is_active = 1",
+                &[text(m.clone())],
+            )?;
             if id.is_none() {
                 p.push("default_model", format!("`{m}` is not an active model"));
             }
@@ -94,8 +113,16 @@ pub fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     };
     p.finish()?;
     let (name, role) = (name.expect("checked"), role.expect("checked"));
-    if db.scalar_i64("SELECT user_id FROM dim_users WHERE email = ?1", &[text(email.clone())])?.is_some() {
-        return Err(ApiError::Conflict(format!("a user with email {email} already exists")));
+    if db
+        .scalar_i64(
+            "SELECT user_id FROM dim_users WHERE email = ?1",
+            &[text(email.clone())],
+        )?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "a user with email {email} already exists"
+        )));
     }
     let id = db
         .scalar_i64(

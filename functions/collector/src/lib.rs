@@ -31,7 +31,10 @@ const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 const ROWS_PER_INSERT: usize = 1000;
 
 fn setting(name: &str, default: u64) -> u64 {
-    spin_sdk::variables::get(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    spin_sdk::variables::get(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[http_component]
@@ -41,7 +44,10 @@ fn handle(req: Request) -> Response {
 
 fn route(req: &Request) -> ApiResult<Response> {
     if req.path() != "/api/events" {
-        return Err(ApiError::NotFound(format!("no such endpoint: {}", req.path())));
+        return Err(ApiError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path()
+        )));
     }
     if *req.method() != Method::Post {
         return Err(ApiError::MethodNotAllowed("send events with POST".into()));
@@ -55,18 +61,33 @@ fn route(req: &Request) -> ApiResult<Response> {
     if accepted > 0 {
         cache.publish("billing:outbox", b"collector");
     }
-    Ok(json(202, &json!({ "accepted": accepted, "duplicates": duplicates })))
+    Ok(json(
+        202,
+        &json!({ "accepted": accepted, "duplicates": duplicates }),
+    ))
 }
 
 /// Fixed one-second windows per key, in Redis.
 fn rate_limit(req: &Request, cache: &Cache) -> ApiResult<()> {
     let limit = setting("collector_requests_per_second", 50) as i64;
-    let key = req.header("authorization").and_then(|h| h.as_str()).unwrap_or("");
+    let key = req
+        .header("authorization")
+        .and_then(|h| h.as_str())
+        .unwrap_or("");
     let second = billing_fn_common::clock::now().millis() / 1000;
-    let bucket = format!("ratelimit:collector:{}:{second}", &auth::hash_key(key)[..16]);
+    let bucket = format!(
+        "ratelimit:collector:{}:{second}",
+        &auth::hash_key(key)[..16]
+    );
     if let Some(n) = cache.incr(&bucket) {
         if n == 1 {
-            cache.execute("EXPIRE", &[spin_sdk::redis::RedisParameter::Binary(bucket.into_bytes()), spin_sdk::redis::RedisParameter::Int64(2)]);
+            cache.execute(
+                "EXPIRE",
+                &[
+                    spin_sdk::redis::RedisParameter::Binary(bucket.into_bytes()),
+                    spin_sdk::redis::RedisParameter::Int64(2),
+                ],
+            );
         }
         if n > limit {
             return Err(ApiError::RateLimited { retry_after_s: 1 });
@@ -76,7 +97,15 @@ fn rate_limit(req: &Request, cache: &Cache) -> ApiResult<()> {
 }
 
 fn parse(req: &Request) -> ApiResult<Vec<Value>> {
-    let ct = req.header("content-type").and_then(|h| h.as_str()).unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = req
+        .header("content-type")
+        .and_then(|h| h.as_str())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let batch = match ct.as_str() {
         "application/cloudevents-batch+json" => true,
         "application/cloudevents+json" | "application/json" => false,
@@ -88,19 +117,34 @@ fn parse(req: &Request) -> ApiResult<Vec<Value>> {
     };
     let body = req.body();
     if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!("the body is {} bytes; at most {MAX_BODY_BYTES} are accepted", body.len())));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body is {} bytes; at most {MAX_BODY_BYTES} are accepted",
+            body.len()
+        )));
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let events = match (batch, v) {
         (true, Value::Array(a)) => a,
-        (true, _) => return Err(ApiError::BadRequest("a batch must be a JSON array of events".into())),
+        (true, _) => {
+            return Err(ApiError::BadRequest(
+                "a batch must be a JSON array of events".into(),
+            ))
+        }
         (false, Value::Array(a)) if ct == "application/json" => a,
         (false, Value::Object(o)) => vec![Value::Object(o)],
-        (false, _) => return Err(ApiError::BadRequest("a single event must be a JSON object".into())),
+        (false, _) => {
+            return Err(ApiError::BadRequest(
+                "a single event must be a JSON object".into(),
+            ))
+        }
     };
     let max = setting("collector_max_batch", 1000) as usize;
     if events.len() > max {
-        return Err(ApiError::PayloadTooLarge(format!("the batch has {} events; at most {max} are accepted per request", events.len())));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch has {} events; at most {max} are accepted per request",
+            events.len()
+        )));
     }
     if events.is_empty() {
         return Err(ApiError::BadRequest("the batch is empty".into()));
@@ -109,33 +153,65 @@ fn parse(req: &Request) -> ApiResult<Vec<Value>> {
 }
 
 /// Every event typed and checked; any problem anywhere refuses the whole batch.
-fn validate(db: &Db, caller: &Caller, raw: Vec<Value>) -> ApiResult<Vec<CloudEvent<InferenceEvent>>> {
+fn validate(
+    db: &Db,
+    caller: &Caller,
+    raw: Vec<Value>,
+) -> ApiResult<Vec<CloudEvent<InferenceEvent>>> {
     let mut errors: Vec<(usize, FieldError)> = Vec::new();
     let mut events = Vec::with_capacity(raw.len());
     for (i, v) in raw.into_iter().enumerate() {
         match CloudEvent::<InferenceEvent>::from_value(v) {
             Ok(mut ev) => {
                 // Stored with the schema it was validated against.
-                ev.dataschema.get_or_insert_with(|| schema_uri(InferenceEvent::SCHEMA));
-                ev.datacontenttype.get_or_insert_with(|| "application/json".into());
+                ev.dataschema
+                    .get_or_insert_with(|| schema_uri(InferenceEvent::SCHEMA));
+                ev.datacontenttype
+                    .get_or_insert_with(|| "application/json".into());
                 events.push((i, ev))
             }
             Err(errs) => errors.extend(errs.into_iter().map(|e| (i, e))),
         }
     }
     let users: HashSet<i64> = events.iter().map(|(_, e)| e.data.user_id).collect();
-    let models: HashSet<String> = events.iter().map(|(_, e)| e.data.model.as_str().to_owned()).collect();
-    let known_users = existing(db, "SELECT user_id AS k FROM dim_users WHERE user_id IN", users.iter().map(|u| Sql::Integer(*u)).collect())?;
-    let known_models = existing(db, "SELECT model_name AS k FROM dim_models WHERE model_name IN", models.iter().map(|m| text(m.clone())).collect())?;
+    let models: HashSet<String> = events
+        .iter()
+        .map(|(_, e)| e.data.model.as_str().to_owned())
+        .collect();
+    let known_users = existing(
+        db,
+        "SELECT user_id AS k FROM dim_users WHERE user_id IN",
+        users.iter().map(|u| Sql::Integer(*u)).collect(),
+    )?;
+    let known_models = existing(
+        db,
+        "SELECT model_name AS k FROM dim_models WHERE model_name IN",
+        models.iter().map(|m| text(m.clone())).collect(),
+    )?;
     for (i, ev) in &events {
         let uid = ev.data.user_id;
         if !caller.is_admin() && uid != caller.user_id {
-            errors.push((*i, FieldError::new("data.user_id", format!("{uid} is not you; a user's key reports only that user's events"))));
+            errors.push((
+                *i,
+                FieldError::new(
+                    "data.user_id",
+                    format!("{uid} is not you; a user's key reports only that user's events"),
+                ),
+            ));
         } else if !known_users.contains(&uid.to_string()) {
-            errors.push((*i, FieldError::new("data.user_id", format!("there is no user {uid}"))));
+            errors.push((
+                *i,
+                FieldError::new("data.user_id", format!("there is no user {uid}")),
+            ));
         }
         if !known_models.contains(ev.data.model.as_str()) {
-            errors.push((*i, FieldError::new("data.model", format!("`{}` is not a known model", ev.data.model))));
+            errors.push((
+                *i,
+                FieldError::new(
+                    "data.model",
+                    format!("`{}` is not a known model", ev.data.model),
+                ),
+            ));
         }
     }
     if !errors.is_empty() {
@@ -149,7 +225,10 @@ fn validate(db: &Db, caller: &Caller, raw: Vec<Value>) -> ApiResult<Vec<CloudEve
 fn existing(db: &Db, sql: &str, params: Vec<Sql>) -> ApiResult<HashSet<String>> {
     let mut found = HashSet::new();
     for chunk in params.chunks(ROWS_PER_INSERT) {
-        let placeholders = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",");
+        let placeholders = (1..=chunk.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let r = db.query(&format!("{sql} ({placeholders})"), chunk)?;
         for row in r.rows() {
             let k = match row.get::<i64>("k") {
@@ -166,7 +245,10 @@ fn existing(db: &Db, sql: &str, params: Vec<Sql>) -> ApiResult<HashSet<String>> 
 fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, usize)> {
     // Duplicates inside the batch keep their first occurrence.
     let mut seen = HashSet::new();
-    let unique: Vec<&CloudEvent<InferenceEvent>> = events.iter().filter(|e| seen.insert((e.source.as_str(), e.id.as_str()))).collect();
+    let unique: Vec<&CloudEvent<InferenceEvent>> = events
+        .iter()
+        .filter(|e| seen.insert((e.source.as_str(), e.id.as_str())))
+        .collect();
     let accepted = db.transaction(|db| {
         let mut accepted = 0;
         for chunk in unique.chunks(ROWS_PER_INSERT / 2) {

@@ -21,7 +21,10 @@ impl Role {
         match s {
             "admin" => Ok(Role::Admin),
             "user" => Ok(Role::User),
-            other => Err(ApiError::invalid("role", format!("`{other}` is not a role; use admin or user"))),
+            other => Err(ApiError::invalid(
+                "role",
+                format!("`{other}` is not a role; use admin or user"),
+            )),
         }
     }
 
@@ -87,19 +90,25 @@ fn bearer(req: &Request) -> ApiResult<String> {
     let header = req
         .header("authorization")
         .and_then(|h| h.as_str())
-        .ok_or_else(|| ApiError::Unauthorized("send an API key: Authorization: Bearer <key>".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("send an API key: Authorization: Bearer <key>".into())
+        })?;
     let key = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <key>`".into()))?;
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must be `Bearer <key>`".into())
+        })?;
     Ok(key.to_owned())
 }
 
 fn load_user(db: &Db, sql: &str, param: String) -> ApiResult<Option<(Caller, bool)>> {
     let r = db.query(sql, &[text(param)])?;
-    let Some(row) = r.rows().next() else { return Ok(None) };
+    let Some(row) = r.rows().next() else {
+        return Ok(None);
+    };
     let caller = Caller {
         user_id: crate::db::col(&row, "user_id")?,
         role: Role::parse(crate::db::col(&row, "role")?)?,
@@ -131,7 +140,9 @@ pub fn authenticate(req: &Request, db: &Db) -> ApiResult<Caller> {
         )?
     };
     match found {
-        None => Err(ApiError::Unauthorized("the API key is not valid or has been revoked".into())),
+        None => Err(ApiError::Unauthorized(
+            "the API key is not valid or has been revoked".into(),
+        )),
         Some((_, true)) => Err(ApiError::Forbidden("this account is disabled".into())),
         Some((caller, false)) => Ok(caller),
     }

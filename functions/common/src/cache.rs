@@ -11,7 +11,9 @@ impl Cache {
     /// Connects if Redis is configured and reachable; otherwise every call
     /// is a miss or a no-op. (The host logs an unreachable Redis once.)
     pub fn open() -> Self {
-        let Ok(url) = spin_sdk::variables::get("redis_url") else { return Self { conn: None } };
+        let Ok(url) = spin_sdk::variables::get("redis_url") else {
+            return Self { conn: None };
+        };
         if url.is_empty() {
             return Self { conn: None };
         }
@@ -50,11 +52,17 @@ impl Cache {
     }
 
     pub fn publish(&self, channel: &str, payload: &[u8]) -> bool {
-        self.conn.as_ref().is_some_and(|c| c.publish(channel, payload).is_ok())
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.publish(channel, payload).is_ok())
     }
 
     /// Runs a raw command; `None` when Redis is down or the command failed.
-    pub fn execute(&self, command: &str, args: &[RedisParameter]) -> Option<Vec<spin_sdk::redis::RedisResult>> {
+    pub fn execute(
+        &self,
+        command: &str,
+        args: &[RedisParameter],
+    ) -> Option<Vec<spin_sdk::redis::RedisResult>> {
         self.conn.as_ref()?.execute(command, args).ok()
     }
 

@@ -17,14 +17,17 @@ impl Db {
     pub const LABEL: &'static str = "default";
 
     pub fn open() -> ApiResult<Self> {
-        let conn = Connection::open(Self::LABEL).map_err(|e| ApiError::Internal(format!("cannot open the database: {e:?}")))?;
+        let conn = Connection::open(Self::LABEL)
+            .map_err(|e| ApiError::Internal(format!("cannot open the database: {e:?}")))?;
         let db = Self { conn };
         db.exec("PRAGMA foreign_keys = ON", &[])?;
         Ok(db)
     }
 
     pub fn query(&self, sql: &str, params: &[Value]) -> ApiResult<QueryResult> {
-        self.conn.execute(sql, params).map_err(|e| ApiError::Internal(format!("database error: {e:?}")))
+        self.conn
+            .execute(sql, params)
+            .map_err(|e| ApiError::Internal(format!("database error: {e:?}")))
     }
 
     pub fn exec(&self, sql: &str, params: &[Value]) -> ApiResult<()> {
@@ -33,7 +36,11 @@ impl Db {
 
     /// The first column of the first row, if any.
     pub fn scalar_i64(&self, sql: &str, params: &[Value]) -> ApiResult<Option<i64>> {
-        Ok(self.query(sql, params)?.rows.first().and_then(|r| r.get::<i64>(0)))
+        Ok(self
+            .query(sql, params)?
+            .rows
+            .first()
+            .and_then(|r| r.get::<i64>(0)))
     }
 
     /// Runs `f` in one IMMEDIATE transaction: all of it commits, or none.
@@ -71,14 +78,18 @@ pub fn opt_int(i: Option<i64>) -> Value {
     i.map_or(Value::Null, Value::Integer)
 }
 
-
 /// A column of a row by name, for results read with `QueryResult::rows()`.
 pub fn col<'a, T: TryFrom<&'a Value>>(row: &spin_sdk::sqlite::Row<'a>, name: &str) -> ApiResult<T> {
-    row.get::<T>(name).ok_or_else(|| ApiError::Internal(format!("column `{name}` missing or of an unexpected type")))
+    row.get::<T>(name).ok_or_else(|| {
+        ApiError::Internal(format!("column `{name}` missing or of an unexpected type"))
+    })
 }
 
 /// A nullable column.
-pub fn col_opt<'a, T: TryFrom<&'a Value>>(row: &spin_sdk::sqlite::Row<'a>, name: &str) -> Option<T> {
+pub fn col_opt<'a, T: TryFrom<&'a Value>>(
+    row: &spin_sdk::sqlite::Row<'a>,
+    name: &str,
+) -> Option<T> {
     row.get::<T>(name)
 }
 
@@ -93,7 +104,8 @@ impl Filter {
     /// Adds `clause`, whose one `?` is bound to `value`.
     pub fn bind(&mut self, clause: &str, value: Value) {
         self.params.push(value);
-        self.clauses.push(clause.replace('?', &format!("?{}", self.params.len())));
+        self.clauses
+            .push(clause.replace('?', &format!("?{}", self.params.len())));
     }
 
     /// Adds a clause without parameters.

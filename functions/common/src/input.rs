@@ -14,14 +14,24 @@ pub const MAX_JSON_BYTES: usize = 256 * 1024;
 /// 413 when too large, 400 when not JSON, 422 when JSON of the wrong shape.
 pub fn json_body<T: DeserializeOwned>(req: &Request, max_bytes: usize) -> ApiResult<T> {
     if let Some(ct) = req.header("content-type").and_then(|h| h.as_str()) {
-        let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if media != "application/json" && !media.ends_with("+json") {
-            return Err(ApiError::UnsupportedMediaType(format!("send application/json, not {media}")));
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "send application/json, not {media}"
+            )));
         }
     }
     let body = req.body();
     if body.len() > max_bytes {
-        return Err(ApiError::PayloadTooLarge(format!("the body is {} bytes; at most {max_bytes} are accepted", body.len())));
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the body is {} bytes; at most {max_bytes} are accepted",
+            body.len()
+        )));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request needs a JSON body".into()));
@@ -50,19 +60,30 @@ pub fn percent_decode(s: &str) -> ApiResult<String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => out.push(b),
-                    None => return Err(ApiError::BadRequest(format!("`{s}` has a bad percent-escape"))),
+                    None => {
+                        return Err(ApiError::BadRequest(format!(
+                            "`{s}` has a bad percent-escape"
+                        )))
+                    }
                 }
                 i += 2;
             }
-            b'%' => return Err(ApiError::BadRequest(format!("`{s}` has a bad percent-escape"))),
+            b'%' => {
+                return Err(ApiError::BadRequest(format!(
+                    "`{s}` has a bad percent-escape"
+                )))
+            }
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| ApiError::BadRequest(format!("`{s}` is not UTF-8 once decoded")))
+    String::from_utf8(out)
+        .map_err(|_| ApiError::BadRequest(format!("`{s}` is not UTF-8 once decoded")))
 }
 
 /// The path's segments, without empty ones: `/api/threads/7` → `["api", "threads", "7"]`.
@@ -74,17 +95,28 @@ pub fn segments(req: &Request) -> Vec<&str> {
 pub fn id(segment: &str, what: &str) -> ApiResult<i64> {
     match segment.parse::<i64>() {
         Ok(v) if v > 0 => Ok(v),
-        _ => Err(ApiError::NotFound(format!("there is no {what} `{segment}`"))),
+        _ => Err(ApiError::NotFound(format!(
+            "there is no {what} `{segment}`"
+        ))),
     }
 }
 
 /// An optional query parameter parsed as an integer within `min..=max`.
-pub fn int_param(q: &BTreeMap<String, String>, name: &str, default: i64, min: i64, max: i64) -> ApiResult<i64> {
+pub fn int_param(
+    q: &BTreeMap<String, String>,
+    name: &str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> ApiResult<i64> {
     match q.get(name) {
         None => Ok(default),
         Some(v) => match v.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid(name, format!("`{v}` must be a whole number from {min} to {max}"))),
+            _ => Err(ApiError::invalid(
+                name,
+                format!("`{v}` must be a whole number from {min} to {max}"),
+            )),
         },
     }
 }
@@ -104,10 +136,16 @@ pub fn text_field(field: &str, value: &str, max: usize) -> ApiResult<String> {
     }
     let n = v.chars().count();
     if n > max {
-        return Err(ApiError::invalid(field, format!("is {n} characters long; at most {max} are allowed")));
+        return Err(ApiError::invalid(
+            field,
+            format!("is {n} characters long; at most {max} are allowed"),
+        ));
     }
     if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(v.to_owned())
 }
@@ -119,6 +157,8 @@ pub fn owned_by(caller: &crate::Caller, value: &str, name: &str, what: &str) -> 
     if caller.is_admin() || id == caller.user_id {
         Ok(id)
     } else {
-        Err(ApiError::Forbidden(format!("only an admin may list another user's {what}")))
+        Err(ApiError::Forbidden(format!(
+            "only an admin may list another user's {what}"
+        )))
     }
 }

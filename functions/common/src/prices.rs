@@ -2,8 +2,8 @@
 
 use crate::cache::Cache;
 use crate::db::{col, int, text, Db};
-use billing_core::pricing::PriceBook;
 use crate::problem::{ApiError, ApiResult};
+use billing_core::pricing::PriceBook;
 use billing_core::pricing::{PriceVersion, TokenPrices};
 use billing_core::{PricePerMillion, Timestamp};
 
@@ -17,12 +17,18 @@ pub struct Model {
 }
 
 pub fn model_by_name(db: &Db, name: &str) -> ApiResult<Option<Model>> {
-    let r = db.query("SELECT model_id, model_name, provider, is_active FROM dim_models WHERE model_name = ?1", &[text(name)])?;
+    let r = db.query(
+        "SELECT model_id, model_name, provider, is_active FROM dim_models WHERE model_name = ?1",
+        &[text(name)],
+    )?;
     read_model(&r)
 }
 
 pub fn model_by_id(db: &Db, id: i64) -> ApiResult<Option<Model>> {
-    let r = db.query("SELECT model_id, model_name, provider, is_active FROM dim_models WHERE model_id = ?1", &[int(id)])?;
+    let r = db.query(
+        "SELECT model_id, model_name, provider, is_active FROM dim_models WHERE model_id = ?1",
+        &[int(id)],
+    )?;
     read_model(&r)
 }
 
@@ -41,7 +47,8 @@ fn read_model(r: &spin_sdk::sqlite::QueryResult) -> ApiResult<Option<Model>> {
 }
 
 fn price(v: i64) -> ApiResult<PricePerMillion> {
-    PricePerMillion::new(v).map_err(|e| ApiError::Internal(format!("a stored price is invalid: {e}")))
+    PricePerMillion::new(v)
+        .map_err(|e| ApiError::Internal(format!("a stored price is invalid: {e}")))
 }
 
 /// The version of `model`'s prices in force at `at`.
@@ -62,7 +69,8 @@ fn read_versions(r: &spin_sdk::sqlite::QueryResult, model: &Model) -> ApiResult<
             Ok(PriceVersion {
                 pricing_id: col(&row, "pricing_id")?,
                 model: model.name.clone(),
-                effective_from: Timestamp::parse(col(&row, "effective_from")?).map_err(|e| ApiError::Internal(e.to_string()))?,
+                effective_from: Timestamp::parse(col(&row, "effective_from")?)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
                 prices: TokenPrices {
                     input: price(col(&row, "input_price")?)?,
                     output: price(col(&row, "output_price")?)?,
@@ -117,12 +125,20 @@ pub fn model_by_id_cached(db: &Db, cache: &Cache, id: i64) -> ApiResult<Option<M
 
 /// Every price version of a model, oldest first.
 pub fn price_versions(db: &Db, model: &Model) -> ApiResult<Vec<PriceVersion>> {
-    let r = db.query(&format!("{SELECT_VERSIONS} ORDER BY effective_from"), &[int(model.model_id)])?;
+    let r = db.query(
+        &format!("{SELECT_VERSIONS} ORDER BY effective_from"),
+        &[int(model.model_id)],
+    )?;
     read_versions(&r, model)
 }
 
 /// The version in force at `at`, from the cached list of versions.
-pub fn price_in_force_cached(db: &Db, cache: &Cache, model: &Model, at: Timestamp) -> ApiResult<Option<PriceVersion>> {
+pub fn price_in_force_cached(
+    db: &Db,
+    cache: &Cache,
+    model: &Model,
+    at: Timestamp,
+) -> ApiResult<Option<PriceVersion>> {
     let versions = match cache.get_json::<Vec<PriceVersion>>(&prices_key(model.model_id)) {
         Some(v) => v,
         None => {
@@ -137,5 +153,9 @@ pub fn price_in_force_cached(db: &Db, cache: &Cache, model: &Model, at: Timestam
 
 /// Drops the cached model and prices after a change.
 pub fn invalidate(cache: &Cache, model: &Model) {
-    cache.del(&[model_key(&model.name), model_id_key(model.model_id), prices_key(model.model_id)]);
+    cache.del(&[
+        model_key(&model.name),
+        model_id_key(model.model_id),
+        prices_key(model.model_id),
+    ]);
 }

@@ -21,9 +21,15 @@ pub enum ApiError {
     Conflict(String),
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
     /// The model provider failed (502), is unavailable (503) or timed out (504).
-    Upstream { status: u16, detail: String, request_id: Option<String> },
+    Upstream {
+        status: u16,
+        detail: String,
+        request_id: Option<String>,
+    },
     Internal(String),
 }
 
@@ -63,7 +69,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "Request too large"),
-            ApiError::UnsupportedMediaType(_) => ("unsupported-media-type", "Unsupported media type"),
+            ApiError::UnsupportedMediaType(_) => {
+                ("unsupported-media-type", "Unsupported media type")
+            }
             ApiError::RateLimited { .. } => ("rate-limited", "Too many requests"),
             ApiError::Upstream { .. } => ("upstream", "The model provider failed"),
             ApiError::Internal(_) => ("internal", "Internal error"),
@@ -72,11 +80,21 @@ impl ApiError {
 
     pub fn detail(&self) -> String {
         match self {
-            ApiError::Invalid(errors) => errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
-            ApiError::RateLimited { retry_after_s } => format!("slow down: retry after {retry_after_s} s"),
+            ApiError::Invalid(errors) => errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            ApiError::RateLimited { retry_after_s } => {
+                format!("slow down: retry after {retry_after_s} s")
+            }
             ApiError::InvalidBatch(errors) => {
-                let bad: std::collections::BTreeSet<usize> = errors.iter().map(|(i, _)| *i).collect();
-                format!("{} of the events are invalid; nothing was stored", bad.len())
+                let bad: std::collections::BTreeSet<usize> =
+                    errors.iter().map(|(i, _)| *i).collect();
+                format!(
+                    "{} of the events are invalid; nothing was stored",
+                    bad.len()
+                )
             }
             ApiError::BadRequest(d)
             | ApiError::Unauthorized(d)
@@ -104,20 +122,29 @@ impl ApiError {
             body["errors"] = json!(errors);
         }
         if let ApiError::InvalidBatch(errors) = &self {
-            body["errors"] = json!(errors.iter().map(|(i, e)| json!({"index": i, "field": e.field, "reason": e.reason})).collect::<Vec<_>>());
+            body["errors"] = json!(errors
+                .iter()
+                .map(|(i, e)| json!({"index": i, "field": e.field, "reason": e.reason}))
+                .collect::<Vec<_>>());
         }
-        if let ApiError::Upstream { request_id: Some(id), .. } = &self {
+        if let ApiError::Upstream {
+            request_id: Some(id),
+            ..
+        } = &self
+        {
             body["request_id"] = json!(id);
         }
         let mut b = Response::builder();
-        b.status(status).header("content-type", "application/problem+json");
+        b.status(status)
+            .header("content-type", "application/problem+json");
         if let ApiError::RateLimited { retry_after_s } = &self {
             b.header("retry-after", retry_after_s.to_string());
         }
         if let ApiError::Unauthorized(_) = &self {
             b.header("www-authenticate", "Bearer");
         }
-        b.body(serde_json::to_vec(&body).expect("problem serialises")).build()
+        b.body(serde_json::to_vec(&body).expect("problem serialises"))
+            .build()
     }
 }
 
@@ -131,8 +158,12 @@ impl From<BillingError> for ApiError {
     fn from(e: BillingError) -> Self {
         match e {
             BillingError::Invalid(f) => ApiError::Invalid(vec![f]),
-            BillingError::UnknownModel { model } => ApiError::invalid("model", format!("`{model}` is not a known model")),
-            BillingError::NoPriceInForce { model, at } => ApiError::invalid("model", format!("`{model}` has no price in force at {at}")),
+            BillingError::UnknownModel { model } => {
+                ApiError::invalid("model", format!("`{model}` is not a known model"))
+            }
+            BillingError::NoPriceInForce { model, at } => {
+                ApiError::invalid("model", format!("`{model}` has no price in force at {at}"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

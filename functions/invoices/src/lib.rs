@@ -46,7 +46,9 @@ fn route(req: &Request) -> ApiResult<Response> {
         (Method::Get, ["api", "invoices", id]) => match id.rsplit_once('.') {
             Some((id, "csv")) => export_csv(&db, &caller, id),
             Some((id, "json")) => Ok(json(200, &full(&db, &caller, id, i64::MAX, 0)?)),
-            Some(_) => Err(ApiError::NotFound(format!("no such export: {id}; use .csv or .json"))),
+            Some(_) => Err(ApiError::NotFound(format!(
+                "no such export: {id}; use .csv or .json"
+            ))),
             None => {
                 let q = input::query(req)?;
                 let limit = input::int_param(&q, "limit", 100, 1, 1000)?;
@@ -54,8 +56,15 @@ fn route(req: &Request) -> ApiResult<Response> {
                 Ok(json(200, &full(&db, &caller, id, limit, offset)?))
             }
         },
-        (_, ["api", "invoices", ..]) => Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()))),
-        _ => Err(ApiError::NotFound(format!("no such endpoint: {}", req.path()))),
+        (_, ["api", "invoices", ..]) => Err(ApiError::MethodNotAllowed(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.path()
+        ))),
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path()
+        ))),
     }
 }
 
@@ -71,14 +80,25 @@ fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     caller.require_admin()?;
     let body: NewInvoice = json_body(req, MAX_JSON_BYTES)?;
     let mut p = Problems::default();
-    let start = p.check(Timestamp::parse(&body.period_start).map_err(|e| ApiError::invalid("period_start", e.reason)));
-    let end = p.check(Timestamp::parse(&body.period_end).map_err(|e| ApiError::invalid("period_end", e.reason)));
+    let start = p.check(
+        Timestamp::parse(&body.period_start)
+            .map_err(|e| ApiError::invalid("period_start", e.reason)),
+    );
+    let end = p.check(
+        Timestamp::parse(&body.period_end).map_err(|e| ApiError::invalid("period_end", e.reason)),
+    );
     if let (Some(s), Some(e)) = (start, end) {
         if s >= e {
             p.push("period_end", format!("{e} is not after period_start {s}"));
         }
     }
-    if db.scalar_i64("SELECT user_id FROM dim_users WHERE user_id = ?1", &[int(body.user_id)])?.is_none() {
+    if db
+        .scalar_i64(
+            "SELECT user_id FROM dim_users WHERE user_id = ?1",
+            &[int(body.user_id)],
+        )?
+        .is_none()
+    {
         p.push("user_id", format!("there is no user {}", body.user_id));
     }
     p.finish()?;
@@ -132,12 +152,20 @@ fn header(db: &Db, caller: &Caller, id: &str) -> ApiResult<Header> {
          FROM user_invoices WHERE invoice_id = ?1",
         &[int(id)],
     )?;
-    let row = r.rows().next().ok_or_else(|| ApiError::NotFound(format!("there is no invoice {id}")))?;
+    let row = r
+        .rows()
+        .next()
+        .ok_or_else(|| ApiError::NotFound(format!("there is no invoice {id}")))?;
     let user_id: i64 = col(&row, "user_id")?;
     if !caller.may_see(user_id) {
         return Err(ApiError::NotFound(format!("there is no invoice {id}")));
     }
-    Ok(Header { id, user_id, status: col::<&str>(&row, "status")?.to_owned(), json: header_json(&row)? })
+    Ok(Header {
+        id,
+        user_id,
+        status: col::<&str>(&row, "status")?.to_owned(),
+        json: header_json(&row)?,
+    })
 }
 
 fn header_json(row: &spin_sdk::sqlite::Row<'_>) -> ApiResult<Value> {
@@ -260,7 +288,10 @@ fn delete(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
     caller.require_admin()?;
     let h = header(db, caller, id)?;
     if h.status == "final" {
-        return Err(ApiError::Conflict(format!("invoice {} is final and never changes", h.id)));
+        return Err(ApiError::Conflict(format!(
+            "invoice {} is final and never changes",
+            h.id
+        )));
     }
     db.transaction(|db| {
         db.exec("UPDATE user_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
@@ -276,14 +307,22 @@ fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let offset = input::int_param(&q, "offset", 0, 0, i64::MAX)?;
     let mut f = Filter::default();
     match q.get("user_id") {
-        Some(u) => f.bind("user_id = ?", int(input::owned_by(caller, u, "user_id", "invoices")?)),
+        Some(u) => f.bind(
+            "user_id = ?",
+            int(input::owned_by(caller, u, "user_id", "invoices")?),
+        ),
         None if caller.is_admin() => {}
         None => f.bind("user_id = ?", int(caller.user_id)),
     }
     match q.get("status").map(String::as_str) {
         None => {}
         Some(s @ ("draft" | "final")) => f.bind("status = ?", text(s)),
-        Some(other) => return Err(ApiError::invalid("status", format!("`{other}` must be draft or final"))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "status",
+                format!("`{other}` must be draft or final"),
+            ))
+        }
     }
     if let Some(from) = input::time_param(&q, "from")? {
         f.bind("period_end > ?", text(from.to_rfc3339()));
@@ -292,7 +331,12 @@ fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         f.bind("period_start < ?", text(to.to_rfc3339()));
     }
     let filter = f.sql();
-    let total = db.scalar_i64(&format!("SELECT count(*) FROM user_invoices{filter}"), &f.params)?.unwrap_or(0);
+    let total = db
+        .scalar_i64(
+            &format!("SELECT count(*) FROM user_invoices{filter}"),
+            &f.params,
+        )?
+        .unwrap_or(0);
     let (page, params) = f.paged(limit, offset);
     let r = db.query(
         &format!(
@@ -301,8 +345,14 @@ fn list(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         ),
         &params,
     )?;
-    let items = r.rows().map(|row| header_json(&row)).collect::<ApiResult<Vec<_>>>()?;
-    Ok(json(200, &json!({ "items": items, "total": total, "limit": limit, "offset": offset })))
+    let items = r
+        .rows()
+        .map(|row| header_json(&row))
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(json(
+        200,
+        &json!({ "items": items, "total": total, "limit": limit, "offset": offset }),
+    ))
 }
 
 fn csv_field(s: &str) -> String {
@@ -322,17 +372,43 @@ fn export_csv(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
             Value::Null => String::new(),
             v => v.to_string(),
         };
-        out.push_str(&[f("line_item_id"), f("kind"), f("occurred_at"), f("item"), f("token_class"), f("quantity"), f("unit_price"), f("cost_nanos"), f("cost"), f("source"), f("event_id")].join(","));
+        out.push_str(
+            &[
+                f("line_item_id"),
+                f("kind"),
+                f("occurred_at"),
+                f("item"),
+                f("token_class"),
+                f("quantity"),
+                f("unit_price"),
+                f("cost_nanos"),
+                f("cost"),
+                f("source"),
+                f("event_id"),
+            ]
+            .join(","),
+        );
         out.push('\n');
     }
-    out.push_str(&format!(",total,,,,,,{},{},,\n", inv["total_nanos"], inv["total_exact"].as_str().unwrap_or("")));
+    out.push_str(&format!(
+        ",total,,,,,,{},{},,\n",
+        inv["total_nanos"],
+        inv["total_exact"].as_str().unwrap_or("")
+    ));
     if let Some(c) = inv["total"].as_str() {
-        out.push_str(&format!(",total_charged,,,,,,,{c},,\n,rounding,,,,,,{},{},,\n", inv["rounding_nanos"], inv["rounding"].as_str().unwrap_or("")));
+        out.push_str(&format!(
+            ",total_charged,,,,,,,{c},,\n,rounding,,,,,,{},{},,\n",
+            inv["rounding_nanos"],
+            inv["rounding"].as_str().unwrap_or("")
+        ));
     }
     Ok(Response::builder()
         .status(200)
         .header("content-type", "text/csv; charset=utf-8")
-        .header("content-disposition", format!("attachment; filename=\"invoice-{}.csv\"", inv["invoice_id"]))
+        .header(
+            "content-disposition",
+            format!("attachment; filename=\"invoice-{}.csv\"", inv["invoice_id"]),
+        )
         .body(out)
         .build())
 }

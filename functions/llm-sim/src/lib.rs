@@ -30,9 +30,10 @@ const PER_MESSAGE: u64 = 3;
 const PER_REQUEST: u64 = 4;
 
 const WORDS: [&str; 32] = [
-    "tokens", "billing", "cache", "invoice", "model", "price", "usage", "stream", "exact", "ledger", "cents", "rounding", "event",
-    "thread", "answer", "prompt", "latency", "budget", "credit", "meter", "daily", "window", "context", "reply", "summary",
-    "detail", "record", "signal", "total", "period", "report", "cost",
+    "tokens", "billing", "cache", "invoice", "model", "price", "usage", "stream", "exact",
+    "ledger", "cents", "rounding", "event", "thread", "answer", "prompt", "latency", "budget",
+    "credit", "meter", "daily", "window", "context", "reply", "summary", "detail", "record",
+    "signal", "total", "period", "report", "cost",
 ];
 
 fn anthropic_error(status: u16, kind: &str, message: &str, request_id: &str) -> Response {
@@ -51,7 +52,11 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 fn setting(req: &Request, name: &str) -> Option<String> {
     header(req, &format!("x-sim-{}", name.replace('_', "-")))
         .map(str::to_owned)
-        .or_else(|| spin_sdk::variables::get(&format!("sim_{name}")).ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            spin_sdk::variables::get(&format!("sim_{name}"))
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
 }
 
 #[http_component]
@@ -64,10 +69,25 @@ fn handle(req: Request) -> Response {
         (Method::Post, "/sim/openai/v1/chat/completions") => chat_completions(&req, &request_id),
         (Method::Get, "/sim/v1/calls") => {
             let key = req.query().strip_prefix("key=").unwrap_or("");
-            let n = Cache::open().get_json::<i64>(&format!("sim:calls:{key}")).unwrap_or(0);
-            Response::builder().status(200).header("content-type", "application/json").body(json!({"key": key, "calls": n}).to_string()).build()
+            let n = Cache::open()
+                .get_json::<i64>(&format!("sim:calls:{key}"))
+                .unwrap_or(0);
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(json!({"key": key, "calls": n}).to_string())
+                .build()
         }
-        _ => anthropic_error(404, "not_found_error", &format!("{} {} is not part of the simulated API", req.method(), req.path()), &request_id),
+        _ => anthropic_error(
+            404,
+            "not_found_error",
+            &format!(
+                "{} {} is not part of the simulated API",
+                req.method(),
+                req.path()
+            ),
+            &request_id,
+        ),
     }
 }
 
@@ -100,13 +120,48 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
                     r.set_header("retry-after", "0");
                     r
                 }
-                "spend-limit" => anthropic_error(429, "rate_limit_error", "You have reached your spend limit for this billing period (simulated)", request_id),
-                "529" => anthropic_error(529, "overloaded_error", "Overloaded (simulated)", request_id),
-                "503" => anthropic_error(503, "api_error", "Service unavailable (simulated)", request_id),
-                "400" => anthropic_error(400, "invalid_request_error", "messages: invalid request (simulated)", request_id),
-                "401" => anthropic_error(401, "authentication_error", "invalid x-api-key (simulated)", request_id),
-                "malformed" => Response::builder().status(200).header("content-type", "application/json").header("request-id", request_id).body("{\"type\": \"message\", \"content\": [").build(),
-                _ => anthropic_error(500, "api_error", "Internal server error (simulated)", request_id),
+                "spend-limit" => anthropic_error(
+                    429,
+                    "rate_limit_error",
+                    "You have reached your spend limit for this billing period (simulated)",
+                    request_id,
+                ),
+                "529" => anthropic_error(
+                    529,
+                    "overloaded_error",
+                    "Overloaded (simulated)",
+                    request_id,
+                ),
+                "503" => anthropic_error(
+                    503,
+                    "api_error",
+                    "Service unavailable (simulated)",
+                    request_id,
+                ),
+                "400" => anthropic_error(
+                    400,
+                    "invalid_request_error",
+                    "messages: invalid request (simulated)",
+                    request_id,
+                ),
+                "401" => anthropic_error(
+                    401,
+                    "authentication_error",
+                    "invalid x-api-key (simulated)",
+                    request_id,
+                ),
+                "malformed" => Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .header("request-id", request_id)
+                    .body("{\"type\": \"message\", \"content\": [")
+                    .build(),
+                _ => anthropic_error(
+                    500,
+                    "api_error",
+                    "Internal server error (simulated)",
+                    request_id,
+                ),
             };
         }
     }
@@ -117,7 +172,11 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
     let (input, cache_5m, cache_1h, cache_read) = prompt.usage(&cache);
     if count_only {
         let total = input + cache_5m + cache_1h + cache_read;
-        return Response::builder().status(200).header("content-type", "application/json").body(json!({"input_tokens": total}).to_string()).build();
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(json!({"input_tokens": total}).to_string())
+            .build();
     }
     let (text, output_tokens, stop_reason) = answer(&prompt);
     let id = format!("msg_sim_{}", &request_id[8..]);
@@ -137,13 +196,23 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
         "content": [{"type": "text", "text": text}],
         "stop_reason": stop_reason, "stop_sequence": null, "usage": usage,
     });
-    Response::builder().status(200).header("content-type", "application/json").header("request-id", request_id).body(msg.to_string()).build()
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("request-id", request_id)
+        .body(msg.to_string())
+        .build()
 }
 
 /// The JSON body and the prompt in it, or the 400 to answer.
-fn parse_request(req: &Request, count_only: bool, request_id: &str) -> Result<(Value, Prompt), Response> {
+fn parse_request(
+    req: &Request,
+    count_only: bool,
+    request_id: &str,
+) -> Result<(Value, Prompt), Response> {
     let bad = |m: &str| anthropic_error(400, "invalid_request_error", m, request_id);
-    let body: Value = serde_json::from_slice(req.body()).map_err(|e| bad(&format!("request body is not valid JSON: {e}")))?;
+    let body: Value = serde_json::from_slice(req.body())
+        .map_err(|e| bad(&format!("request body is not valid JSON: {e}")))?;
     let prompt = Prompt::parse(&body, count_only).map_err(|m| bad(&m))?;
     Ok((body, prompt))
 }
@@ -164,19 +233,31 @@ struct Prompt {
 
 fn blocks_of(v: &Value, field: &str, out: &mut Vec<Block>) -> Result<(), String> {
     match v {
-        Value::String(s) => out.push(Block { text: s.clone(), cache: None }),
+        Value::String(s) => out.push(Block {
+            text: s.clone(),
+            cache: None,
+        }),
         Value::Array(items) => {
             for (i, b) in items.iter().enumerate() {
                 if b["type"] != "text" {
                     return Err(format!("{field}.{i}.type: only text blocks are simulated"));
                 }
-                let text = b["text"].as_str().ok_or_else(|| format!("{field}.{i}.text: Field required"))?;
+                let text = b["text"]
+                    .as_str()
+                    .ok_or_else(|| format!("{field}.{i}.text: Field required"))?;
                 let cache = match &b["cache_control"] {
                     Value::Null => None,
-                    cc if cc["type"] == "ephemeral" => Some(if cc["ttl"] == "1h" { "1h".to_owned() } else { "5m".to_owned() }),
+                    cc if cc["type"] == "ephemeral" => Some(if cc["ttl"] == "1h" {
+                        "1h".to_owned()
+                    } else {
+                        "5m".to_owned()
+                    }),
                     _ => return Err(format!("{field}.{i}.cache_control: type must be ephemeral")),
                 };
-                out.push(Block { text: text.to_owned(), cache });
+                out.push(Block {
+                    text: text.to_owned(),
+                    cache,
+                });
             }
         }
         _ => return Err(format!("{field}: Input should be a valid string or list")),
@@ -186,7 +267,10 @@ fn blocks_of(v: &Value, field: &str, out: &mut Vec<Block>) -> Result<(), String>
 
 impl Prompt {
     fn parse(body: &Value, count_only: bool) -> Result<Self, String> {
-        let model = body["model"].as_str().ok_or("model: Field required")?.to_owned();
+        let model = body["model"]
+            .as_str()
+            .ok_or("model: Field required")?
+            .to_owned();
         let max_tokens = match body["max_tokens"].as_u64() {
             Some(n) if n > 0 => n,
             _ if count_only => u64::MAX,
@@ -196,26 +280,39 @@ impl Prompt {
         if !body["system"].is_null() {
             blocks_of(&body["system"], "system", &mut blocks)?;
         }
-        let messages = body["messages"].as_array().ok_or("messages: Field required")?;
+        let messages = body["messages"]
+            .as_array()
+            .ok_or("messages: Field required")?;
         if messages.is_empty() {
             return Err("messages: at least one message is required".into());
         }
         for (i, m) in messages.iter().enumerate() {
             let role = m["role"].as_str().unwrap_or("");
             if role != "user" && role != "assistant" {
-                return Err(format!("messages.{i}.role: Input should be 'user' or 'assistant'"));
+                return Err(format!(
+                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                ));
             }
             blocks_of(&m["content"], &format!("messages.{i}.content"), &mut blocks)?;
         }
         if messages[0]["role"] != "user" {
             return Err("messages.0.role: the first message must use the user role".into());
         }
-        Ok(Self { model, max_tokens, messages: messages.len(), blocks })
+        Ok(Self {
+            model,
+            max_tokens,
+            messages: messages.len(),
+            blocks,
+        })
     }
 
     /// (uncached input, 5-minute writes, 1-hour writes, reads).
     fn usage(&self, cache: &Cache) -> (u64, u64, u64, u64) {
-        let tokens: Vec<u64> = self.blocks.iter().map(|b| count_text(&self.model, &b.text).tokens).collect();
+        let tokens: Vec<u64> = self
+            .blocks
+            .iter()
+            .map(|b| count_text(&self.model, &b.text).tokens)
+            .collect();
         let framing = PER_REQUEST + PER_MESSAGE * self.messages as u64;
         let Some(last) = self.blocks.iter().rposition(|b| b.cache.is_some()) else {
             return (tokens.iter().sum::<u64>() + framing, 0, 0, 0);
@@ -232,13 +329,16 @@ impl Prompt {
         let key = format!("sim:cache:{}", hex::encode(h.finalize()));
         let ttl_s = if ttl == "1h" { 3600 } else { 300 };
         // SET NX answers OK to the first writer and nil to everyone after.
-        let reply = cache.execute("SET", &[
-            RedisParameter::Binary(key.into_bytes()),
-            RedisParameter::Binary(b"1".to_vec()),
-            RedisParameter::Binary(b"NX".to_vec()),
-            RedisParameter::Binary(b"EX".to_vec()),
-            RedisParameter::Int64(ttl_s),
-        ]);
+        let reply = cache.execute(
+            "SET",
+            &[
+                RedisParameter::Binary(key.into_bytes()),
+                RedisParameter::Binary(b"1".to_vec()),
+                RedisParameter::Binary(b"NX".to_vec()),
+                RedisParameter::Binary(b"EX".to_vec()),
+                RedisParameter::Int64(ttl_s),
+            ],
+        );
         let seen = matches!(reply.as_deref(), Some([RedisResult::Nil]));
         match (seen, ttl) {
             (true, _) => (rest, 0, 0, cached),
@@ -257,7 +357,11 @@ fn answer(p: &Prompt) -> (String, u64, &'static str) {
     }
     let d = h.finalize();
     let n = 12 + (d[0] as usize % 40);
-    let last_user = p.blocks.last().map(|b| b.text.chars().take(40).collect::<String>()).unwrap_or_default();
+    let last_user = p
+        .blocks
+        .last()
+        .map(|b| b.text.chars().take(40).collect::<String>())
+        .unwrap_or_default();
     let mut words: Vec<String> = vec![format!("(llm-sim) About \"{last_user}\":")];
     words.extend((0..n).map(|i| WORDS[d[(i + 1) % d.len()] as usize % WORDS.len()].to_owned()));
     let mut text = words.join(" ") + ".";
@@ -272,22 +376,46 @@ fn answer(p: &Prompt) -> (String, u64, &'static str) {
     (text, tokens, stop)
 }
 
-fn stream(id: &str, model: &str, text: &str, stop: &str, usage: &Value, request_id: &str) -> Response {
+fn stream(
+    id: &str,
+    model: &str,
+    text: &str,
+    stop: &str,
+    usage: &Value,
+    request_id: &str,
+) -> Response {
     let mut start_usage = usage.clone();
     start_usage["output_tokens"] = json!(1);
     let mut events = vec![
-        ("message_start", json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}})),
-        ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
     ];
     let chunks: Vec<&str> = text.split_inclusive(' ').collect();
     for c in chunks.chunks(4) {
         events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": c.concat()}})));
     }
-    events.push(("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push((
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": usage["output_tokens"]}})));
     events.push(("message_stop", json!({"type": "message_stop"})));
-    let body: String = events.iter().map(|(e, d)| format!("event: {e}\ndata: {d}\n\n")).collect();
-    Response::builder().status(200).header("content-type", "text/event-stream").header("request-id", request_id).body(body).build()
+    let body: String = events
+        .iter()
+        .map(|(e, d)| format!("event: {e}\ndata: {d}\n\n"))
+        .collect();
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .header("request-id", request_id)
+        .body(body)
+        .build()
 }
 
 /// The OpenAI-compatible shape of the same simulation: cached prompt tokens
@@ -308,5 +436,10 @@ fn chat_completions(req: &Request, request_id: &str) -> Response {
         "usage": {"prompt_tokens": input + w5 + w1 + read, "completion_tokens": output_tokens, "total_tokens": input + w5 + w1 + read + output_tokens,
                   "prompt_tokens_details": {"cached_tokens": read}},
     });
-    Response::builder().status(200).header("content-type", "application/json").header("x-request-id", request_id).body(reply.to_string()).build()
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("x-request-id", request_id)
+        .body(reply.to_string())
+        .build()
 }

@@ -49,6 +49,12 @@ pub fn list(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiResult<
             }))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let next = items.last().and_then(|m| m["message_id"].as_i64()).filter(|_| items.len() as i64 == limit);
-    Ok(json(200, &json!({ "thread_id": thread_id, "items": items, "next_after_id": next })))
+    let next = items
+        .last()
+        .and_then(|m| m["message_id"].as_i64())
+        .filter(|_| items.len() as i64 == limit);
+    Ok(json(
+        200,
+        &json!({ "thread_id": thread_id, "items": items, "next_after_id": next }),
+    ))
 }

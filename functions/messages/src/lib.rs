@@ -28,27 +28,51 @@ async fn route(req: &Request) -> ApiResult<Response> {
     let (db, caller) = billing_fn_common::authenticated(req)?;
     let segs = billing_fn_common::input::segments(req);
     match (req.method(), segs.as_slice()) {
-        (Method::Post, ["api", "threads", id, "messages"]) => send::send(&db, &caller, req, id).await,
+        (Method::Post, ["api", "threads", id, "messages"]) => {
+            send::send(&db, &caller, req, id).await
+        }
         (Method::Get, ["api", "threads", id, "messages"]) => history::list(&db, &caller, req, id),
-        (_, ["api", "threads", _, "messages"]) => Err(ApiError::MethodNotAllowed(format!("{} is not allowed here; use GET or POST", req.method()))),
-        _ => Err(ApiError::NotFound(format!("no such endpoint: {}", req.path()))),
+        (_, ["api", "threads", _, "messages"]) => Err(ApiError::MethodNotAllowed(format!(
+            "{} is not allowed here; use GET or POST",
+            req.method()
+        ))),
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path()
+        ))),
     }
 }
 
 /// The thread (id, owner, model id, archived?) if the caller may see it.
-pub(crate) fn visible_thread(db: &Db, caller: &billing_fn_common::Caller, id: &str) -> ApiResult<(i64, i64, i64, bool)> {
+pub(crate) fn visible_thread(
+    db: &Db,
+    caller: &billing_fn_common::Caller,
+    id: &str,
+) -> ApiResult<(i64, i64, i64, bool)> {
     use billing_fn_common::db::{col, col_opt, int};
     let thread_id = billing_fn_common::input::id(id, "thread")?;
-    let r = db.query("SELECT user_id, model_id, archived_at FROM user_threads WHERE thread_id = ?1", &[int(thread_id)])?;
+    let r = db.query(
+        "SELECT user_id, model_id, archived_at FROM user_threads WHERE thread_id = ?1",
+        &[int(thread_id)],
+    )?;
     let row = r.rows().next();
     match row {
         Some(row) => {
             let owner: i64 = col(&row, "user_id")?;
             if !caller.may_see(owner) {
-                return Err(ApiError::NotFound(format!("there is no thread {thread_id}")));
+                return Err(ApiError::NotFound(format!(
+                    "there is no thread {thread_id}"
+                )));
             }
-            Ok((thread_id, owner, col(&row, "model_id")?, col_opt::<&str>(&row, "archived_at").is_some()))
+            Ok((
+                thread_id,
+                owner,
+                col(&row, "model_id")?,
+                col_opt::<&str>(&row, "archived_at").is_some(),
+            ))
         }
-        None => Err(ApiError::NotFound(format!("there is no thread {thread_id}"))),
+        None => Err(ApiError::NotFound(format!(
+            "there is no thread {thread_id}"
+        ))),
     }
 }

@@ -40,7 +40,10 @@ pub struct Settings {
 }
 
 fn var(name: &str, default: &str) -> String {
-    spin_sdk::variables::get(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+    spin_sdk::variables::get(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 impl Settings {
@@ -55,7 +58,10 @@ impl Settings {
         };
         let sim = base_url.starts_with('/');
         let passthrough = if sim {
-            req.headers().filter(|(k, _)| k.starts_with("x-sim-")).filter_map(|(k, v)| Some((k.to_owned(), v.as_str()?.to_owned()))).collect()
+            req.headers()
+                .filter(|(k, _)| k.starts_with("x-sim-"))
+                .filter_map(|(k, v)| Some((k.to_owned(), v.as_str()?.to_owned())))
+                .collect()
         } else {
             Vec::new()
         };
@@ -63,7 +69,11 @@ impl Settings {
     }
 
     pub fn openai() -> Self {
-        Self::common(var("openai_base_url", "https://api.openai.com"), var("openai_api_key", ""), Vec::new())
+        Self::common(
+            var("openai_base_url", "https://api.openai.com"),
+            var("openai_api_key", ""),
+            Vec::new(),
+        )
     }
 
     fn common(base_url: String, api_key: String, passthrough: Vec<(String, String)>) -> Self {
@@ -82,17 +92,28 @@ impl Settings {
 enum Outcome {
     Done(Reply),
     /// Worth another try, after at least this many ms.
-    Retry { status: u16, detail: String, request_id: Option<String>, wait_ms: Option<u64> },
+    Retry {
+        status: u16,
+        detail: String,
+        request_id: Option<String>,
+        wait_ms: Option<u64>,
+    },
     Fail(ApiError),
 }
 
 fn request_id(r: &Response) -> Option<String> {
-    r.header("request-id").or_else(|| r.header("x-request-id")).and_then(|h| h.as_str()).map(str::to_owned)
+    r.header("request-id")
+        .or_else(|| r.header("x-request-id"))
+        .and_then(|h| h.as_str())
+        .map(str::to_owned)
 }
 
 fn error_message(body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect())
+    v.pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect())
 }
 
 fn jitter_ms(max: u64) -> u64 {
@@ -110,30 +131,74 @@ fn classify(status: u16, r: &Response) -> Outcome {
     let rid = request_id(r);
     let msg = error_message(r.body());
     match status {
-        429 if msg.to_ascii_lowercase().contains("spend limit") => Outcome::Fail(ApiError::Upstream {
+        429 if msg.to_ascii_lowercase().contains("spend limit") => {
+            Outcome::Fail(ApiError::Upstream {
+                status: 503,
+                detail: format!("the model provider's spend limit is reached: {msg}"),
+                request_id: rid,
+            })
+        }
+        429 => {
+            let wait = r
+                .header("retry-after")
+                .and_then(|h| h.as_str())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|s| s * 1000);
+            Outcome::Retry {
+                status: 503,
+                detail: format!("the model provider is rate-limiting us: {msg}"),
+                request_id: rid,
+                wait_ms: wait,
+            }
+        }
+        529 => Outcome::Retry {
             status: 503,
-            detail: format!("the model provider's spend limit is reached: {msg}"),
+            detail: format!("the model provider is overloaded: {msg}"),
+            request_id: rid,
+            wait_ms: None,
+        },
+        503 => Outcome::Retry {
+            status: 503,
+            detail: format!("the model provider is unavailable: {msg}"),
+            request_id: rid,
+            wait_ms: None,
+        },
+        504 => Outcome::Retry {
+            status: 504,
+            detail: format!("the model provider timed out: {msg}"),
+            request_id: rid,
+            wait_ms: None,
+        },
+        s if s >= 500 => Outcome::Retry {
+            status: 502,
+            detail: format!("the model provider failed ({s}): {msg}"),
+            request_id: rid,
+            wait_ms: None,
+        },
+        s => Outcome::Fail(ApiError::Upstream {
+            status: 502,
+            detail: format!("the model provider refused the request ({s}): {msg}"),
             request_id: rid,
         }),
-        429 => {
-            let wait = r.header("retry-after").and_then(|h| h.as_str()).and_then(|s| s.trim().parse::<u64>().ok()).map(|s| s * 1000);
-            Outcome::Retry { status: 503, detail: format!("the model provider is rate-limiting us: {msg}"), request_id: rid, wait_ms: wait }
-        }
-        529 => Outcome::Retry { status: 503, detail: format!("the model provider is overloaded: {msg}"), request_id: rid, wait_ms: None },
-        503 => Outcome::Retry { status: 503, detail: format!("the model provider is unavailable: {msg}"), request_id: rid, wait_ms: None },
-        504 => Outcome::Retry { status: 504, detail: format!("the model provider timed out: {msg}"), request_id: rid, wait_ms: None },
-        s if s >= 500 => Outcome::Retry { status: 502, detail: format!("the model provider failed ({s}): {msg}"), request_id: rid, wait_ms: None },
-        s => Outcome::Fail(ApiError::Upstream { status: 502, detail: format!("the model provider refused the request ({s}): {msg}"), request_id: rid }),
     }
 }
 
 /// Calls the provider, retrying what is worth retrying.
-pub async fn call(settings: &Settings, build: impl Fn() -> Request, parse: impl Fn(&Response, u32) -> Result<Reply, ApiError>) -> Result<Reply, ApiError> {
+pub async fn call(
+    settings: &Settings,
+    build: impl Fn() -> Request,
+    parse: impl Fn(&Response, u32) -> Result<Reply, ApiError>,
+) -> Result<Reply, ApiError> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         let outcome = match spin_sdk::http::send::<_, Response>(build()).await {
-            Err(e) => Outcome::Retry { status: 502, detail: format!("could not reach the model provider: {e}"), request_id: None, wait_ms: None },
+            Err(e) => Outcome::Retry {
+                status: 502,
+                detail: format!("could not reach the model provider: {e}"),
+                request_id: None,
+                wait_ms: None,
+            },
             Ok(r) => match *r.status() {
                 200 => match parse(&r, attempt) {
                     Ok(reply) => Outcome::Done(reply),
@@ -145,12 +210,26 @@ pub async fn call(settings: &Settings, build: impl Fn() -> Request, parse: impl 
         match outcome {
             Outcome::Done(reply) => return Ok(reply),
             Outcome::Fail(e) => return Err(e),
-            Outcome::Retry { status, detail, request_id, wait_ms } => {
+            Outcome::Retry {
+                status,
+                detail,
+                request_id,
+                wait_ms,
+            } => {
                 if attempt > settings.max_retries {
-                    return Err(ApiError::Upstream { status, detail: format!("{detail} (after {attempt} attempts)"), request_id });
+                    return Err(ApiError::Upstream {
+                        status,
+                        detail: format!("{detail} (after {attempt} attempts)"),
+                        request_id,
+                    });
                 }
-                let backoff = settings.retry_base_ms.saturating_mul(1 << (attempt - 1).min(10));
-                let wait = wait_ms.unwrap_or(0).max(backoff / 2 + jitter_ms(backoff / 2 + 1)).min(20_000);
+                let backoff = settings
+                    .retry_base_ms
+                    .saturating_mul(1 << (attempt - 1).min(10));
+                let wait = wait_ms
+                    .unwrap_or(0)
+                    .max(backoff / 2 + jitter_ms(backoff / 2 + 1))
+                    .min(20_000);
                 std::thread::sleep(std::time::Duration::from_millis(wait));
             }
         }
@@ -158,12 +237,20 @@ pub async fn call(settings: &Settings, build: impl Fn() -> Request, parse: impl 
 }
 
 /// Anthropic Messages API.
-pub async fn anthropic(settings: &Settings, model: &str, turns: &[Turn]) -> Result<Reply, ApiError> {
-    let body = json!({ "model": model, "max_tokens": settings.max_tokens, "messages": turns }).to_string();
+pub async fn anthropic(
+    settings: &Settings,
+    model: &str,
+    turns: &[Turn],
+) -> Result<Reply, ApiError> {
+    let body =
+        json!({ "model": model, "max_tokens": settings.max_tokens, "messages": turns }).to_string();
     let url = format!("{}/v1/messages", settings.base_url);
     let build = || {
         let mut b = Request::builder();
-        b.method(Method::Post).uri(url.clone()).header("content-type", "application/json").header("anthropic-version", settings.version.clone());
+        b.method(Method::Post)
+            .uri(url.clone())
+            .header("content-type", "application/json")
+            .header("anthropic-version", settings.version.clone());
         if !settings.api_key.is_empty() {
             b.header("x-api-key", settings.api_key.clone());
         }
@@ -173,7 +260,11 @@ pub async fn anthropic(settings: &Settings, model: &str, turns: &[Turn]) -> Resu
         b.body(body.clone()).build()
     };
     call(settings, build, |r, attempts| {
-        let malformed = |what: &str| ApiError::Upstream { status: 502, detail: format!("the model provider sent a malformed answer: {what}"), request_id: request_id(r) };
+        let malformed = |what: &str| ApiError::Upstream {
+            status: 502,
+            detail: format!("the model provider sent a malformed answer: {what}"),
+            request_id: request_id(r),
+        };
         let v: Value = serde_json::from_slice(r.body()).map_err(|e| malformed(&e.to_string()))?;
         let usage = Usage::from_response_json(&v).map_err(|e| malformed(&e.to_string()))?;
         let text = v["content"]
@@ -183,7 +274,13 @@ pub async fn anthropic(settings: &Settings, model: &str, turns: &[Turn]) -> Resu
             .filter_map(|b| b["text"].as_str())
             .collect::<Vec<_>>()
             .join("");
-        Ok(Reply { text, usage, provider_message_id: v["id"].as_str().map(str::to_owned), stop_reason: v["stop_reason"].as_str().map(str::to_owned), attempts })
+        Ok(Reply {
+            text,
+            usage,
+            provider_message_id: v["id"].as_str().map(str::to_owned),
+            stop_reason: v["stop_reason"].as_str().map(str::to_owned),
+            attempts,
+        })
     })
     .await
 }
@@ -192,29 +289,58 @@ pub async fn anthropic(settings: &Settings, model: &str, turns: &[Turn]) -> Resu
 /// `prompt_tokens` minus cached ones is input, `prompt_tokens_details.cached_tokens`
 /// is a cache read, `completion_tokens` is output.
 pub async fn openai(settings: &Settings, model: &str, turns: &[Turn]) -> Result<Reply, ApiError> {
-    let body = json!({ "model": model, "max_tokens": settings.max_tokens, "messages": turns }).to_string();
+    let body =
+        json!({ "model": model, "max_tokens": settings.max_tokens, "messages": turns }).to_string();
     let url = format!("{}/v1/chat/completions", settings.base_url);
     let build = || {
         let mut b = Request::builder();
-        b.method(Method::Post).uri(url.clone()).header("content-type", "application/json");
+        b.method(Method::Post)
+            .uri(url.clone())
+            .header("content-type", "application/json");
         if !settings.api_key.is_empty() {
             b.header("authorization", format!("Bearer {}", settings.api_key));
         }
         b.body(body.clone()).build()
     };
     call(settings, build, |r, attempts| {
-        let malformed = |what: &str| ApiError::Upstream { status: 502, detail: format!("the model provider sent a malformed answer: {what}"), request_id: request_id(r) };
+        let malformed = |what: &str| ApiError::Upstream {
+            status: 502,
+            detail: format!("the model provider sent a malformed answer: {what}"),
+            request_id: request_id(r),
+        };
         let v: Value = serde_json::from_slice(r.body()).map_err(|e| malformed(&e.to_string()))?;
-        let prompt = v.pointer("/usage/prompt_tokens").and_then(Value::as_u64).ok_or_else(|| malformed("no usage.prompt_tokens"))?;
-        let cached = v.pointer("/usage/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0).min(prompt);
-        let output = v.pointer("/usage/completion_tokens").and_then(Value::as_u64).ok_or_else(|| malformed("no usage.completion_tokens"))?;
-        let usage = Usage { input_tokens: prompt - cached, output_tokens: output, cache_read_input_tokens: cached, ..Default::default() };
-        let text = v.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let prompt = v
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| malformed("no usage.prompt_tokens"))?;
+        let cached = v
+            .pointer("/usage/prompt_tokens_details/cached_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(prompt);
+        let output = v
+            .pointer("/usage/completion_tokens")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| malformed("no usage.completion_tokens"))?;
+        let usage = Usage {
+            input_tokens: prompt - cached,
+            output_tokens: output,
+            cache_read_input_tokens: cached,
+            ..Default::default()
+        };
+        let text = v
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         Ok(Reply {
             text,
             usage,
             provider_message_id: v["id"].as_str().map(str::to_owned),
-            stop_reason: v.pointer("/choices/0/finish_reason").and_then(Value::as_str).map(str::to_owned),
+            stop_reason: v
+                .pointer("/choices/0/finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             attempts,
         })
     })

@@ -49,7 +49,12 @@ fn history(db: &Db, cache: &Cache, thread_id: i64) -> ApiResult<Vec<Turn>> {
     )?;
     let turns = r
         .rows()
-        .map(|row| Ok(Turn { role: col::<&str>(&row, "role")?.to_owned(), content: col::<&str>(&row, "content")?.to_owned() }))
+        .map(|row| {
+            Ok(Turn {
+                role: col::<&str>(&row, "role")?.to_owned(),
+                content: col::<&str>(&row, "content")?.to_owned(),
+            })
+        })
         .collect::<ApiResult<Vec<_>>>()?;
     cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
     Ok(turns)
@@ -71,33 +76,59 @@ fn outbox<T: EventData>(db: &Db, ev: &CloudEvent<T>) -> ApiResult<()> {
 pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiResult<Response> {
     let (thread_id, owner, thread_model, archived) = crate::visible_thread(db, caller, thread)?;
     if owner != caller.user_id {
-        return Err(ApiError::Forbidden("only the thread's owner can send messages to it".into()));
+        return Err(ApiError::Forbidden(
+            "only the thread's owner can send messages to it".into(),
+        ));
     }
     if archived {
-        return Err(ApiError::Conflict(format!("thread {thread_id} is archived; unarchive it to send messages")));
+        return Err(ApiError::Conflict(format!(
+            "thread {thread_id} is archived; unarchive it to send messages"
+        )));
     }
     let body: NewMessage = json_body(req, MAX_BODY_BYTES)?;
     let content = text_field("content", &body.content, MAX_CONTENT_CHARS)?;
     let cache = Cache::open();
     let model = match &body.model {
-        Some(name) => model_by_name_cached(db, &cache, name)?.filter(|m| m.active).ok_or_else(|| ApiError::invalid("model", format!("`{name}` is not an active model")))?,
+        Some(name) => model_by_name_cached(db, &cache, name)?
+            .filter(|m| m.active)
+            .ok_or_else(|| {
+                ApiError::invalid("model", format!("`{name}` is not an active model"))
+            })?,
         None => model_by_id_cached(db, &cache, thread_model)?
             .filter(|m| m.active)
-            .ok_or_else(|| ApiError::invalid("model", "the thread's model is retired; choose another model"))?,
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "model",
+                    "the thread's model is retired; choose another model",
+                )
+            })?,
     };
     let model_name = ModelName::parse(&model.name)?;
     let started_at = clock::now();
-    let price = price_in_force_cached(db, &cache, &model, started_at)?
-        .ok_or_else(|| ApiError::invalid("model", format!("`{}` has no price in force now, so it cannot be billed", model.name)))?;
+    let price = price_in_force_cached(db, &cache, &model, started_at)?.ok_or_else(|| {
+        ApiError::invalid(
+            "model",
+            format!(
+                "`{}` has no price in force now, so it cannot be billed",
+                model.name
+            ),
+        )
+    })?;
 
     let mut turns = history(db, &cache, thread_id)?;
-    turns.push(Turn { role: "user".into(), content: content.clone() });
+    turns.push(Turn {
+        role: "user".into(),
+        content: content.clone(),
+    });
 
     let t0 = clock::monotonic_ms();
     let result = match model.provider.as_str() {
         "anthropic" => provider::anthropic(&Settings::anthropic(req), &model.name, &turns).await,
         "openai-compatible" => provider::openai(&Settings::openai(), &model.name, &turns).await,
-        other => Err(ApiError::Internal(format!("model `{}` has an unknown provider `{other}`", model.name))),
+        other => Err(ApiError::Internal(format!(
+            "model `{}` has an unknown provider `{other}`",
+            model.name
+        ))),
     };
     let latency_ms = clock::monotonic_ms() - t0;
     let now = clock::now();
@@ -198,27 +229,33 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
         Ok((user_msg_id, answer_id, [sent.id, response.id, metrics.id]))
     })?;
 
-    turns.push(Turn { role: "assistant".into(), content: reply.text.clone() });
+    turns.push(Turn {
+        role: "assistant".into(),
+        content: reply.text.clone(),
+    });
     cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
     cache.publish(OUTBOX_NUDGE, b"messages");
 
-    Ok(json(201, &json!({
-        "thread_id": thread_id,
-        "user_message_id": user_msg_id,
-        "message": {
-            "message_id": answer_id,
-            "role": "assistant",
-            "content": reply.text,
-            "model": model.name,
-            "stop_reason": reply.stop_reason,
-            "latency_ms": latency_ms,
-            "created_at": now.to_rfc3339(),
-        },
-        "usage": usage_json(&reply.usage),
-        "cost": cost_json(&q),
-        "provider_attempts": reply.attempts,
-        "events": events,
-    })))
+    Ok(json(
+        201,
+        &json!({
+            "thread_id": thread_id,
+            "user_message_id": user_msg_id,
+            "message": {
+                "message_id": answer_id,
+                "role": "assistant",
+                "content": reply.text,
+                "model": model.name,
+                "stop_reason": reply.stop_reason,
+                "latency_ms": latency_ms,
+                "created_at": now.to_rfc3339(),
+            },
+            "usage": usage_json(&reply.usage),
+            "cost": cost_json(&q),
+            "provider_attempts": reply.attempts,
+            "events": events,
+        }),
+    ))
 }
 
 pub fn usage_json(u: &Usage) -> serde_json::Value {
@@ -230,7 +267,15 @@ pub fn usage_json(u: &Usage) -> serde_json::Value {
 }
 
 fn cost_json(q: &billing_core::pricing::Quote) -> serde_json::Value {
-    let by_class: serde_json::Map<String, serde_json::Value> =
-        q.lines.iter().map(|l| (l.class.as_str().to_owned(), json!({"tokens": l.tokens, "unit_price": l.unit_price, "nanos": l.cost}))).collect();
+    let by_class: serde_json::Map<String, serde_json::Value> = q
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.class.as_str().to_owned(),
+                json!({"tokens": l.tokens, "unit_price": l.unit_price, "nanos": l.cost}),
+            )
+        })
+        .collect();
     json!({ "nanos": q.total, "display": q.total.display_usd(), "pricing_id": q.pricing_id, "by_class": by_class })
 }

@@ -52,9 +52,16 @@ fn route(req: &Request) -> ApiResult<Response> {
         (Method::Get, ["api", "metrics", "top-users"]) => top_users(&db, &caller, &q),
         (Method::Get, ["api", "metrics", "threads"]) => threads(&db, &caller, &q),
         (_, ["api", "metrics", "summary" | "timeseries" | "top-users" | "threads"]) => {
-            Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+            Err(ApiError::MethodNotAllowed(format!(
+                "{} is not allowed on {}",
+                req.method(),
+                req.path()
+            )))
         }
-        _ => Err(ApiError::NotFound(format!("no such endpoint: {}", req.path()))),
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path()
+        ))),
     }
 }
 
@@ -70,14 +77,27 @@ fn scope(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResult<Sc
         (true, u) => u,
         (false, None) => Some(caller.user_id),
         (false, Some(u)) if u == caller.user_id => Some(u),
-        (false, Some(_)) => return Err(ApiError::Forbidden("you can see only your own metrics".into())),
+        (false, Some(_)) => {
+            return Err(ApiError::Forbidden(
+                "you can see only your own metrics".into(),
+            ))
+        }
     };
     let model = match q.get("model") {
         None => None,
         Some(m) => {
-            let known = db.scalar_i64("SELECT count(*) FROM dim_models WHERE model_name = ?1", &[text(m.clone())])?.unwrap_or(0) > 0;
+            let known = db
+                .scalar_i64(
+                    "SELECT count(*) FROM dim_models WHERE model_name = ?1",
+                    &[text(m.clone())],
+                )?
+                .unwrap_or(0)
+                > 0;
             if !known {
-                return Err(ApiError::invalid("model", format!("there is no model `{m}`")));
+                return Err(ApiError::invalid(
+                    "model",
+                    format!("there is no model `{m}`"),
+                ));
             }
             Some(m.clone())
         }
@@ -87,13 +107,20 @@ fn scope(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResult<Sc
 
 /// `from`..`to` aligned outward to `step` ms: `to` defaults to now, `from` to `default_span` before it.
 fn range(q: &BTreeMap<String, String>, step: i64, default_span: i64) -> ApiResult<(i64, i64)> {
-    let to = input::time_param(q, "to")?.unwrap_or_else(clock::now).millis();
-    let from = input::time_param(q, "from")?.map(Timestamp::millis).unwrap_or(to - default_span);
+    let to = input::time_param(q, "to")?
+        .unwrap_or_else(clock::now)
+        .millis();
+    let from = input::time_param(q, "from")?
+        .map(Timestamp::millis)
+        .unwrap_or(to - default_span);
     if from >= to {
         return Err(ApiError::invalid("from", "must be before `to`"));
     }
     if to - from > MAX_RANGE_MS {
-        return Err(ApiError::invalid("from", "the range may span at most 366 days"));
+        return Err(ApiError::invalid(
+            "from",
+            "the range may span at most 366 days",
+        ));
     }
     let from = from.div_euclid(step) * step;
     let to = (to + step - 1).div_euclid(step) * step;
@@ -101,7 +128,9 @@ fn range(q: &BTreeMap<String, String>, step: i64, default_span: i64) -> ApiResul
 }
 
 fn ts(ms: i64) -> String {
-    Timestamp::from_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+    Timestamp::from_millis(ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
 }
 
 /// Redis, when it holds the complete aggregates.
@@ -118,7 +147,11 @@ fn bin(s: &str) -> RedisParameter {
 fn as_i64(r: &RedisResult) -> i64 {
     match r {
         RedisResult::Int64(i) => *i,
-        RedisResult::Binary(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<f64>().ok()).map(|f| f as i64).unwrap_or(0),
+        RedisResult::Binary(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|f| f as i64)
+            .unwrap_or(0),
         _ => 0,
     }
 }
@@ -151,11 +184,21 @@ impl Totals {
     }
 
     fn get(&self, metric: &str) -> i64 {
-        METRICS.iter().position(|m| *m == metric).map(|i| self.0[i]).unwrap_or(0)
+        METRICS
+            .iter()
+            .position(|m| *m == metric)
+            .map(|i| self.0[i])
+            .unwrap_or(0)
     }
 
     fn json(&self) -> Value {
-        let avg = |sum: i64, n: i64| if n > 0 { json!(sum as f64 / n as f64) } else { Value::Null };
+        let avg = |sum: i64, n: i64| {
+            if n > 0 {
+                json!(sum as f64 / n as f64)
+            } else {
+                Value::Null
+            }
+        };
         json!({
             "cost_nanos": self.get("cost"),
             "cost_usd": billing_core::Nanos(self.get("cost")).display_usd(),
@@ -214,7 +257,11 @@ fn summary(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResult<
         for chunk in out[..out.len() - 1].chunks(13) {
             t.add(&chunk.iter().map(as_i64).collect::<Vec<_>>());
         }
-        let active = if s.user.is_some() { i64::from(t.get("lat_n") + t.get("messages") + t.get("responses") > 0) } else { as_i64(&out[out.len() - 1]) };
+        let active = if s.user.is_some() {
+            i64::from(t.get("lat_n") + t.get("messages") + t.get("responses") > 0)
+        } else {
+            as_i64(&out[out.len() - 1])
+        };
         Some((t, active))
     });
     let (totals, active, source) = match from_redis {
@@ -249,7 +296,21 @@ const LEDGER_SUMS: &str = "coalesce(sum(cost_nanos), 0) AS cost,
     coalesce(sum(latency_ms) FILTER (WHERE consumer IN ('token-metrics', 'inference-events')), 0) AS lat_sum,
     count(*) FILTER (WHERE consumer IN ('token-metrics', 'inference-events')) AS lat_n,
     coalesce(sum(latency_ms) FILTER (WHERE consumer = 'llm-responses'), 0) AS resp_lat_sum";
-const LEDGER_COLUMNS: [&str; 13] = ["cost", "tin", "tout", "tw5", "tw1", "tcr", "turns", "requests", "messages", "responses", "lat_sum", "lat_n", "resp_lat_sum"];
+const LEDGER_COLUMNS: [&str; 13] = [
+    "cost",
+    "tin",
+    "tout",
+    "tw5",
+    "tw1",
+    "tcr",
+    "turns",
+    "requests",
+    "messages",
+    "responses",
+    "lat_sum",
+    "lat_n",
+    "resp_lat_sum",
+];
 
 fn ledger_filter(s: &Scope, from: i64, to: i64) -> (String, Vec<spin_sdk::sqlite::Value>) {
     let mut sql = String::from("occurred_at >= ?1 AND occurred_at < ?2 AND consumer IN ('token-metrics', 'inference-events', 'raw-messages', 'llm-responses')");
@@ -276,7 +337,10 @@ fn row_totals(row: &spin_sdk::sqlite::Row<'_>) -> ApiResult<Totals> {
 fn ledger_summary(db: &Db, s: &Scope, from: i64, to: i64) -> ApiResult<(Totals, i64)> {
     let (filter, params) = ledger_filter(s, from, to);
     let r = db.query(&format!("SELECT {LEDGER_SUMS}, count(DISTINCT user_id) AS users FROM processed_events WHERE {filter}"), &params)?;
-    let row = r.rows().next().ok_or_else(|| ApiError::Internal("an aggregate returned no row".into()))?;
+    let row = r
+        .rows()
+        .next()
+        .ok_or_else(|| ApiError::Internal("an aggregate returned no row".into()))?;
     Ok((row_totals(&row)?, col(&row, "users")?))
 }
 
@@ -311,34 +375,54 @@ fn timeseries(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResu
         "minute" => Res::Minute,
         "hour" => Res::Hour,
         "day" => Res::Day,
-        other => return Err(ApiError::invalid("bucket", format!("`{other}` is not one of minute, hour, day"))),
+        other => {
+            return Err(ApiError::invalid(
+                "bucket",
+                format!("`{other}` is not one of minute, hour, day"),
+            ))
+        }
     };
     let by = match q.get("by").map(String::as_str) {
         None | Some("") => None,
         Some(b @ ("model" | "user")) => Some(b.to_owned()),
-        Some(other) => return Err(ApiError::invalid("by", format!("`{other}` is not one of model, user"))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "by",
+                format!("`{other}` is not one of model, user"),
+            ))
+        }
     };
     if by.as_deref() == Some("user") && !caller.is_admin() {
-        return Err(ApiError::Forbidden("only admin may break metrics down by user".into()));
+        return Err(ApiError::Forbidden(
+            "only admin may break metrics down by user".into(),
+        ));
     }
     let (from, to) = range(q, res.millis(), res.millis() * 24)?;
     let points = (to - from) / res.millis();
     if points > MAX_POINTS {
         return Err(ApiError::invalid("bucket", format!("{points} points asked; at most {MAX_POINTS}: use a coarser bucket or a shorter range")));
     }
-    let user_model = s.user.is_some() && s.model.is_some() || by.as_deref() == Some("user") && s.model.is_some() || by.as_deref() == Some("model") && s.user.is_some();
+    let user_model = s.user.is_some() && s.model.is_some()
+        || by.as_deref() == Some("user") && s.model.is_some()
+        || by.as_deref() == Some("model") && s.user.is_some();
     if res == Res::Minute && user_model {
         return Err(ApiError::invalid("bucket", "minute buckets are kept per user and per model, not per user and model: use hour or day"));
     }
     let starts: Vec<i64> = (0..points).map(|i| from + i * res.millis()).collect();
     // Series key → per-point totals.
-    let (series, source) = match aggregates().and_then(|cache| series_from_redis(&cache, &s, by.as_deref(), res, &starts)) {
+    let (series, source) = match aggregates()
+        .and_then(|cache| series_from_redis(&cache, &s, by.as_deref(), res, &starts))
+    {
         Some(found) => (found, "redis"),
-        None => (series_from_ledger(db, &s, by.as_deref(), res, from, to, &starts)?, "sqlite"),
+        None => (
+            series_from_ledger(db, &s, by.as_deref(), res, from, to, &starts)?,
+            "sqlite",
+        ),
     };
     // Keep the series with the highest cost; fold the rest into "others".
     let mut ranked: Vec<(String, Vec<Totals>)> = series.into_iter().collect();
-    ranked.sort_by_key(|(_, pts)| std::cmp::Reverse(pts.iter().map(|t| t.get("cost")).sum::<i64>()));
+    ranked
+        .sort_by_key(|(_, pts)| std::cmp::Reverse(pts.iter().map(|t| t.get("cost")).sum::<i64>()));
     if ranked.len() > MAX_SERIES {
         let rest = ranked.split_off(MAX_SERIES - 1);
         let mut others = vec![Totals::default(); starts.len()];
@@ -357,20 +441,31 @@ fn timeseries(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResu
                 .zip(pts)
                 .map(|(t, p)| {
                     let mut v = p.json();
-                    v.as_object_mut().expect("an object").insert("t".into(), json!(ts(*t)));
+                    v.as_object_mut()
+                        .expect("an object")
+                        .insert("t".into(), json!(ts(*t)));
                     v
                 })
                 .collect();
             json!({ "key": key, "points": points })
         })
         .collect();
-    Ok(json(200, &json!({
-        "from": ts(from), "to": ts(to), "bucket": q.get("bucket").cloned().unwrap_or_else(|| "hour".into()), "by": by,
-        "user_id": s.user, "model": s.model, "series": out, "source": source,
-    })))
+    Ok(json(
+        200,
+        &json!({
+            "from": ts(from), "to": ts(to), "bucket": q.get("bucket").cloned().unwrap_or_else(|| "hour".into()), "by": by,
+            "user_id": s.user, "model": s.model, "series": out, "source": source,
+        }),
+    ))
 }
 
-fn series_from_redis(cache: &Cache, s: &Scope, by: Option<&str>, res: Res, starts: &[i64]) -> Option<BTreeMap<String, Vec<Totals>>> {
+fn series_from_redis(
+    cache: &Cache,
+    s: &Scope,
+    by: Option<&str>,
+    res: Res,
+    starts: &[i64],
+) -> Option<BTreeMap<String, Vec<Totals>>> {
     let (mode, a, b) = match (by, s.user, &s.model) {
         (None, u, m) => ("exact", agg::dim(u, m.as_deref()), String::new()),
         (Some("model"), None, None) => ("prefix", "m:".to_owned(), String::new()),
@@ -381,17 +476,26 @@ fn series_from_redis(cache: &Cache, s: &Scope, by: Option<&str>, res: Res, start
         (Some(_), Some(u), m) => ("exact", agg::dim(Some(u), m.as_deref()), String::new()),
     };
     let mut args = vec![mode.to_owned(), a, b];
-    args.extend(starts.iter().map(|t| agg::bucket_key(res, &res.bucket(Timestamp::from_millis(*t).expect("in range")))));
+    args.extend(starts.iter().map(|t| {
+        agg::bucket_key(
+            res,
+            &res.bucket(Timestamp::from_millis(*t).expect("in range")),
+        )
+    }));
     let out = eval(cache, SERIES, args)?;
     let mut series: BTreeMap<String, Vec<Totals>> = BTreeMap::new();
     for triple in out.chunks(3) {
-        let [i, field, value] = triple else { return None };
+        let [i, field, value] = triple else {
+            return None;
+        };
         let i = as_i64(i) as usize - 1;
         let field = as_string(field);
         let (dim, metric) = field.split_once('|')?;
         let key = series_key(dim, by);
         let m = METRICS.iter().position(|x| *x == metric)?;
-        let pts = series.entry(key).or_insert_with(|| vec![Totals::default(); starts.len()]);
+        let pts = series
+            .entry(key)
+            .or_insert_with(|| vec![Totals::default(); starts.len()]);
         pts.get_mut(i)?.0[m] += as_i64(value);
     }
     if by.is_none() && series.is_empty() {
@@ -410,7 +514,15 @@ fn series_key(dim: &str, by: Option<&str>) -> String {
     }
 }
 
-fn series_from_ledger(db: &Db, s: &Scope, by: Option<&str>, res: Res, from: i64, to: i64, starts: &[i64]) -> ApiResult<BTreeMap<String, Vec<Totals>>> {
+fn series_from_ledger(
+    db: &Db,
+    s: &Scope,
+    by: Option<&str>,
+    res: Res,
+    from: i64,
+    to: i64,
+    starts: &[i64],
+) -> ApiResult<BTreeMap<String, Vec<Totals>>> {
     let (filter, params) = ledger_filter(s, from, to);
     let prefix = match res {
         Res::Minute => 16,
@@ -426,12 +538,20 @@ fn series_from_ledger(db: &Db, s: &Scope, by: Option<&str>, res: Res, from: i64,
         &format!("SELECT substr(occurred_at, 1, {prefix}) AS bucket, {group} AS series, {LEDGER_SUMS} FROM processed_events WHERE {filter} GROUP BY 1, 2"),
         &params,
     )?;
-    let index: BTreeMap<String, usize> = starts.iter().enumerate().map(|(i, t)| (res.bucket(Timestamp::from_millis(*t).expect("in range")), i)).collect();
+    let index: BTreeMap<String, usize> = starts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (res.bucket(Timestamp::from_millis(*t).expect("in range")), i))
+        .collect();
     let mut series: BTreeMap<String, Vec<Totals>> = BTreeMap::new();
     for row in r.rows() {
-        let Some(&i) = index.get(col::<&str>(&row, "bucket")?) else { continue };
+        let Some(&i) = index.get(col::<&str>(&row, "bucket")?) else {
+            continue;
+        };
         let key = col::<&str>(&row, "series")?.to_owned();
-        series.entry(key).or_insert_with(|| vec![Totals::default(); starts.len()])[i] = row_totals(&row)?;
+        series
+            .entry(key)
+            .or_insert_with(|| vec![Totals::default(); starts.len()])[i] = row_totals(&row)?;
     }
     if by.is_none() && series.is_empty() {
         series.insert("all".into(), vec![Totals::default(); starts.len()]);
@@ -449,7 +569,10 @@ fn top_users(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResul
         params.extend(buckets.iter().map(|(res, b)| bin(&agg::top_key(*res, b))));
         params.push(bin("WITHSCORES"));
         let out = cache.execute("ZUNION", &params)?;
-        let mut users: Vec<(i64, i64)> = out.chunks(2).filter_map(|p| Some((as_string(p.first()?).parse().ok()?, as_i64(p.get(1)?)))).collect();
+        let mut users: Vec<(i64, i64)> = out
+            .chunks(2)
+            .filter_map(|p| Some((as_string(p.first()?).parse().ok()?, as_i64(p.get(1)?))))
+            .collect();
         users.sort_by_key(|(u, c)| (std::cmp::Reverse(*c), *u));
         users.truncate(limit);
         Some(users)
@@ -457,12 +580,22 @@ fn top_users(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResul
     let (users, source) = match from_redis {
         Some(u) => (u, "redis"),
         None => {
-            let (filter, params) = ledger_filter(&Scope { user: None, model: None }, from, to);
+            let (filter, params) = ledger_filter(
+                &Scope {
+                    user: None,
+                    model: None,
+                },
+                from,
+                to,
+            );
             let r = db.query(
                 &format!("SELECT user_id, sum(cost_nanos) AS cost FROM processed_events WHERE {filter} AND consumer IN ('token-metrics', 'inference-events') GROUP BY user_id ORDER BY cost DESC, user_id LIMIT {limit}"),
                 &params,
             )?;
-            let users = r.rows().map(|row| Ok((col(&row, "user_id")?, col(&row, "cost")?))).collect::<ApiResult<Vec<(i64, i64)>>>()?;
+            let users = r
+                .rows()
+                .map(|row| Ok((col(&row, "user_id")?, col(&row, "cost")?)))
+                .collect::<ApiResult<Vec<(i64, i64)>>>()?;
             (users, "sqlite")
         }
     };
@@ -471,7 +604,10 @@ fn top_users(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResul
         .iter()
         .map(|(u, c)| json!({"user_id": u, "name": names.get(u), "cost_nanos": c, "cost_usd": billing_core::Nanos(*c).display_usd()}))
         .collect();
-    Ok(json(200, &json!({"from": ts(from), "to": ts(to), "users": rows, "source": source})))
+    Ok(json(
+        200,
+        &json!({"from": ts(from), "to": ts(to), "users": rows, "source": source}),
+    ))
 }
 
 fn user_names(db: &Db, ids: &[i64]) -> ApiResult<BTreeMap<i64, String>> {
@@ -479,8 +615,16 @@ fn user_names(db: &Db, ids: &[i64]) -> ApiResult<BTreeMap<i64, String>> {
         return Ok(BTreeMap::new());
     }
     let marks: Vec<String> = (1..=ids.len()).map(|i| format!("?{i}")).collect();
-    let r = db.query(&format!("SELECT user_id, name FROM dim_users WHERE user_id IN ({})", marks.join(", ")), &ids.iter().map(|u| int(*u)).collect::<Vec<_>>())?;
-    r.rows().map(|row| Ok((col(&row, "user_id")?, col::<&str>(&row, "name")?.to_owned()))).collect()
+    let r = db.query(
+        &format!(
+            "SELECT user_id, name FROM dim_users WHERE user_id IN ({})",
+            marks.join(", ")
+        ),
+        &ids.iter().map(|u| int(*u)).collect::<Vec<_>>(),
+    )?;
+    r.rows()
+        .map(|row| Ok((col(&row, "user_id")?, col::<&str>(&row, "name")?.to_owned())))
+        .collect()
 }
 
 /// The threads of a sorted set with scores in [ARGV[2], ARGV[3]], newest
@@ -503,22 +647,49 @@ return out
 /// A thread: its id, last activity (ms) and [`THREAD_FIELDS`] as text.
 type ThreadRow = (i64, i64, Vec<String>);
 
-const THREAD_FIELDS: [&str; 12] = ["user", "model", "turns", "messages", "cost", "tok:input", "tok:output", "tok:cache_write_5m", "tok:cache_write_1h", "tok:cache_read", "lat_sum", "lat_n"];
+const THREAD_FIELDS: [&str; 12] = [
+    "user",
+    "model",
+    "turns",
+    "messages",
+    "cost",
+    "tok:input",
+    "tok:output",
+    "tok:cache_write_5m",
+    "tok:cache_write_1h",
+    "tok:cache_read",
+    "lat_sum",
+    "lat_n",
+];
 
 fn threads(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResult<Response> {
     let s = scope(db, caller, q)?;
     if s.model.is_some() {
-        return Err(ApiError::invalid("model", "threads are listed per user; filter by user, not model"));
+        return Err(ApiError::invalid(
+            "model",
+            "threads are listed per user; filter by user, not model",
+        ));
     }
     let limit = input::int_param(q, "limit", 20, 1, 100)?;
     let (from, to) = range(q, 1, 30 * 86_400_000)?;
     let from_redis = aggregates().and_then(|cache| {
-        let mut args = vec![agg::threads_key(s.user), from.to_string(), format!("({to}"), limit.to_string()];
+        let mut args = vec![
+            agg::threads_key(s.user),
+            from.to_string(),
+            format!("({to}"),
+            limit.to_string(),
+        ];
         args.extend(THREAD_FIELDS.iter().map(|f| (*f).to_owned()));
         let out = eval(&cache, THREADS, args)?;
         let rows: Vec<ThreadRow> = out
             .chunks(2 + THREAD_FIELDS.len())
-            .filter_map(|c| Some((as_string(c.first()?).parse().ok()?, as_i64(c.get(1)?), c[2..].iter().map(as_string).collect())))
+            .filter_map(|c| {
+                Some((
+                    as_string(c.first()?).parse().ok()?,
+                    as_i64(c.get(1)?),
+                    c[2..].iter().map(as_string).collect(),
+                ))
+            })
             .collect();
         Some(rows)
     });
@@ -541,7 +712,10 @@ fn threads(db: &Db, caller: &Caller, q: &BTreeMap<String, String>) -> ApiResult<
             })
         })
         .collect();
-    Ok(json(200, &json!({"from": ts(from), "to": ts(to), "user_id": s.user, "threads": out, "source": source})))
+    Ok(json(
+        200,
+        &json!({"from": ts(from), "to": ts(to), "user_id": s.user, "threads": out, "source": source}),
+    ))
 }
 
 fn ledger_threads(db: &Db, s: &Scope, from: i64, to: i64, limit: i64) -> ApiResult<Vec<ThreadRow>> {
@@ -564,9 +738,16 @@ fn ledger_threads(db: &Db, s: &Scope, from: i64, to: i64, limit: i64) -> ApiResu
     let r = db.query(&sql, &params)?;
     r.rows()
         .map(|row| {
-            let last = Timestamp::parse(col::<&str>(&row, "last")?).map(Timestamp::millis).unwrap_or(0);
-            let mut f = vec![col::<i64>(&row, "user")?.to_string(), col::<&str>(&row, "model")?.to_owned()];
-            for c in ["turns", "messages", "cost", "tin", "tout", "tw5", "tw1", "tcr", "lat_sum", "lat_n"] {
+            let last = Timestamp::parse(col::<&str>(&row, "last")?)
+                .map(Timestamp::millis)
+                .unwrap_or(0);
+            let mut f = vec![
+                col::<i64>(&row, "user")?.to_string(),
+                col::<&str>(&row, "model")?.to_owned(),
+            ];
+            for c in [
+                "turns", "messages", "cost", "tin", "tout", "tw5", "tw1", "tcr", "lat_sum", "lat_n",
+            ] {
                 f.push(col::<i64>(&row, c)?.to_string());
             }
             Ok((col(&row, "thread_id")?, last, f))
@@ -579,6 +760,21 @@ fn thread_titles(db: &Db, ids: &[i64]) -> ApiResult<BTreeMap<i64, String>> {
         return Ok(BTreeMap::new());
     }
     let marks: Vec<String> = (1..=ids.len()).map(|i| format!("?{i}")).collect();
-    let r = db.query(&format!("SELECT thread_id, title FROM user_threads WHERE thread_id IN ({})", marks.join(", ")), &ids.iter().map(|u| int(*u)).collect::<Vec<_>>())?;
-    r.rows().map(|row| Ok((col(&row, "thread_id")?, col_opt::<&str>(&row, "title").unwrap_or_default().to_owned()))).collect()
+    let r = db.query(
+        &format!(
+            "SELECT thread_id, title FROM user_threads WHERE thread_id IN ({})",
+            marks.join(", ")
+        ),
+        &ids.iter().map(|u| int(*u)).collect::<Vec<_>>(),
+    )?;
+    r.rows()
+        .map(|row| {
+            Ok((
+                col(&row, "thread_id")?,
+                col_opt::<&str>(&row, "title")
+                    .unwrap_or_default()
+                    .to_owned(),
+            ))
+        })
+        .collect()
 }

@@ -12,7 +12,9 @@
 //! - `GET /api/resource-pricing`, `POST /api/resource-pricing` (admin): the
 //!   same for resources (per request, per millisecond of compute, …).
 
-use billing_core::pricing::{check_new_version, quote, History, PriceBook, ResourcePriceVersion, TokenPrices};
+use billing_core::pricing::{
+    check_new_version, quote, History, PriceBook, ResourcePriceVersion, TokenPrices,
+};
 use billing_core::usage::CacheCreation;
 use billing_core::{PricePerMillion, Timestamp, Usage};
 use billing_fn_common::cache::Cache;
@@ -42,9 +44,16 @@ fn route(req: &Request) -> ApiResult<Response> {
         (Method::Get, ["api", "resource-pricing"]) => resource_pricing(&db, req),
         (Method::Post, ["api", "resource-pricing"]) => new_resource_version(&db, &caller, req),
         (_, ["api", "models" | "pricing" | "resource-pricing"] | ["api", "price", "quote"]) => {
-            Err(ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())))
+            Err(ApiError::MethodNotAllowed(format!(
+                "{} is not allowed on {}",
+                req.method(),
+                req.path()
+            )))
         }
-        _ => Err(ApiError::NotFound(format!("no such endpoint: {}", req.path()))),
+        _ => Err(ApiError::NotFound(format!(
+            "no such endpoint: {}",
+            req.path()
+        ))),
     }
 }
 
@@ -121,16 +130,26 @@ fn pricing(db: &Db, req: &Request) -> ApiResult<Response> {
 
 /// The end of the latest finalized invoice period: no new price may start before it.
 fn finalized_until(db: &Db) -> ApiResult<Option<Timestamp>> {
-    let r = db.query("SELECT max(period_end) AS e FROM user_invoices WHERE status = 'final'", &[])?;
-    let end = r.rows().next().and_then(|row| col_opt::<&str>(&row, "e").map(str::to_owned));
-    end.map(|e| Timestamp::parse(&e).map_err(|e| ApiError::Internal(e.to_string()))).transpose()
+    let r = db.query(
+        "SELECT max(period_end) AS e FROM user_invoices WHERE status = 'final'",
+        &[],
+    )?;
+    let end = r
+        .rows()
+        .next()
+        .and_then(|row| col_opt::<&str>(&row, "e").map(str::to_owned));
+    end.map(|e| Timestamp::parse(&e).map_err(|e| ApiError::Internal(e.to_string())))
+        .transpose()
 }
 
 fn price_field(p: &mut Problems, field: &str, v: &Value) -> Option<PricePerMillion> {
     match v.as_i64() {
         Some(n) => p.check(PricePerMillion::new(n).map_err(|e| ApiError::invalid(field, e.reason))),
         None => {
-            p.push(field, format!("{v} is not a whole number of micro-USD per million"));
+            p.push(
+                field,
+                format!("{v} is not a whole number of micro-USD per million"),
+            );
             None
         }
     }
@@ -152,9 +171,20 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     if model.is_none() {
         p.push("model", format!("`{}` is not a known model", body.model));
     }
-    let from = p.check(Timestamp::parse(&body.effective_from).map_err(|e| ApiError::invalid("effective_from", e.reason)));
+    let from = p.check(
+        Timestamp::parse(&body.effective_from)
+            .map_err(|e| ApiError::invalid("effective_from", e.reason)),
+    );
     for k in body.prices.keys() {
-        if !["input", "output", "cache_write_5m", "cache_write_1h", "cache_read"].contains(&k.as_str()) {
+        if ![
+            "input",
+            "output",
+            "cache_write_5m",
+            "cache_write_1h",
+            "cache_read",
+        ]
+        .contains(&k.as_str())
+        {
             p.push(format!("prices.{k}"), "is not a token class; use input, output, cache_write_5m, cache_write_1h, cache_read");
         }
     }
@@ -165,14 +195,28 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
             None
         }
     };
-    let prices = (get("input"), get("output"), get("cache_write_5m"), get("cache_write_1h"), get("cache_read"));
+    let prices = (
+        get("input"),
+        get("output"),
+        get("cache_write_5m"),
+        get("cache_write_1h"),
+        get("cache_read"),
+    );
     if let (Some(m), Some(from)) = (&model, from) {
-        let existing: Vec<Timestamp> = prices::price_versions(db, m)?.iter().map(|v| v.effective_from).collect();
-        p.check(check_new_version(&existing, from, clock::now(), finalized_until(db)?).map_err(ApiError::from));
+        let existing: Vec<Timestamp> = prices::price_versions(db, m)?
+            .iter()
+            .map(|v| v.effective_from)
+            .collect();
+        p.check(
+            check_new_version(&existing, from, clock::now(), finalized_until(db)?)
+                .map_err(ApiError::from),
+        );
     }
     p.finish()?;
     let (model, from) = (model.expect("checked"), from.expect("checked"));
-    let (Some(i), Some(o), Some(w5), Some(w1), Some(r)) = prices else { unreachable!("checked") };
+    let (Some(i), Some(o), Some(w5), Some(w1), Some(r)) = prices else {
+        unreachable!("checked")
+    };
     let id = db
         .scalar_i64(
             "INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, created_by)
@@ -181,8 +225,17 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         )?
         .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
     prices::invalidate(&Cache::open(), &model);
-    let tp = TokenPrices { input: i, output: o, cache_write_5m: w5, cache_write_1h: w1, cache_read: r };
-    Ok(json(201, &json!({"pricing_id": id, "model": model.name, "effective_from": from, "prices": prices_json(&tp)})))
+    let tp = TokenPrices {
+        input: i,
+        output: o,
+        cache_write_5m: w5,
+        cache_write_1h: w1,
+        cache_read: r,
+    };
+    Ok(json(
+        201,
+        &json!({"pricing_id": id, "model": model.name, "effective_from": from, "prices": prices_json(&tp)}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -216,22 +269,38 @@ fn quote_usage(db: &Db, req: &Request) -> ApiResult<Response> {
         Some(a) => Timestamp::parse(a).map_err(|e| ApiError::invalid("at", e.reason))?,
         None => clock::now(),
     };
-    let model = model_by_name(db, &body.model)?.ok_or_else(|| ApiError::invalid("model", format!("`{}` is not a known model", body.model)))?;
+    let model = model_by_name(db, &body.model)?.ok_or_else(|| {
+        ApiError::invalid("model", format!("`{}` is not a known model", body.model))
+    })?;
     let u = &body.usage;
     let usage = Usage {
         input_tokens: u.input,
         output_tokens: u.output,
-        cache_creation_input_tokens: u.cache_write_5m.checked_add(u.cache_write_1h).ok_or_else(|| ApiError::invalid("usage", "too many tokens"))?,
-        cache_creation: Some(CacheCreation { ephemeral_5m_input_tokens: u.cache_write_5m, ephemeral_1h_input_tokens: u.cache_write_1h }),
+        cache_creation_input_tokens: u
+            .cache_write_5m
+            .checked_add(u.cache_write_1h)
+            .ok_or_else(|| ApiError::invalid("usage", "too many tokens"))?,
+        cache_creation: Some(CacheCreation {
+            ephemeral_5m_input_tokens: u.cache_write_5m,
+            ephemeral_1h_input_tokens: u.cache_write_1h,
+        }),
         cache_read_input_tokens: u.cache_read,
     };
-    let version = prices::price_in_force(db, &model, at)?.ok_or_else(|| ApiError::invalid("at", format!("`{}` has no price in force at {at}", model.name)))?;
+    let version = prices::price_in_force(db, &model, at)?.ok_or_else(|| {
+        ApiError::invalid(
+            "at",
+            format!("`{}` has no price in force at {at}", model.name),
+        )
+    })?;
     let q = quote(&version, &usage)?;
-    Ok(json(200, &json!({
-        "model": model.name, "at": at, "pricing_id": q.pricing_id, "effective_from": q.effective_from,
-        "lines": q.lines.iter().map(|l| json!({"token_class": l.class, "tokens": l.tokens, "unit_price": l.unit_price, "cost_nanos": l.cost, "cost": l.cost.display_usd()})).collect::<Vec<_>>(),
-        "total_nanos": q.total, "total": q.total.display_usd(),
-    })))
+    Ok(json(
+        200,
+        &json!({
+            "model": model.name, "at": at, "pricing_id": q.pricing_id, "effective_from": q.effective_from,
+            "lines": q.lines.iter().map(|l| json!({"token_class": l.class, "tokens": l.tokens, "unit_price": l.unit_price, "cost_nanos": l.cost, "cost": l.cost.display_usd()})).collect::<Vec<_>>(),
+            "total_nanos": q.total, "total": q.total.display_usd(),
+        }),
+    ))
 }
 
 fn resource_versions(db: &Db) -> ApiResult<Vec<ResourcePriceVersion>> {
@@ -242,8 +311,10 @@ fn resource_versions(db: &Db) -> ApiResult<Vec<ResourcePriceVersion>> {
                 resource_pricing_id: col(&row, "resource_pricing_id")?,
                 resource: col::<&str>(&row, "resource")?.to_owned(),
                 unit: col::<&str>(&row, "unit")?.to_owned(),
-                effective_from: Timestamp::parse(col(&row, "effective_from")?).map_err(|e| ApiError::Internal(e.to_string()))?,
-                unit_price: PricePerMillion::new(col(&row, "unit_price")?).map_err(|e| ApiError::Internal(e.to_string()))?,
+                effective_from: Timestamp::parse(col(&row, "effective_from")?)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+                unit_price: PricePerMillion::new(col(&row, "unit_price")?)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
             })
         })
         .collect()
@@ -282,15 +353,28 @@ fn new_resource_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Re
     let body: NewResourceVersion = json_body(req, MAX_JSON_BYTES)?;
     let mut p = Problems::default();
     let resource = p.check(text_field("resource", &body.resource, 64));
-    if resource.as_ref().is_some_and(|r| !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')) {
+    if resource.as_ref().is_some_and(|r| {
+        !r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }) {
         p.push("resource", "use lower-case letters, digits and underscores");
     }
     let unit = p.check(text_field("unit", &body.unit, 32));
-    let from = p.check(Timestamp::parse(&body.effective_from).map_err(|e| ApiError::invalid("effective_from", e.reason)));
+    let from = p.check(
+        Timestamp::parse(&body.effective_from)
+            .map_err(|e| ApiError::invalid("effective_from", e.reason)),
+    );
     let price = price_field(&mut p, "unit_price", &body.unit_price);
     if let (Some(r), Some(from)) = (&resource, from) {
-        let existing: Vec<Timestamp> = resource_versions(db)?.iter().filter(|v| &v.resource == r).map(|v| v.effective_from).collect();
-        p.check(check_new_version(&existing, from, clock::now(), finalized_until(db)?).map_err(ApiError::from));
+        let existing: Vec<Timestamp> = resource_versions(db)?
+            .iter()
+            .filter(|v| &v.resource == r)
+            .map(|v| v.effective_from)
+            .collect();
+        p.check(
+            check_new_version(&existing, from, clock::now(), finalized_until(db)?)
+                .map_err(ApiError::from),
+        );
     }
     p.finish()?;
     let id = db
@@ -306,5 +390,8 @@ fn new_resource_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Re
             ],
         )?
         .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-    Ok(json(201, &json!({"resource_pricing_id": id, "resource": resource, "effective_from": from, "unit_price": price})))
+    Ok(json(
+        201,
+        &json!({"resource_pricing_id": id, "resource": resource, "effective_from": from, "unit_price": price}),
+    ))
 }

@@ -7,8 +7,8 @@
 //! tokenizer is not public), `"local-exact"` for OpenAI BPE models. The
 //! estimated cost is the input tokens at the input price in force now.
 
-use billing_core::tokenizer::{count_text, CountMethod};
 use billing_core::money::line_cost;
+use billing_core::tokenizer::{count_text, CountMethod};
 use billing_core::Nanos;
 use billing_fn_common::input::{json_body, MAX_JSON_BYTES};
 use billing_fn_common::prices::{model_by_name, price_in_force};
@@ -48,60 +48,114 @@ async fn handle(req: Request) -> Response {
 
 async fn route(req: &Request) -> ApiResult<Response> {
     if (req.method(), req.path()) != (&Method::Post, "/api/tokens/count") {
-        return Err(ApiError::NotFound(format!("no such endpoint: {} {}", req.method(), req.path())));
+        return Err(ApiError::NotFound(format!(
+            "no such endpoint: {} {}",
+            req.method(),
+            req.path()
+        )));
     }
     let (db, _) = billing_fn_common::authenticated(req)?;
     let started = clock::monotonic_ms();
     let body: CountRequest = json_body(req, MAX_JSON_BYTES)?;
-    let model = model_by_name(&db, &body.model)?.filter(|m| m.active).ok_or_else(|| ApiError::invalid("model", format!("`{}` is not an active model", body.model)))?;
+    let model = model_by_name(&db, &body.model)?
+        .filter(|m| m.active)
+        .ok_or_else(|| {
+            ApiError::invalid("model", format!("`{}` is not an active model", body.model))
+        })?;
     let messages = match (&body.text, &body.messages) {
-        (Some(t), None) => vec![Msg { role: "user".into(), content: t.clone() }],
+        (Some(t), None) => vec![Msg {
+            role: "user".into(),
+            content: t.clone(),
+        }],
         (None, Some(m)) if !m.is_empty() => m.clone(),
-        _ => return Err(ApiError::invalid("body", "give either `text` or a non-empty `messages` list")),
+        _ => {
+            return Err(ApiError::invalid(
+                "body",
+                "give either `text` or a non-empty `messages` list",
+            ))
+        }
     };
-    if let Some(bad) = messages.iter().position(|m| m.role != "user" && m.role != "assistant") {
-        return Err(ApiError::invalid(format!("messages.{bad}.role"), "must be user or assistant"));
+    if let Some(bad) = messages
+        .iter()
+        .position(|m| m.role != "user" && m.role != "assistant")
+    {
+        return Err(ApiError::invalid(
+            format!("messages.{bad}.role"),
+            "must be user or assistant",
+        ));
     }
 
-    let provider_count = if model.provider == "anthropic" { provider_count(&model.name, &messages, body.system.as_deref()).await } else { None };
+    let provider_count = if model.provider == "anthropic" {
+        provider_count(&model.name, &messages, body.system.as_deref()).await
+    } else {
+        None
+    };
     let (tokens, method) = match provider_count {
         Some(n) => (n, "provider"),
         None => {
             let mut n = PER_REQUEST + PER_MESSAGE * messages.len() as u64;
             let mut exact = true;
-            for text in messages.iter().map(|m| m.content.as_str()).chain(body.system.as_deref()) {
+            for text in messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .chain(body.system.as_deref())
+            {
                 let c = count_text(&model.name, text);
                 exact &= c.method == CountMethod::Exact;
                 n += c.tokens;
             }
-            (n, if exact { "local-exact" } else { "local-estimate" })
+            (
+                n,
+                if exact {
+                    "local-exact"
+                } else {
+                    "local-estimate"
+                },
+            )
         }
     };
     let price = price_in_force(&db, &model, clock::now())?;
-    let cost = price.map(|p| line_cost(tokens, p.prices.input)).transpose()?.unwrap_or(Nanos::ZERO);
-    Ok(json(200, &json!({
-        "model": model.name,
-        "input_tokens": tokens,
-        "method": method,
-        "estimated_cost": {"nanos": cost, "display": cost.display_usd()},
-        "elapsed_ms": clock::monotonic_ms() - started,
-    })))
+    let cost = price
+        .map(|p| line_cost(tokens, p.prices.input))
+        .transpose()?
+        .unwrap_or(Nanos::ZERO);
+    Ok(json(
+        200,
+        &json!({
+            "model": model.name,
+            "input_tokens": tokens,
+            "method": method,
+            "estimated_cost": {"nanos": cost, "display": cost.display_usd()},
+            "elapsed_ms": clock::monotonic_ms() - started,
+        }),
+    ))
 }
 
 /// Anthropic's count, when a key is configured and the endpoint answers.
 async fn provider_count(model: &str, messages: &[Msg], system: Option<&str>) -> Option<u64> {
-    let key = spin_sdk::variables::get("anthropic_api_key").ok().filter(|k| !k.is_empty())?;
-    let base = spin_sdk::variables::get("anthropic_base_url").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| "https://api.anthropic.com".into());
+    let key = spin_sdk::variables::get("anthropic_api_key")
+        .ok()
+        .filter(|k| !k.is_empty())?;
+    let base = spin_sdk::variables::get("anthropic_base_url")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "https://api.anthropic.com".into());
     let mut body = json!({ "model": model, "messages": messages });
     if let Some(s) = system {
         body["system"] = json!(s);
     }
     let req = Request::builder()
         .method(Method::Post)
-        .uri(format!("{}/v1/messages/count_tokens", base.trim_end_matches('/')))
+        .uri(format!(
+            "{}/v1/messages/count_tokens",
+            base.trim_end_matches('/')
+        ))
         .header("content-type", "application/json")
         .header("x-api-key", key)
-        .header("anthropic-version", spin_sdk::variables::get("anthropic_version").unwrap_or_else(|_| "2023-06-01".into()))
+        .header(
+            "anthropic-version",
+            spin_sdk::variables::get("anthropic_version").unwrap_or_else(|_| "2023-06-01".into()),
+        )
         .body(body.to_string())
         .build();
     let resp: Response = spin_sdk::http::send(req).await.ok()?;

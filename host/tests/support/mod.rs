@@ -22,13 +22,26 @@ pub fn wasm(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "billing-host-probe", "-p", "billing-host-hello", "-p", "billing-host-kv-probe"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "billing-host-probe",
+                "-p",
+                "billing-host-hello",
+                "-p",
+                "billing-host-kv-probe",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the test components failed");
     });
-    let p = target_dir().join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+    let p = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
     assert!(p.exists(), "{} missing", p.display());
     p
 }
@@ -66,7 +79,10 @@ impl Drop for Served {
 
 /// Writes `manifest` (with `{probe}`, `{hello}`, `{kv}` replaced by the
 /// components' paths) and `runtime_config` into a fresh directory.
-pub fn write_app(manifest: &str, runtime_config: Option<&str>) -> (tempfile::TempDir, PathBuf, Option<PathBuf>) {
+pub fn write_app(
+    manifest: &str,
+    runtime_config: Option<&str>,
+) -> (tempfile::TempDir, PathBuf, Option<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let text = manifest
         .replace("{probe}", &wasm("billing_host_probe").display().to_string())
@@ -87,7 +103,12 @@ pub async fn serve(manifest: &str, runtime_config: Option<&str>, limits: Limits)
     serve_in(dir, &m, rc.as_deref(), limits).await
 }
 
-pub async fn serve_in(dir: tempfile::TempDir, manifest: &Path, rc: Option<&Path>, limits: Limits) -> Served {
+pub async fn serve_in(
+    dir: tempfile::TempDir,
+    manifest: &Path,
+    rc: Option<&Path>,
+    limits: Limits,
+) -> Served {
     let app = App::load(manifest, rc, limits).expect("app loads");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -95,7 +116,12 @@ pub async fn serve_in(dir: tempfile::TempDir, manifest: &Path, rc: Option<&Path>
     let task = tokio::spawn(billing_host::server::serve(app, listener, async move {
         let _ = rx.await;
     }));
-    Served { addr, dir, shutdown: Some(tx), task: Some(task) }
+    Served {
+        addr,
+        dir,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
 }
 
 pub async fn get(url: &str) -> (u16, String) {
@@ -104,6 +130,11 @@ pub async fn get(url: &str) -> (u16, String) {
 }
 
 pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
-    let r = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }

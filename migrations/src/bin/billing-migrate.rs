@@ -28,7 +28,8 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let mut conn = billing_migrations::open(&args.db).with_context(|| format!("opening {}", args.db.display()))?;
+    let mut conn = billing_migrations::open(&args.db)
+        .with_context(|| format!("opening {}", args.db.display()))?;
     if args.status {
         for (version, file, at) in billing_migrations::status(&conn)? {
             println!("{version:04}  {file}  applied {at}");
@@ -39,10 +40,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(dir) => billing_migrations::from_dir(dir)?,
         None => billing_migrations::embedded(),
     };
-    let report = billing_migrations::migrate(&mut conn, &list).with_context(|| format!("migrating {}", args.db.display()))?;
+    let report = billing_migrations::migrate(&mut conn, &list)
+        .with_context(|| format!("migrating {}", args.db.display()))?;
     for f in &report.applied {
         println!("applied {f}");
     }
-    println!("{}: {} applied now, {} already applied", args.db.display(), report.applied.len(), report.already.len());
+    println!(
+        "{}: {} applied now, {} already applied",
+        args.db.display(),
+        report.applied.len(),
+        report.already.len()
+    );
     Ok(())
 }

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until something accepts TCP connections on `port`.
@@ -26,7 +30,11 @@ struct Process(Option<Child>);
 
 impl Process {
     fn spawn(cmd: &mut Command, port: u16, what: &str, install_hint: &str) -> Self {
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{what} did not start ({e}); {install_hint}"));
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} did not start ({e}); {install_hint}"));
         let p = Self(Some(child));
         wait_for_port(port, what);
         p
@@ -54,7 +62,10 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let mut r = Self { port: free_port(), process: Process(None) };
+        let mut r = Self {
+            port: free_port(),
+            process: Process(None),
+        };
         r.restart();
         r
     }
@@ -66,7 +77,16 @@ impl Redis {
     /// Starts it again on the same port after [`Redis::stop`].
     pub fn restart(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"]);
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ]);
         self.process = Process::spawn(&mut cmd, self.port, "redis-server", "make test installs it");
     }
 
@@ -81,7 +101,8 @@ pub fn tansu_bin() -> std::path::PathBuf {
     if let Some(p) = std::env::var_os("TANSU") {
         return p.into();
     }
-    let cached = std::path::Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/llm-billing/tools/bin/tansu");
+    let cached = std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
+        .join(".cache/llm-billing/tools/bin/tansu");
     if cached.exists() {
         cached
     } else {
@@ -99,7 +120,11 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start(dir: &std::path::Path) -> Self {
-        let mut t = Self { port: free_port(), dir: dir.to_owned(), process: Process(None) };
+        let mut t = Self {
+            port: free_port(),
+            dir: dir.to_owned(),
+            process: Process(None),
+        };
         t.restart();
         t
     }
@@ -111,11 +136,22 @@ impl Tansu {
     pub fn restart(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let mut cmd = Command::new(tansu_bin());
-        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            // Tansu resolves a sqlite:// path against its working directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir);
-        self.process = Process::spawn(&mut cmd, self.port, "tansu", "make test installs it: scripts/ensure-deps.sh tansu");
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        // Tansu resolves a sqlite:// path against its working directory.
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(&self.dir);
+        self.process = Process::spawn(
+            &mut cmd,
+            self.port,
+            "tansu",
+            "make test installs it: scripts/ensure-deps.sh tansu",
+        );
     }
 
     /// SIGKILL, as a crash would.

@@ -5,5 +5,9 @@ use spin_sdk::http_component;
 
 #[http_component]
 fn handle(_req: Request) -> anyhow::Result<impl IntoResponse> {
-    Ok(Response::builder().status(200).header("content-type", "text/plain").body("Hello, world!").build())
+    Ok(Response::builder()
+        .status(200)
+        .header("content-type", "text/plain")
+        .body("Hello, world!")
+        .build())
 }

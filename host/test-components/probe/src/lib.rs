@@ -15,11 +15,19 @@ fn err(variant: &str, msg: impl std::fmt::Display) -> Response {
 }
 
 fn query_param<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.query().split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    req.query()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn tail<'a>(req: &'a Request, prefix: &str) -> &'a str {
-    req.header("spin-path-info").and_then(|h| h.as_str()).unwrap_or("").strip_prefix(prefix).unwrap_or("")
+    req.header("spin-path-info")
+        .and_then(|h| h.as_str())
+        .unwrap_or("")
+        .strip_prefix(prefix)
+        .unwrap_or("")
 }
 
 #[http_component]
@@ -29,7 +37,12 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
         Some(i) if !i.is_empty() => i.to_owned(),
         _ => "/headers".to_owned(),
     };
-    let first = info.trim_start_matches('/').split('/').next().unwrap_or("").to_owned();
+    let first = info
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
     Ok(match first.as_str() {
         "hello" => Response::new(200, "hello from probe"),
         "headers" => {
@@ -57,7 +70,9 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             loop {
                 match spin_sdk::redis::Connection::open(addr) {
                     Ok(c) => open.push(c),
-                    Err(spin_sdk::redis::Error::TooManyConnections) => break err("too-many-connections", open.len()),
+                    Err(spin_sdk::redis::Error::TooManyConnections) => {
+                        break err("too-many-connections", open.len())
+                    }
                     Err(e) => break err("other", format!("{e:?} after {}", open.len())),
                 }
                 if open.len() > 100 {
@@ -69,7 +84,11 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             let url = String::from_utf8_lossy(req.body()).into_owned();
             let out = Request::builder().method(Method::Get).uri(url).build();
             match spin_sdk::http::send::<_, Response>(out).await {
-                Ok(r) => ok(format!("{} {}", r.status(), String::from_utf8_lossy(r.body()))),
+                Ok(r) => ok(format!(
+                    "{} {}",
+                    r.status(),
+                    String::from_utf8_lossy(r.body())
+                )),
                 Err(e) => err("send", format!("{e:?}")),
             }
         }
@@ -80,7 +99,9 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             }
         }
         "alloc" => {
-            let mb: usize = query_param(&req, "mb").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let mb: usize = query_param(&req, "mb")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
             let mut v: Vec<u8> = Vec::new();
             if v.try_reserve_exact(mb << 20).is_err() {
                 return Ok(err("alloc", format!("could not allocate {mb} MiB")));
@@ -89,11 +110,16 @@ async fn handle(req: Request) -> anyhow::Result<impl IntoResponse> {
             ok(v.iter().map(|b| *b as u64).sum::<u64>())
         }
         "sleep" => {
-            let ms: u64 = query_param(&req, "ms").and_then(|v| v.parse().ok()).unwrap_or(100);
+            let ms: u64 = query_param(&req, "ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
             std::thread::sleep(std::time::Duration::from_millis(ms));
             ok(format!("slept {ms}"))
         }
-        "file" => match std::fs::read_to_string(query_param(&req, "path").map_or_else(|| format!("/{}", tail(&req, "/file/")), str::to_owned)) {
+        "file" => match std::fs::read_to_string(
+            query_param(&req, "path")
+                .map_or_else(|| format!("/{}", tail(&req, "/file/")), str::to_owned),
+        ) {
             Ok(s) => ok(s),
             Err(e) => err("io", e),
         },
@@ -122,7 +148,9 @@ macro_rules! to_value {
             serde_json::Value::Number(n) if n.is_i64() => m::Value::Integer(n.as_i64().unwrap()),
             serde_json::Value::Number(n) => m::Value::Real(n.as_f64().unwrap()),
             serde_json::Value::String(s) => m::Value::Text(s.clone()),
-            serde_json::Value::Array(a) => m::Value::Blob(a.iter().map(|b| b.as_u64().unwrap_or(0) as u8).collect()),
+            serde_json::Value::Array(a) => {
+                m::Value::Blob(a.iter().map(|b| b.as_u64().unwrap_or(0) as u8).collect())
+            }
             other => m::Value::Text(other.to_string()),
         }
     }};
@@ -153,10 +181,15 @@ macro_rules! render {
 
 fn sqlite_error(e: impl std::fmt::Debug) -> Response {
     let d = format!("{e:?}");
-    let variant = [("NoSuchDatabase", "no-such-database"), ("AccessDenied", "access-denied"), ("InvalidConnection", "invalid-connection"), ("DatabaseFull", "database-full")]
-        .iter()
-        .find(|(k, _)| d.contains(k))
-        .map_or("io", |(_, v)| v);
+    let variant = [
+        ("NoSuchDatabase", "no-such-database"),
+        ("AccessDenied", "access-denied"),
+        ("InvalidConnection", "invalid-connection"),
+        ("DatabaseFull", "database-full"),
+    ]
+    .iter()
+    .find(|(k, _)| d.contains(k))
+    .map_or("io", |(_, v)| v);
     err(variant, d)
 }
 
@@ -175,9 +208,18 @@ fn sqlite_v2(label: &str, body: &[u8]) -> Response {
     let mut last = String::new();
     for s in statements {
         let (sql, params) = parse_params(&s);
-        let params: Vec<spin_sdk::sqlite::Value> = params.iter().map(|p| to_value!(spin_sdk::sqlite, p)).collect();
+        let params: Vec<spin_sdk::sqlite::Value> = params
+            .iter()
+            .map(|p| to_value!(spin_sdk::sqlite, p))
+            .collect();
         match conn.execute(&sql, &params) {
-            Ok(r) => last = format!("{}|{}", r.columns.join(","), render!(spin_sdk::sqlite, r.rows)),
+            Ok(r) => {
+                last = format!(
+                    "{}|{}",
+                    r.columns.join(","),
+                    render!(spin_sdk::sqlite, r.rows)
+                )
+            }
             Err(e) => return sqlite_error(e),
         }
     }
@@ -191,9 +233,18 @@ fn sqlite_v3(label: &str, body: &[u8]) -> Response {
         Err(e) => return sqlite_error(e),
     };
     let (sql, params) = parse_params(body);
-    let params: Vec<spin_sdk::sqlite3::Value> = params.iter().map(|p| to_value!(spin_sdk::sqlite3, p)).collect();
+    let params: Vec<spin_sdk::sqlite3::Value> = params
+        .iter()
+        .map(|p| to_value!(spin_sdk::sqlite3, p))
+        .collect();
     match conn.execute(&sql, params.as_slice()) {
-        Ok(r) => ok(format!("{}|{}|rowid={}|changes={}", r.columns.join(","), render!(spin_sdk::sqlite3, r.rows), conn.last_insert_rowid(), conn.changes())),
+        Ok(r) => ok(format!(
+            "{}|{}|rowid={}|changes={}",
+            r.columns.join(","),
+            render!(spin_sdk::sqlite3, r.rows),
+            conn.last_insert_rowid(),
+            conn.changes()
+        )),
         Err(e) => sqlite_error(e),
     }
 }
@@ -214,8 +265,13 @@ fn redis(addr: &str, body: &[u8]) -> Response {
         let w: Vec<&str> = line.split_whitespace().collect();
         let strings = |from: usize| w[from..].iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let r = match w.first().copied() {
-            Some("set") => conn.set(w[1], &w[2].as_bytes().to_vec()).map(|_| "OK".to_string()),
-            Some("get") => conn.get(w[1]).map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|| "nil".into())),
+            Some("set") => conn
+                .set(w[1], &w[2].as_bytes().to_vec())
+                .map(|_| "OK".to_string()),
+            Some("get") => conn.get(w[1]).map(|v| {
+                v.map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_else(|| "nil".into())
+            }),
             Some("incr") => conn.incr(w[1]).map(|n| n.to_string()),
             Some("del") => conn.del(&strings(1)).map(|n| n.to_string()),
             Some("sadd") => conn.sadd(w[1], &strings(2)).map(|n| n.to_string()),
@@ -224,11 +280,17 @@ fn redis(addr: &str, body: &[u8]) -> Response {
                 m.sort();
                 m.join(",")
             }),
-            Some("publish") => conn.publish(w[1], &w[2].as_bytes().to_vec()).map(|_| "published".to_string()),
+            Some("publish") => conn
+                .publish(w[1], &w[2].as_bytes().to_vec())
+                .map(|_| "published".to_string()),
             Some("exec") => {
                 let args: Vec<RedisParameter> = w[2..]
                     .iter()
-                    .map(|a| a.parse::<i64>().map(RedisParameter::Int64).unwrap_or_else(|_| RedisParameter::Binary(a.as_bytes().to_vec())))
+                    .map(|a| {
+                        a.parse::<i64>()
+                            .map(RedisParameter::Int64)
+                            .unwrap_or_else(|_| RedisParameter::Binary(a.as_bytes().to_vec()))
+                    })
                     .collect();
                 conn.execute(w[1], &args).map(|rs| {
                     rs.iter()

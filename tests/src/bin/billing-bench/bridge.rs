@@ -27,7 +27,12 @@ fn event(i: i64, at: Timestamp) -> CloudEvent<TokenMetrics> {
             thread_id: 100_000 + user,
             message_id: i + 1,
             model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
-            usage: Usage { input_tokens: 200 + (i % 100) as u64, output_tokens: 50 + (i % 30) as u64, cache_read_input_tokens: (i % 4) as u64 * 1000, ..Default::default() },
+            usage: Usage {
+                input_tokens: 200 + (i % 100) as u64,
+                output_tokens: 50 + (i % 30) as u64,
+                cache_read_input_tokens: (i % 4) as u64 * 1000,
+                ..Default::default()
+            },
             latency_ms: 300,
         },
     )
@@ -36,10 +41,16 @@ fn event(i: i64, at: Timestamp) -> CloudEvent<TokenMetrics> {
 /// Expected cost in nano-USD (Haiku 4.5: $1 input, $5 output, $0.10 cache read per million tokens).
 fn cost(ev: &CloudEvent<TokenMetrics>) -> i64 {
     let u = &ev.data.usage;
-    u.input_tokens as i64 * 1_000 + u.output_tokens as i64 * 5_000 + u.cache_read_input_tokens as i64 * 100
+    u.input_tokens as i64 * 1_000
+        + u.output_tokens as i64 * 5_000
+        + u.cache_read_input_tokens as i64 * 100
 }
 
-fn enqueue(conn: &mut rusqlite::Connection, range: std::ops::Range<i64>, at: impl Fn(i64) -> Timestamp) -> i64 {
+fn enqueue(
+    conn: &mut rusqlite::Connection,
+    range: std::ops::Range<i64>,
+    at: impl Fn(i64) -> Timestamp,
+) -> i64 {
     let tx = conn.transaction().unwrap();
     let mut total = 0;
     {
@@ -47,7 +58,8 @@ fn enqueue(conn: &mut rusqlite::Connection, range: std::ops::Range<i64>, at: imp
         for i in range {
             let ev = event(i, at(i));
             total += cost(&ev);
-            stmt.execute(rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()]).unwrap();
+            stmt.execute(rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()])
+                .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -59,7 +71,10 @@ fn now() -> Timestamp {
 }
 
 fn count(db: &Path, sql: &str) -> i64 {
-    rusqlite::Connection::open(db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap()
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
 }
 
 /// A bridge in this process: the relay (nudged through Redis) and one consumer.
@@ -70,22 +85,51 @@ struct Running {
 
 fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let relay = Arc::new(Relay::with(db, brokers, RelayConfig { poll_interval_ms: 50, ..RelayConfig::default() }).unwrap());
+    let relay = Arc::new(
+        Relay::with(
+            db,
+            brokers,
+            RelayConfig {
+                poll_interval_ms: 50,
+                ..RelayConfig::default()
+            },
+        )
+        .unwrap(),
+    );
     let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
-    let mut tasks = vec![tokio::spawn(relay::listen_for_nudges(redis.to_owned(), nudge_tx))];
+    let mut tasks = vec![tokio::spawn(relay::listen_for_nudges(
+        redis.to_owned(),
+        nudge_tx,
+    ))];
     tasks.push(tokio::spawn({
         let mut rx = rx.clone();
         async move {
-            relay.run(nudge_rx, async move { let _ = rx.wait_for(|s| *s).await; }).await.unwrap();
+            relay
+                .run(nudge_rx, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+                .unwrap();
         }
     }));
-    let (db, brokers, redis, group) = (db.to_owned(), brokers.to_owned(), redis.to_owned(), group.to_owned());
+    let (db, brokers, redis, group) = (
+        db.to_owned(),
+        brokers.to_owned(),
+        redis.to_owned(),
+        group.to_owned(),
+    );
     tasks.push(tokio::spawn(async move {
         let mut conn = billing_migrations::open(&db).unwrap();
         let producer = relay::producer(&brokers, 10_000).unwrap();
         let mut aggs = Aggregates::new(&redis, 8 * 24 * 3600);
-        let settings = Settings { group, batch_size: 500, batch_wait_ms: 5 };
-        consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggs, rx).await.unwrap();
+        let settings = Settings {
+            group,
+            batch_size: 500,
+            batch_wait_ms: 5,
+        };
+        consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggs, rx)
+            .await
+            .unwrap();
     }));
     Running { stop, tasks }
 }
@@ -100,17 +144,49 @@ impl Running {
 }
 
 async fn redis_day_totals(redis: &Redis, day: &str) -> (i64, i64) {
-    let mut r = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let v: Vec<Option<i64>> = redis::cmd("HMGET").arg(format!("billing:agg:d:{day}")).arg("*|cost").arg("*|turns").query_async(&mut r).await.unwrap();
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let v: Vec<Option<i64>> = redis::cmd("HMGET")
+        .arg(format!("billing:agg:d:{day}"))
+        .arg("*|cost")
+        .arg("*|turns")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     (v[0].unwrap_or(0), v[1].unwrap_or(0))
 }
 
 /// The broker's own ceiling: `n` messages of the payload size produced
 /// (idempotent, acks=all, as the relay does) and consumed, concurrently.
 async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
-    billing_bridge::topics::ensure(brokers, &TopicsConfig { partitions: 6, ..TopicsConfig::default() }).await.unwrap();
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    admin.create_topics(&[rdkafka::admin::NewTopic::new("bench-raw", 6, rdkafka::admin::TopicReplication::Fixed(1))], &rdkafka::admin::AdminOptions::new()).await.unwrap();
+    billing_bridge::topics::ensure(
+        brokers,
+        &TopicsConfig {
+            partitions: 6,
+            ..TopicsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                "bench-raw",
+                6,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
@@ -128,7 +204,15 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
                     let key = (i % USERS).to_string();
                     let p = producer.clone();
                     let payload = payload.clone();
-                    async move { p.send(FutureRecord::to("bench-raw").key(&key).payload(&payload), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e) }
+                    async move {
+                        p.send(
+                            FutureRecord::to("bench-raw").key(&key).payload(&payload),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e)
+                    }
                 });
                 for r in futures::future::join_all(sends).await {
                     r.unwrap();
@@ -138,7 +222,10 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
     });
     let mut got = 0;
     while got < n {
-        tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.expect("raw consume stalled").unwrap();
+        tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("raw consume stalled")
+            .unwrap();
         got += 1;
     }
     produce.await.unwrap();
@@ -156,9 +243,21 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
     let db = dir.path().join("billing.db");
     let (mut conn, _) = billing_migrations::open_and_migrate(&db).unwrap();
     for u in 10..10 + USERS {
-        conn.execute("INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')", rusqlite::params![u, format!("Bench {u}"), format!("b{u}@example.com")]).unwrap();
+        conn.execute(
+            "INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')",
+            rusqlite::params![u, format!("Bench {u}"), format!("b{u}@example.com")],
+        )
+        .unwrap();
     }
-    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig { partitions: 6, ..TopicsConfig::default() }).await.unwrap();
+    billing_bridge::topics::ensure(
+        &tansu.brokers(),
+        &TopicsConfig {
+            partitions: 6,
+            ..TopicsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
     println!("machine: {}", super::machine());
 
     // 1. The ceiling: raw produce+consume of the same broker.
@@ -168,8 +267,12 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
 
     // 2. Sustained: drain a preloaded outbox of `events` events.
     let day = "2026-07-01";
-    let base = Timestamp::parse(&format!("{day}T00:00:00Z")).unwrap().millis();
-    let expected = enqueue(&mut conn, 0..events, |i| Timestamp::from_millis(base + i).unwrap());
+    let base = Timestamp::parse(&format!("{day}T00:00:00Z"))
+        .unwrap()
+        .millis();
+    let expected = enqueue(&mut conn, 0..events, |i| {
+        Timestamp::from_millis(base + i).unwrap()
+    });
     let started = Instant::now();
     let bridge = start_bridge(&db, &tansu.brokers(), &redis.url(), "bench-sustained");
     loop {
@@ -177,14 +280,21 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
         if turns >= events {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "the bridge did not drain {events} events in 10 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the bridge did not drain {events} events in 10 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = started.elapsed().as_secs_f64();
     let e2e = events as f64 / secs;
     let billed: i64 = count(&db, &format!("SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item WHERE occurred_at LIKE '{day}%'"));
     let (agg_cost, agg_turns) = redis_day_totals(&redis, day).await;
-    assert_eq!((billed, agg_cost, agg_turns), (expected, expected, events), "billed and aggregated exactly");
+    assert_eq!(
+        (billed, agg_cost, agg_turns),
+        (expected, expected, events),
+        "billed and aggregated exactly"
+    );
     println!("end to end: {events} events from the outbox to line items and aggregates in {secs:.1} s = {e2e:.0} events/s ({:.0}% of the raw broker rate); totals exact: {expected} nano-USD", e2e / raw * 100.0);
 
     // 3. Latency at a fixed offered load: `rate` events/s for `seconds`, stamped when written.
@@ -203,7 +313,10 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
             while written < offered {
                 let n = per_tick.min(offered - written);
                 total += enqueue(&mut conn, first + written..first + written + n, |_| now());
-                let _: redis::RedisResult<i64> = redis::cmd("PUBLISH").arg(relay::NUDGE_CHANNEL).arg("bench").query(&mut r);
+                let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(relay::NUDGE_CHANNEL)
+                    .arg("bench")
+                    .query(&mut r);
                 written += n;
                 let due = tick * (written / per_tick) as u32;
                 if let Some(wait) = due.checked_sub(t0.elapsed()) {

@@ -27,13 +27,28 @@ use std::time::{Duration, Instant};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
-    format!("{} cores, {model}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    format!(
+        "{} cores, {model}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    )
 }
 
 #[tokio::main]
@@ -41,8 +56,21 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("collector") => collector().await,
         Some("invoice") => invoice().await,
-        Some("metrics") => metrics(arg("--line-items", 10_000_000) as i64, arg("--requests", 500) as usize).await,
-        Some("bridge") => bridge::run(arg("--events", 20_000) as i64, arg("--rate", 1_000) as i64, arg("--seconds", 20) as i64).await,
+        Some("metrics") => {
+            metrics(
+                arg("--line-items", 10_000_000) as i64,
+                arg("--requests", 500) as usize,
+            )
+            .await
+        }
+        Some("bridge") => {
+            bridge::run(
+                arg("--events", 20_000) as i64,
+                arg("--rate", 1_000) as i64,
+                arg("--seconds", 20) as i64,
+            )
+            .await
+        }
         _ => {
             eprintln!("usage: billing-bench collector|invoice|metrics|bridge [options]");
             std::process::exit(2);
@@ -51,7 +79,11 @@ async fn main() {
 }
 
 async fn collector() {
-    let (seconds, batch, clients) = (arg("--seconds", 10), arg("--batch", 500) as usize, arg("--clients", 4) as usize);
+    let (seconds, batch, clients) = (
+        arg("--seconds", 10),
+        arg("--batch", 500) as usize,
+        arg("--clients", 4) as usize,
+    );
     let s = Stack::start_with(&[("COLLECTOR_REQUESTS_PER_SECOND", "1000000")]).await;
     let client = reqwest::Client::new();
     let url = s.url("/api/events");
@@ -95,9 +127,13 @@ async fn collector() {
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort();
-    let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    let p =
+        |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
     let stored = s.count("outbox");
-    assert_eq!(stored as u64, accepted, "every accepted event is in the outbox");
+    assert_eq!(
+        stored as u64, accepted,
+        "every accepted event is in the outbox"
+    );
     println!("machine: {}", machine());
     println!("collector: {accepted} events in {requests} batches of {batch} from {clients} clients in {secs:.1} s = {:.0} events/s; batch latency p50 {:.1} ms, p99 {:.1} ms", accepted as f64 / secs, p(0.5), p(0.99));
 }
@@ -121,15 +157,34 @@ async fn invoice() {
             for i in 0..lines {
                 let c = (i % 3) as usize;
                 let ms = 1_772_323_200_000i64 + i * 2; // from 2026-03-01, 2 ms apart
-                let at = billing_core::Timestamp::from_millis(ms).unwrap().to_rfc3339();
-                stmt.execute(rusqlite::params![format!("e{}", i / 3), classes[c], 100 + i % 900, prices[c], at]).unwrap();
+                let at = billing_core::Timestamp::from_millis(ms)
+                    .unwrap()
+                    .to_rfc3339();
+                stmt.execute(rusqlite::params![
+                    format!("e{}", i / 3),
+                    classes[c],
+                    100 + i % 900,
+                    prices[c],
+                    at
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
     }
-    let expected: i64 = s.db().query_row("SELECT sum(cost_nanos) FROM user_invoice_line_item", [], |r| r.get(0)).unwrap();
+    let expected: i64 = s
+        .db()
+        .query_row(
+            "SELECT sum(cost_nanos) FROM user_invoice_line_item",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     println!("machine: {}", machine());
-    println!("inserted {lines} line items in {:.1} s", setup.elapsed().as_secs_f64());
+    println!(
+        "inserted {lines} line items in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let r = s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": 2, "period_start": "2026-03-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"}))).await;
     let took = t.elapsed();
@@ -138,7 +193,6 @@ async fn invoice() {
     assert_eq!(r.body["line_count"].as_i64(), Some(lines));
     println!("invoice: drafted over {lines} line items in {:.0} ms (total {} nano-USD, checked against SQLite)", took.as_secs_f64() * 1000.0, expected);
 }
-
 
 async fn metrics(line_items: i64, requests: usize) {
     let events = line_items / 3;
@@ -151,7 +205,12 @@ async fn metrics(line_items: i64, requests: usize) {
         {
             let mut u = tx.prepare("INSERT INTO dim_users (user_id, name, email, role) VALUES (?1, ?2, ?3, 'user')").unwrap();
             for i in 0..users {
-                u.execute(rusqlite::params![1000 + i, format!("Bench {i}"), format!("bench{i}@example.com")]).unwrap();
+                u.execute(rusqlite::params![
+                    1000 + i,
+                    format!("Bench {i}"),
+                    format!("bench{i}@example.com")
+                ])
+                .unwrap();
             }
             let mut stmt = tx
                 .prepare(
@@ -160,15 +219,33 @@ async fn metrics(line_items: i64, requests: usize) {
                      VALUES ('token-metrics', '/bench', ?1, 'token-metrics', 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .unwrap();
-            let models = ["claude-haiku-4-5-20251001", "claude-sonnet-4-5-20250929", "claude-opus-4-5-20251101"];
+            let models = [
+                "claude-haiku-4-5-20251001",
+                "claude-sonnet-4-5-20250929",
+                "claude-opus-4-5-20251101",
+            ];
             let start = 1_772_323_200_000i64; // 2026-03-01
             let span = 30 * 86_400_000i64;
             for i in 0..events {
                 let user = 1000 + i % users;
-                let at = billing_core::Timestamp::from_millis(start + i * span / events).unwrap().to_rfc3339();
+                let at = billing_core::Timestamp::from_millis(start + i * span / events)
+                    .unwrap()
+                    .to_rfc3339();
                 let (input, output, cached) = (100 + i % 900, 20 + i % 300, (i % 5) * 1000);
-                stmt.execute(rusqlite::params![format!("e{i}"), i, user, models[(i % 3) as usize], 10_000 + user, at, 200 + i % 800, input * 1000 + output * 5000 + cached * 100, input, output, cached])
-                    .unwrap();
+                stmt.execute(rusqlite::params![
+                    format!("e{i}"),
+                    i,
+                    user,
+                    models[(i % 3) as usize],
+                    10_000 + user,
+                    at,
+                    200 + i % 800,
+                    input * 1000 + output * 5000 + cached * 100,
+                    input,
+                    output,
+                    cached
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
@@ -177,14 +254,36 @@ async fn metrics(line_items: i64, requests: usize) {
     println!("ledger: {events} events (= {line_items} line items of three token classes) over 30 days and {users} users, written in {:.1} s", setup.elapsed().as_secs_f64());
     let t = Instant::now();
     let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
-    let r = billing_bridge::aggregates::rebuild(&s.dir.path().join("billing.db"), &s.redis.url(), 3600, now).await.unwrap();
-    println!("rebuild-redis: {} events into {} aggregate changes in {:.1} s", r.events, r.commands, t.elapsed().as_secs_f64());
+    let r = billing_bridge::aggregates::rebuild(
+        &s.dir.path().join("billing.db"),
+        &s.redis.url(),
+        3600,
+        now,
+    )
+    .await
+    .unwrap();
+    println!(
+        "rebuild-redis: {} events into {} aggregate changes in {:.1} s",
+        r.events,
+        r.commands,
+        t.elapsed().as_secs_f64()
+    );
 
     let client = reqwest::Client::new();
     let queries = [
-        ("the whole 30 days, everyone", "from=2026-03-01T00:00:00Z&to=2026-03-31T00:00:00Z".to_owned()),
-        ("one day, one user", "from=2026-03-10T00:00:00Z&to=2026-03-11T00:00:00Z&user=1007".to_owned()),
-        ("366 days, one model", "from=2025-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&model=claude-sonnet-4-5-20250929".to_owned()),
+        (
+            "the whole 30 days, everyone",
+            "from=2026-03-01T00:00:00Z&to=2026-03-31T00:00:00Z".to_owned(),
+        ),
+        (
+            "one day, one user",
+            "from=2026-03-10T00:00:00Z&to=2026-03-11T00:00:00Z&user=1007".to_owned(),
+        ),
+        (
+            "366 days, one model",
+            "from=2025-11-01T00:00:00Z&to=2026-11-02T00:00:00Z&model=claude-sonnet-4-5-20250929"
+                .to_owned(),
+        ),
     ];
     let mut redis_totals = Vec::new();
     for (what, q) in &queries {
@@ -193,24 +292,54 @@ async fn metrics(line_items: i64, requests: usize) {
         let mut body = serde_json::Value::Null;
         for _ in 0..requests {
             let t = Instant::now();
-            let r = client.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+            let r = client
+                .get(&url)
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status().as_u16(), 200);
             body = r.json().await.unwrap();
             lat.push(t.elapsed());
         }
         assert_eq!(body["source"], "redis");
         lat.sort();
-        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+        let p = |q: f64| {
+            lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1000.0
+        };
         println!("summary from Redis, {what}: p50 {:.2} ms, p99 {:.2} ms over {requests} requests (cost {} nano-USD)", p(0.5), p(0.99), body["cost_nanos"]);
         redis_totals.push(body["cost_nanos"].clone());
     }
     // The same answers from the SQLite fallback (Redis without the aggregates).
-    let mut r = redis::Client::open(s.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("DEL").arg("billing:aggregates-complete").query_async(&mut r).await.unwrap();
+    let mut r = redis::Client::open(s.redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("billing:aggregates-complete")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     for ((what, q), expected) in queries.iter().zip(&redis_totals) {
         let t = Instant::now();
-        let body: serde_json::Value = client.get(s.url(&format!("/api/metrics/summary?{q}"))).bearer_auth(ADMIN_KEY).send().await.unwrap().json().await.unwrap();
-        assert_eq!((&body["source"], &body["cost_nanos"]), (&json!("sqlite"), expected), "SQLite and Redis agree");
-        println!("summary from the SQLite fallback, {what}: {:.0} ms (one request; same figures)", t.elapsed().as_secs_f64() * 1000.0);
+        let body: serde_json::Value = client
+            .get(s.url(&format!("/api/metrics/summary?{q}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (&body["source"], &body["cost_nanos"]),
+            (&json!("sqlite"), expected),
+            "SQLite and Redis agree"
+        );
+        println!(
+            "summary from the SQLite fallback, {what}: {:.0} ms (one request; same figures)",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
 }
