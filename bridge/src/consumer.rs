@@ -35,6 +35,9 @@ use rusqlite::{Connection, TransactionBehavior};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How long a dead letter or processed-events record may wait for the broker, in ms.
+const PRODUCE_TIMEOUT_MS: u64 = 10_000;
+
 /// The topics the consumers read.
 pub const TOPICS: [&str; 4] = [
     topics::TOKEN_METRICS,
@@ -191,10 +194,12 @@ pub async fn run(
     brokers: &str,
     settings: &Settings,
     conn: &mut Connection,
-    producer: &FutureProducer,
     aggregates: &mut Aggregates,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    // Dead letters and processed-events; replaced after a failed delivery,
+    // like the relay's, so a broker that lost its producer state takes it.
+    let mut producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
     let consumer: StreamConsumer<LagContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &settings.group)
@@ -232,7 +237,7 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        if !handle(&batch, conn, producer, aggregates, &mut stop).await? {
+        if !handle(&batch, conn, &mut producer, brokers, aggregates, &mut stop).await? {
             tracing::info!(
                 messages = batch.len(),
                 "Stopping before the batch was done; it will be delivered again."
@@ -257,7 +262,8 @@ pub async fn run(
 async fn handle(
     batch: &[BorrowedMessage<'_>],
     conn: &mut Connection,
-    producer: &FutureProducer,
+    producer: &mut FutureProducer,
+    brokers: &str,
     aggregates: &mut Aggregates,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool> {
@@ -307,6 +313,7 @@ async fn handle(
             Outcome::Poison { code, reason } => {
                 let mut backoff = Duration::from_millis(50);
                 while let Err(e) = dead_letter(producer, msg, code, reason).await {
+                    *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
                     metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
                     tracing::warn!(error = %e, "Dead-letter delivery failed; retrying.");
                     if !back_off(&mut backoff, stop).await {
@@ -395,6 +402,7 @@ async fn handle(
                 failed = pending.len(),
                 "Producing processed-events failed; retrying."
             );
+            *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
             if !back_off(&mut backoff, stop).await {
                 return Ok(false);
             }

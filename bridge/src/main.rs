@@ -135,7 +135,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     });
 
     let mut conn = billing_migrations::open(&cfg.database)?;
-    let producer = relay::producer(&cfg.brokers, cfg.relay.delivery_timeout_ms)?;
     let settings = consumer::Settings {
         group: cfg.consumer.group.clone(),
         batch_size: cfg.consumer.batch_size,
@@ -144,7 +143,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut aggs = Aggregates::new(&cfg.redis_url, cfg.aggregates.mark_ttl_s);
     let consumed = tokio::spawn({
         let (brokers, stop) = (cfg.brokers.clone(), stop.clone());
-        async move { consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggs, stop).await }
+        async move { consumer::run(&brokers, &settings, &mut conn, &mut aggs, stop).await }
     });
 
     let (notices, _) = tokio::sync::broadcast::channel(1024);

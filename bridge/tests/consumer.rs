@@ -59,7 +59,6 @@ async fn consume_until(
     settle: Duration,
 ) {
     let mut conn = billing_migrations::open(db).unwrap();
-    let dead_letters = producer(brokers, 5000).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let settings = Settings {
         group: group.to_owned(),
@@ -69,15 +68,8 @@ async fn consume_until(
     let mut aggregates = Aggregates::new(&redis.url(), 3600);
     let brokers = brokers.to_owned();
     let consumer = tokio::spawn(async move {
-        billing_bridge::consumer::run(
-            &brokers,
-            &settings,
-            &mut conn,
-            &dead_letters,
-            &mut aggregates,
-            stop_rx,
-        )
-        .await
+        billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, stop_rx)
+            .await
     });
     let check = rusqlite::Connection::open(db).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

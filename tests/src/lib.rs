@@ -291,23 +291,15 @@ impl Bridge {
         }));
         let (brokers, redis_url) = (tansu.brokers(), stack.redis.url());
         tasks.push(tokio::spawn(async move {
-            let producer = billing_bridge::relay::producer(&brokers, 5000).unwrap();
             let settings = billing_bridge::consumer::Settings {
                 group: "e2e".into(),
                 batch_size: 100,
                 batch_wait_ms: 5,
             };
             let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
-            billing_bridge::consumer::run(
-                &brokers,
-                &settings,
-                &mut conn,
-                &producer,
-                &mut aggregates,
-                rx,
-            )
-            .await
-            .unwrap()
+            billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, rx)
+                .await
+                .unwrap()
         }));
         Self { tansu, stop, tasks }
     }

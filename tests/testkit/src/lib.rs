@@ -30,9 +30,33 @@ struct Process(Option<Child>);
 
 impl Process {
     fn spawn(cmd: &mut Command, port: u16, what: &str, install_hint: &str) -> Self {
+        Self::spawn_logged(cmd, port, what, install_hint, None)
+    }
+
+    /// Like [`Process::spawn`], appending the server's output to `log`.
+    fn spawn_logged(
+        cmd: &mut Command,
+        port: u16,
+        what: &str,
+        install_hint: &str,
+        log: Option<&std::path::Path>,
+    ) -> Self {
+        let (out, err) = match log.and_then(|p| {
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        }) {
+            Some(f) => (
+                Stdio::from(f.try_clone().expect("log file")),
+                Stdio::from(f),
+            ),
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("{what} did not start ({e}); {install_hint}"));
         let p = Self(Some(child));
@@ -146,11 +170,13 @@ impl Tansu {
         // Tansu resolves a sqlite:// path against its working directory.
         .args(["--storage-engine", "sqlite://tansu.db"])
         .current_dir(&self.dir);
-        self.process = Process::spawn(
+        let log = self.dir.join("tansu.log");
+        self.process = Process::spawn_logged(
             &mut cmd,
             self.port,
             "tansu",
             "make test installs it: scripts/ensure-deps.sh tansu",
+            Some(&log),
         );
     }
 

@@ -120,14 +120,13 @@ fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
     );
     tasks.push(tokio::spawn(async move {
         let mut conn = billing_migrations::open(&db).unwrap();
-        let producer = relay::producer(&brokers, 10_000).unwrap();
         let mut aggs = Aggregates::new(&redis, 8 * 24 * 3600);
         let settings = Settings {
             group,
             batch_size: 500,
             batch_wait_ms: 5,
         };
-        consumer::run(&brokers, &settings, &mut conn, &producer, &mut aggs, rx)
+        consumer::run(&brokers, &settings, &mut conn, &mut aggs, rx)
             .await
             .unwrap();
     }));
