@@ -15,7 +15,7 @@ export CACHE_DIR
 export TANSU ?= $(CACHE_DIR)/tools/bin/tansu
 SHELL := /bin/bash
 
-.PHONY: up components test deps check-wasm lint clean-cache bench bench-host
+.PHONY: up components web test test-web deps check-wasm lint clean-cache bench bench-host
 
 up:
 	scripts/up.sh
@@ -27,6 +27,15 @@ components: deps target
 test: deps target
 	$(CARGO) test
 	$(MAKE) check-wasm
+	$(MAKE) test-web
+
+# The web app alone: built into target/web-dist, which the `web` component serves.
+web: target
+	scripts/build-web.sh
+
+# Browser tests against the whole stack (installs chromium and playwright-core when missing).
+test-web: deps target
+	scripts/test-web.sh
 
 deps:
 	scripts/ensure-deps.sh wasm redis sqlite3 tansu

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [tansu]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [tansu] [chromium] [node]
 #
 # Tools built from crates.io go to $CACHE_DIR/tools (default
 # ~/.cache/llm-billing/tools), outside the clone, and are reused.
@@ -32,6 +32,8 @@ for want in "${@:-wasm redis sqlite3}"; do
                 fi ;;
             redis) apt_install redis-server redis-server ;;
             sqlite3) apt_install sqlite3 sqlite3 ;;
+            chromium) apt_install chromium chromium ;;
+            node) apt_install node nodejs; apt_install npm npm ;;
             tansu)
                 tools="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools"
                 if [ ! -x "$tools/bin/tansu" ]; then
