@@ -38,7 +38,7 @@ test-web: deps target
 	scripts/test-web.sh
 
 deps:
-	scripts/ensure-deps.sh wasm redis sqlite3 tansu
+	scripts/ensure-deps.sh wasm redis sqlite3 tansu compose
 
 # The `target` symlink into the cache; a real directory is left alone.
 target:

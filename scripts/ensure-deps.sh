@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [tansu] [chromium] [node]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [tansu] [chromium] [node] [compose]
 #
 # Tools built from crates.io go to $CACHE_DIR/tools (default
 # ~/.cache/llm-billing/tools), outside the clone, and are reused.
@@ -33,6 +33,7 @@ for want in "${@:-wasm redis sqlite3}"; do
             redis) apt_install redis-server redis-server ;;
             sqlite3) apt_install sqlite3 sqlite3 ;;
             chromium) apt_install chromium chromium ;;
+            compose) apt_install docker-compose docker-compose ;;
             node) apt_install node nodejs; apt_install npm npm ;;
             tansu)
                 tools="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools"
