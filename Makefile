@@ -15,7 +15,7 @@ export CACHE_DIR
 export TANSU ?= $(CACHE_DIR)/tools/bin/tansu
 SHELL := /bin/bash
 
-.PHONY: up components web test test-web deps check-wasm lint clean-cache bench bench-host
+.PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host
 
 up:
 	scripts/up.sh
@@ -28,10 +28,15 @@ test: deps target
 	$(CARGO) test
 	$(MAKE) check-wasm
 	$(MAKE) test-web
+	$(MAKE) smoke
 
 # The web app alone: built into target/web-dist, which the `web` component serves.
 web: target
 	scripts/build-web.sh
+
+# `make up` in a temporary data directory: one chat turn billed, Ctrl-C, nothing left running.
+smoke: deps target
+	scripts/smoke-up.sh
 
 # Browser tests against the whole stack (installs chromium and playwright-core when missing).
 test-web: deps target
