@@ -3,11 +3,13 @@
 # Tansu, redis-server, billing-bridge and billing-host (serving the API and
 # the web app) on free ports with a temporary data directory; headless
 # Debian chromium, driven by playwright-core, runs tests/web/app.test.mjs.
-# Screenshots land in tests/web/artifacts/ (git-ignored).
+# Screenshots land in tests/web/artifacts/ (git-ignored). Then
+# tests/openapi/conformance.py checks live answers against openapi.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh chromium node
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm install --no-audit --no-fund --silent)
+python3 -c 'import jsonschema, yaml' 2>/dev/null || python3 -m pip install -q jsonschema pyyaml
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port)
@@ -31,3 +33,4 @@ grep -q "is up" "$DATA/up.log" || { echo "the stack did not start in 15 minutes:
 read -r USER_ID USER_KEY < "$DATA/demo-keys"
 APP="http://127.0.0.1:$PORT" ADMIN_KEY=$(cat "$DATA/admin-key") USER_KEY="$USER_KEY" USER_ID="$USER_ID" \
     node tests/web/app.test.mjs || { echo "--- host log"; tail -20 "$DATA/host.log"; echo "--- bridge log"; tail -20 "$DATA/bridge.log"; exit 1; }
+APP="http://127.0.0.1:$PORT" ADMIN_KEY=$(cat "$DATA/admin-key") USER_KEY="$USER_KEY" USER_ID="$USER_ID" python3 tests/openapi/conformance.py
