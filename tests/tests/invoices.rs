@@ -7,6 +7,7 @@
 use billing_e2e::{Stack, ADMIN_KEY};
 use serde_json::json;
 
+#[allow(clippy::too_many_arguments)] // one argument per column of the row it writes
 fn token_line(
     s: &Stack,
     user: i64,
@@ -26,6 +27,7 @@ fn token_line(
         .unwrap();
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per column of the row it writes
 fn resource_line(
     s: &Stack,
     user: i64,
