@@ -34,6 +34,9 @@ pub struct ConsumerConfig {
     pub batch_size: usize,
     /// How long a batch waits for more messages after its first, in ms. Example: 5.
     pub batch_wait_ms: u64,
+    /// How long the broker may hold an empty fetch, in ms (`fetch.wait.max.ms`);
+    /// a broker that holds it even when data arrives adds this to every event's latency. Example: 50.
+    pub fetch_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +108,7 @@ impl Default for ConsumerConfig {
             group: "billing-bridge".into(),
             batch_size: 500,
             batch_wait_ms: 5,
+            fetch_wait_ms: 50,
         }
     }
 }

@@ -54,6 +54,10 @@ pub struct Settings {
     pub batch_size: usize,
     /// How long a batch waits for more messages after its first, in ms.
     pub batch_wait_ms: u64,
+    /// How long the broker may hold a fetch while it has nothing new, in ms
+    /// (librdkafka's `fetch.wait.max.ms`). Brokers that hold a fetch for
+    /// the full time even when data arrives add this to every event's latency.
+    pub fetch_wait_ms: u64,
 }
 
 /// Feeds consumer lag per partition into the metrics from librdkafka's statistics.
@@ -208,6 +212,7 @@ pub async fn run(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", &settings.fetch_wait_ms.to_string())
         .create_with_context(LagContext)
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&TOPICS)?;

@@ -139,6 +139,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         group: cfg.consumer.group.clone(),
         batch_size: cfg.consumer.batch_size,
         batch_wait_ms: cfg.consumer.batch_wait_ms,
+        fetch_wait_ms: cfg.consumer.fetch_wait_ms,
     };
     let mut aggs = Aggregates::new(&cfg.redis_url, cfg.aggregates.mark_ttl_s);
     let consumed = tokio::spawn({

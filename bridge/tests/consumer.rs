@@ -64,6 +64,7 @@ async fn consume_until(
         group: group.to_owned(),
         batch_size: 100,
         batch_wait_ms: 5,
+        fetch_wait_ms: 50,
     };
     let mut aggregates = Aggregates::new(&redis.url(), 3600);
     let brokers = brokers.to_owned();

@@ -295,6 +295,7 @@ impl Bridge {
                 group: "e2e".into(),
                 batch_size: 100,
                 batch_wait_ms: 5,
+                fetch_wait_ms: 50,
             };
             let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
             billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, rx)

@@ -91,6 +91,7 @@ fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
             brokers,
             RelayConfig {
                 poll_interval_ms: 50,
+                batch_size: super::arg("--relay-batch", 500) as usize,
                 ..RelayConfig::default()
             },
         )
@@ -123,8 +124,9 @@ fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
         let mut aggs = Aggregates::new(&redis, 8 * 24 * 3600);
         let settings = Settings {
             group,
-            batch_size: 500,
-            batch_wait_ms: 5,
+            batch_size: super::arg("--consumer-batch", 500) as usize,
+            batch_wait_ms: super::arg("--batch-wait", 5),
+            fetch_wait_ms: super::arg("--fetch-wait", 50),
         };
         consumer::run(&brokers, &settings, &mut conn, &mut aggs, rx)
             .await
@@ -189,6 +191,10 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
+        .set(
+            "fetch.wait.max.ms",
+            super::arg("--fetch-wait", 50).to_string(),
+        )
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();

@@ -5,7 +5,7 @@
 //!   cargo run --release -p billing-e2e --bin billing-bench -- invoice [--lines 1000000]
 //!
 //!   cargo run --release -p billing-e2e --bin billing-bench -- metrics [--line-items 10000000] [--requests 500]
-//!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20] [--relay-batch 500]
+//!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20] [--relay-batch 500] [--consumer-batch 500] [--batch-wait 5]
 //!
 //! `collector`: accepted events/s posting batches of fresh inference events.
 //! `invoice`: the time to draft one invoice over a user's line items.
