@@ -4,12 +4,15 @@
 # the web app) on free ports with a temporary data directory; headless
 # Debian chromium, driven by playwright-core, runs tests/web/app.test.mjs.
 # Screenshots land in tests/web/artifacts/ (git-ignored). Then
-# tests/openapi/conformance.py checks live answers against openapi.yaml.
+# tests/openapi/conformance.py checks live answers against openapi.yaml,
+# and schemathesis fuzzes every operation as admin and as a user: no server
+# error, every status documented, every body as documented.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh chromium node
 [ -d tests/web/node_modules/playwright-core ] || (cd tests/web && npm install --no-audit --no-fund --silent)
 python3 -c 'import jsonschema, yaml' 2>/dev/null || python3 -m pip install -q jsonschema pyyaml
+command -v schemathesis >/dev/null || python3 -m pip install -q schemathesis
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port)
@@ -34,3 +37,9 @@ read -r USER_ID USER_KEY < "$DATA/demo-keys"
 APP="http://127.0.0.1:$PORT" ADMIN_KEY=$(cat "$DATA/admin-key") USER_KEY="$USER_KEY" USER_ID="$USER_ID" \
     node tests/web/app.test.mjs || { echo "--- host log"; tail -20 "$DATA/host.log"; echo "--- bridge log"; tail -20 "$DATA/bridge.log"; exit 1; }
 APP="http://127.0.0.1:$PORT" ADMIN_KEY=$(cat "$DATA/admin-key") USER_KEY="$USER_KEY" USER_ID="$USER_ID" python3 tests/openapi/conformance.py
+for key in "$(cat "$DATA/admin-key")" "$USER_KEY"; do
+    schemathesis run openapi.yaml --url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $key" -n 20 \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --phases examples,fuzzing --request-timeout 10 --no-color | tail -4
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "schemathesis found problems (rerun without | tail to see them)"; exit 1; }
+done
