@@ -10,9 +10,10 @@
 //!    `dlq-topic`, `dlq-partition`, `dlq-offset` headers;
 //! 3. applies the facts to the Redis aggregates ([`crate::aggregates`]),
 //!    guarded by each event's mark, which also sends the live notices;
-//! 4. produces a `processed-events` record per event applied now;
-//! 5. only then stores the batch's offsets (committed in the background
-//!    and on shutdown).
+//! 4. produces a `processed-events` record per event applied now — these
+//!    travel while the next batch is handled;
+//! 5. only once they are delivered stores the batch's offsets (committed
+//!    in the background and on shutdown).
 //!
 //! A transient failure at any step (SQLite busy, Redis away, broker away)
 //! is retried with backoff; nothing is skipped. A crash anywhere replays
@@ -216,6 +217,7 @@ pub async fn run(
         .create_with_context(LagContext)
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&TOPICS)?;
+    let mut in_flight: Option<InFlight> = None;
     loop {
         let first = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -242,19 +244,46 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        if !handle(&batch, conn, &mut producer, brokers, aggregates, &mut stop).await? {
+        let Some(records) =
+            handle(&batch, conn, &mut producer, brokers, aggregates, &mut stop).await?
+        else {
             tracing::info!(
                 messages = batch.len(),
                 "Stopping before the batch was done; it will be delivered again."
             );
             break;
-        }
-        for msg in &batch {
-            if let Err(e) = consumer.store_offset_from_message(msg) {
-                // The partition moved to another member; that member replays it.
-                tracing::debug!(error = %e, partition = msg.partition(), "Offset not stored.");
+        };
+        // The batch's processed-events records travel while the next batch
+        // is handled; its offsets are stored once they are delivered.
+        let deliveries = records
+            .iter()
+            .map(|(key, payload)| {
+                producer
+                    .send_result(
+                        FutureRecord::to(topics::PROCESSED_EVENTS)
+                            .key(key)
+                            .payload(payload),
+                    )
+                    .ok()
+            })
+            .collect();
+        let offsets = batch
+            .iter()
+            .map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
+            .collect();
+        if let Some(previous) = in_flight.replace(InFlight {
+            records,
+            deliveries,
+            offsets,
+        }) {
+            if !finish(previous, &consumer, &mut producer, brokers, &mut stop).await? {
+                in_flight = None;
+                break;
             }
         }
+    }
+    if let Some(last) = in_flight.take() {
+        finish(last, &consumer, &mut producer, brokers, &mut stop).await?;
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
@@ -271,7 +300,7 @@ async fn handle(
     brokers: &str,
     aggregates: &mut Aggregates,
     stop: &mut watch::Receiver<bool>,
-) -> Result<bool> {
+) -> Result<Option<Vec<(String, String)>>> {
     let mut backoff = Duration::from_millis(50);
     let outcomes = loop {
         match handle_batch(conn, batch) {
@@ -284,7 +313,7 @@ async fn handle(
                     "Writing the batch failed; retrying."
                 );
                 if !back_off(&mut backoff, stop).await {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
@@ -322,7 +351,7 @@ async fn handle(
                     metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
                     tracing::warn!(error = %e, "Dead-letter delivery failed; retrying.");
                     if !back_off(&mut backoff, stop).await {
-                        return Ok(false);
+                        return Ok(None);
                     }
                 }
                 metrics().inc(
@@ -359,7 +388,7 @@ async fn handle(
                     "Updating the aggregates failed; retrying."
                 );
                 if !back_off(&mut backoff, stop).await {
-                    return Ok(false);
+                    return Ok(None);
                 }
             }
         }
@@ -383,10 +412,50 @@ async fn handle(
             )
         })
         .collect();
-    let mut pending: Vec<&(String, String)> = records.iter().collect();
+    Ok(Some(records))
+}
+
+/// A handled batch whose `processed-events` records are on their way.
+struct InFlight {
+    records: Vec<(String, String)>,
+    /// One per record; `None` when it could not even be queued.
+    deliveries: Vec<Option<rdkafka::producer::DeliveryFuture>>,
+    offsets: Vec<(String, i32, i64)>,
+}
+
+/// Waits for a batch's `processed-events` deliveries (sending again what
+/// failed, with a fresh producer), then stores the batch's offsets.
+/// Returns false when stopped first (the offsets stay unstored).
+async fn finish(
+    batch: InFlight,
+    consumer: &StreamConsumer<LagContext>,
+    producer: &mut FutureProducer,
+    brokers: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool> {
+    let mut failed = Vec::new();
+    for (i, delivery) in batch.deliveries.into_iter().enumerate() {
+        let delivered = match delivery {
+            Some(d) => matches!(d.await, Ok(Ok(_))),
+            None => false,
+        };
+        if !delivered {
+            failed.push(i);
+        }
+    }
     let mut backoff = Duration::from_millis(50);
-    while !pending.is_empty() {
-        let sends = pending.iter().map(|(key, payload)| {
+    while !failed.is_empty() {
+        metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
+        tracing::warn!(
+            failed = failed.len(),
+            "Producing processed-events failed; retrying."
+        );
+        *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+        if !back_off(&mut backoff, stop).await {
+            return Ok(false);
+        }
+        let sends = failed.iter().map(|&i| {
+            let (key, payload) = &batch.records[i];
             producer.send(
                 FutureRecord::to(topics::PROCESSED_EVENTS)
                     .key(key)
@@ -395,22 +464,17 @@ async fn handle(
             )
         });
         let results = futures::future::join_all(sends).await;
-        pending = pending
+        failed = failed
             .into_iter()
             .zip(results)
             .filter(|(_, r)| r.is_err())
-            .map(|(p, _)| p)
+            .map(|(i, _)| i)
             .collect();
-        if !pending.is_empty() {
-            metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
-            tracing::warn!(
-                failed = pending.len(),
-                "Producing processed-events failed; retrying."
-            );
-            *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
-            if !back_off(&mut backoff, stop).await {
-                return Ok(false);
-            }
+    }
+    for (topic, partition, offset) in &batch.offsets {
+        if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
+            // The partition moved to another member; that member replays it.
+            tracing::debug!(error = %e, partition, "Offset not stored.");
         }
     }
     Ok(true)

@@ -273,6 +273,23 @@ async fn bills_once_and_dead_letters_poison() {
         header("dlq-reason")
     );
     assert_eq!(header("dlq-code"), "invalid_event");
+
+    // One processed-events record per billed event, naming the original.
+    let processed: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", tansu.brokers())
+        .set("group.id", "processed-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    processed.subscribe(&["processed-events"]).unwrap();
+    let mut originals = Vec::new();
+    while originals.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(20), processed.recv()).await.expect("processed-events records").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        originals.push((v["data"]["original_id"].as_str().unwrap().to_owned(), v["data"]["cost"].as_i64().unwrap()));
+    }
+    originals.sort();
+    assert_eq!(originals, vec![("m1".to_string(), 11_100_000), ("m2".to_string(), 330_000)]);
     assert_eq!(
         (
             header("dlq-topic").as_str(),
