@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of `make up` as a newcomer runs it: `make up` with its data in
-# a temporary directory and on free ports, waits until it says it is up,
+# Smoke test of `make up` as a newcomer runs it: `make up` in a temporary
+# copy of the working tree (its own data/, the shared build cache) on free
+# ports, waits until it says it is up,
 # drives one chat turn through the HTTP API, sees it billed (a line item in
 # SQLite and the dashboard's aggregate), stops it with Ctrl-C (SIGINT) and
 # checks that no process it started is left.
@@ -8,19 +9,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port)
-DATA=$(mktemp -d)
-export PORT BRIDGE_PORT REDIS_PORT KAFKA_PORT DATA
-fail() { echo "smoke test failed: $*"; tail -20 "$DATA/up.log" || true; exit 1; }
+export PORT BRIDGE_PORT REDIS_PORT KAFKA_PORT
+unset DATA
+COPY=$(mktemp -d)
+git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$COPY"
+DATA="$COPY/data"
+LOG="$COPY.up.log"
+fail() { echo "smoke test failed: $*"; tail -20 "$LOG" || true; exit 1; }
 
-setsid make -s up >"$DATA/up.log" 2>&1 &
+(cd "$COPY" && exec setsid make -s up) >"$LOG" 2>&1 &
 up=$!
-trap 'kill -INT -- -$up 2>/dev/null || true; rm -rf "$DATA"' EXIT
+trap 'kill -INT -- -$up 2>/dev/null || true; sleep 1; rm -rf "$COPY" "$LOG"' EXIT
 for _ in $(seq 1800); do
-    grep -q "is up" "$DATA/up.log" && break
+    grep -q "is up" "$LOG" && break
     kill -0 "$up" 2>/dev/null || fail "make up exited"
     sleep 0.5
 done
-grep -q "is up" "$DATA/up.log" || fail "not up within 15 minutes"
+grep -q "is up" "$LOG" || fail "not up within 15 minutes"
 curl -fsS "http://127.0.0.1:$BRIDGE_PORT/readyz" >/dev/null || fail "the bridge is not ready"
 
 read -r _ KEY < "$DATA/demo-keys"
@@ -42,7 +47,7 @@ echo "smoke: one chat turn billed at $cost nano-USD, in SQLite and on the dashbo
 kill -INT -- -"$up"
 for _ in $(seq 300); do kill -0 "$up" 2>/dev/null || break; sleep 0.1; done
 sleep 0.5
-left=$(pgrep -f -- "$DATA" || true)
+left=$(pgrep -f -- "$COPY" || true)
 [ -z "$left" ] || { ps -o pid,args -p $left; fail "processes left running"; }
 for port in "$PORT" "$BRIDGE_PORT" "$REDIS_PORT" "$KAFKA_PORT"; do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && fail "port $port still answers"
