@@ -132,33 +132,27 @@ pub fn fact_from_row(
         r.get(at + 10)?,
     ]
     .map(|t| t as u64);
-    let fact = Timestamp::parse(&occurred)
+    let (user_id, model, thread_id, latency_ms, cost_nanos) = (
+        r.get(at)?,
+        r.get(at + 1)?,
+        r.get(at + 2)?,
+        r.get::<_, i64>(at + 4)? as u64,
+        r.get(at + 5)?,
+    );
+    Ok(Timestamp::parse(&occurred)
         .map_err(|e| anyhow::anyhow!("ledger row {source}/{id}: {e}"))
         .map(|occurred_at| Fact {
             kind,
             source,
             id,
-            user_id: 0,
-            model: String::new(),
-            thread_id: None,
+            user_id,
+            model,
+            thread_id,
             occurred_at,
-            latency_ms: 0,
-            cost_nanos: 0,
+            latency_ms,
+            cost_nanos,
             tokens,
-        });
-    let user_id = r.get(at)?;
-    let model = r.get(at + 1)?;
-    let thread_id = r.get(at + 2)?;
-    let latency_ms = r.get::<_, i64>(at + 4)? as u64;
-    let cost_nanos = r.get(at + 5)?;
-    Ok(fact.map(|f| Fact {
-        user_id,
-        model,
-        thread_id,
-        latency_ms,
-        cost_nanos,
-        ..f
-    }))
+        }))
 }
 
 /// The ledger entry that makes a redelivery a no-op, with the event's fact;
@@ -328,16 +322,7 @@ pub fn process(
             let ev = parse_or_poison!(MessageSent);
             seen_before!(ev);
             let d = &ev.data;
-            analytics(
-                tx,
-                kind,
-                &ev,
-                d.user_id,
-                d.model.as_str(),
-                d.thread_id,
-                0,
-                origin,
-            )
+            analytics(tx, kind, &ev, d.model.as_str(), d.thread_id, 0, origin)
         }
         Kind::Response => {
             let ev = parse_or_poison!(LlmResponse);
@@ -347,7 +332,6 @@ pub fn process(
                 tx,
                 kind,
                 &ev,
-                d.user_id,
                 d.model.as_str(),
                 d.thread_id,
                 d.latency_ms,
@@ -357,35 +341,47 @@ pub fn process(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn analytics<T>(
+/// An event's fact: its identity, user and time from the envelope, the rest as given.
+fn fact<T: EventData>(
+    kind: Kind,
+    ev: &CloudEvent<T>,
+    model: &str,
+    thread_id: Option<i64>,
+    latency_ms: u64,
+    cost_nanos: i64,
+    tokens: [u64; 5],
+) -> Fact {
+    Fact {
+        kind,
+        source: ev.source.clone(),
+        id: ev.id.clone(),
+        user_id: ev.data.user_id(),
+        model: model.to_owned(),
+        thread_id,
+        occurred_at: ev.time,
+        latency_ms,
+        cost_nanos,
+        tokens,
+    }
+}
+
+fn analytics<T: EventData>(
     tx: &Transaction<'_>,
     kind: Kind,
     ev: &CloudEvent<T>,
-    user_id: i64,
     model: &str,
     thread_id: i64,
     latency_ms: u64,
     origin: Origin,
 ) -> Result<Outcome> {
+    let user_id = ev.data.user_id();
     if !user_exists(tx, user_id)? {
         return Ok(poison(
             "unknown_user",
             format!("there is no user {user_id}"),
         ));
     }
-    let fact = Fact {
-        kind,
-        source: ev.source.clone(),
-        id: ev.id.clone(),
-        user_id,
-        model: model.to_owned(),
-        thread_id: Some(thread_id),
-        occurred_at: ev.time,
-        latency_ms,
-        cost_nanos: 0,
-        tokens: [0; 5],
-    };
+    let fact = fact(kind, ev, model, Some(thread_id), latency_ms, 0, [0; 5]);
     record(tx, &fact, origin)?;
     Ok(Outcome::Billed {
         fact,
@@ -426,18 +422,15 @@ fn bill_turn(
         &priced,
         &at,
     )?;
-    let fact = Fact {
-        kind: Kind::Turn,
-        source: ev.source.clone(),
-        id: ev.id.clone(),
-        user_id: d.user_id,
-        model: d.model.as_str().to_owned(),
-        thread_id: Some(d.thread_id),
-        occurred_at: ev.time,
-        latency_ms: d.latency_ms,
-        cost_nanos: priced.quote.total.0,
-        tokens: tokens_of(&d.usage),
-    };
+    let fact = fact(
+        Kind::Turn,
+        ev,
+        d.model.as_str(),
+        Some(d.thread_id),
+        d.latency_ms,
+        priced.quote.total.0,
+        tokens_of(&d.usage),
+    );
     record(tx, &fact, origin)?;
     Ok(Outcome::Billed { fact, line_items })
 }
@@ -509,18 +502,15 @@ fn bill_inference(
             )?
             .execute(rusqlite::params![ev.source, ev.id, d.user_id, api_event_id, resource_pricing_id, resource, quantity as i64, unit_price, line_cost.0, at])?;
     }
-    let fact = Fact {
-        kind: Kind::Inference,
-        source: ev.source.clone(),
-        id: ev.id.clone(),
-        user_id: d.user_id,
-        model: d.model.as_str().to_owned(),
-        thread_id: None,
-        occurred_at: ev.time,
-        latency_ms: d.latency_ms,
-        cost_nanos: cost,
+    let fact = fact(
+        Kind::Inference,
+        ev,
+        d.model.as_str(),
+        None,
+        d.latency_ms,
+        cost,
         tokens,
-    };
+    );
     record(tx, &fact, origin)?;
     Ok(Outcome::Billed { fact, line_items })
 }

@@ -155,11 +155,13 @@ impl Relay {
             crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), 0);
             return Ok(Round::default());
         }
-        crate::metrics::global().set(
-            "billing_bridge_outbox_backlog",
-            String::new(),
-            self.backlog()?,
-        );
+        // A short read is the whole outbox; only a full one needs counting.
+        let backlog = if rows.len() < self.cfg.batch_size {
+            rows.len() as i64
+        } else {
+            self.backlog()?
+        };
+        crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), backlog);
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
         let sender = self.producer.lock().unwrap().clone();
         let sends = rows.iter().map(|row| {
@@ -202,7 +204,7 @@ impl Relay {
         m.set(
             "billing_bridge_outbox_backlog",
             String::new(),
-            self.backlog()?,
+            backlog - delivered.len() as i64,
         );
         Ok(Round {
             read: rows.len(),

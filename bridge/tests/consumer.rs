@@ -48,6 +48,18 @@ fn enqueue(db: &std::path::Path, ev: &CloudEvent<TokenMetrics>) {
         .unwrap();
 }
 
+/// A consumer of `topic` from its start, in a group of its own.
+fn reader(brokers: &str, topic: &str) -> StreamConsumer {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
 /// Runs the consumers in `group` until `processed_events` holds `n` rows (30 s at most)
 /// and `settle` more has passed, then stops them, which commits their offsets.
 async fn consume_until(
@@ -246,13 +258,7 @@ async fn bills_once_and_dead_letters_poison() {
         .unwrap();
     assert_eq!(notices, 2);
 
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .set("group.id", "dlq-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    dlq.subscribe(&["dead-letter"]).unwrap();
+    let dlq = reader(&tansu.brokers(), "dead-letter");
     let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
         .await
         .expect("a dead letter")
@@ -275,21 +281,24 @@ async fn bills_once_and_dead_letters_poison() {
     assert_eq!(header("dlq-code"), "invalid_event");
 
     // One processed-events record per billed event, naming the original.
-    let processed: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
-        .set("group.id", "processed-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    processed.subscribe(&["processed-events"]).unwrap();
+    let processed = reader(&tansu.brokers(), "processed-events");
     let mut originals = Vec::new();
     while originals.len() < 2 {
-        let m = tokio::time::timeout(Duration::from_secs(20), processed.recv()).await.expect("processed-events records").unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(20), processed.recv())
+            .await
+            .expect("processed-events records")
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        originals.push((v["data"]["original_id"].as_str().unwrap().to_owned(), v["data"]["cost"].as_i64().unwrap()));
+        originals.push((
+            v["data"]["original_id"].as_str().unwrap().to_owned(),
+            v["data"]["cost"].as_i64().unwrap(),
+        ));
     }
     originals.sort();
-    assert_eq!(originals, vec![("m1".to_string(), 11_100_000), ("m2".to_string(), 330_000)]);
+    assert_eq!(
+        originals,
+        vec![("m1".to_string(), 11_100_000), ("m2".to_string(), 330_000)]
+    );
     assert_eq!(
         (
             header("dlq-topic").as_str(),
