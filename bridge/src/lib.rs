@@ -14,6 +14,7 @@
 //!   aggregates, processed-events, offsets stored last.
 //! - [`live`]: `/healthz`, `/readyz`, `/metrics` and the SSE live updates.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`workers`]: the relay and a consumer as tasks, however they are hosted.
 
 pub mod aggregates;
 pub mod billing;
@@ -23,5 +24,6 @@ pub mod live;
 pub mod metrics;
 pub mod relay;
 pub mod topics;
+pub mod workers;
 
 pub use config::Config;

@@ -4,8 +4,9 @@
 //! the dashboard aggregates from SQLite.
 
 use anyhow::Context;
-use billing_bridge::aggregates::{self, Aggregates};
-use billing_bridge::{consumer, live, relay, topics, Config};
+use billing_bridge::aggregates;
+use billing_bridge::workers::Workers;
+use billing_bridge::{consumer, live, topics, Config};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,32 +121,21 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", cfg.http.listen))?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
 
-    let relay = relay::Relay::new(&cfg)?;
-    let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(relay::listen_for_nudges(cfg.redis_url.clone(), nudge_tx));
-    let relayed = tokio::spawn({
-        let mut stop = stop.clone();
-        async move {
-            relay
-                .run(nudge_rx, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        }
-    });
-
-    let mut conn = billing_migrations::open(&cfg.database)?;
     let settings = consumer::Settings {
         group: cfg.consumer.group.clone(),
         batch_size: cfg.consumer.batch_size,
         batch_wait_ms: cfg.consumer.batch_wait_ms,
         fetch_wait_ms: cfg.consumer.fetch_wait_ms,
     };
-    let mut aggs = Aggregates::new(&cfg.redis_url, cfg.aggregates.mark_ttl_s);
-    let consumed = tokio::spawn({
-        let (brokers, stop) = (cfg.brokers.clone(), stop.clone());
-        async move { consumer::run(&brokers, &settings, &mut conn, &mut aggs, stop).await }
-    });
+    let workers = Workers::spawn(
+        &cfg.database,
+        &cfg.brokers,
+        &cfg.redis_url,
+        cfg.relay.clone(),
+        settings,
+        cfg.aggregates.mark_ttl_s,
+        stop.clone(),
+    )?;
 
     let (notices, _) = tokio::sync::broadcast::channel(1024);
     tokio::spawn(live::relay_notices(
@@ -169,8 +159,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("Stopping: finishing the batch in hand, storing offsets.");
     let _ = stop_tx.send(true);
     let finished = tokio::time::timeout(Duration::from_secs(20), async {
-        relayed.await??;
-        consumed.await??;
+        workers.join().await?;
         served.await??;
         anyhow::Ok(())
     });

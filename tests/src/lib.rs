@@ -239,7 +239,7 @@ impl Reply {
 pub struct Bridge {
     pub tansu: billing_testkit::Tansu,
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    workers: billing_bridge::workers::Workers,
 }
 
 impl Bridge {
@@ -260,49 +260,34 @@ impl Bridge {
         billing_bridge::aggregates::ensure_complete(&db, &stack.redis.url(), 3600, now)
             .await
             .unwrap();
-        let mut conn = billing_migrations::open(&db).unwrap();
-        let relay = billing_bridge::relay::Relay::with(
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let relay = RelayConfig {
+            batch_size: 100,
+            poll_interval_ms: 200,
+            delivery_timeout_ms: 5000,
+            ..RelayConfig::default()
+        };
+        let settings = billing_bridge::consumer::Settings {
+            group: "e2e".into(),
+            batch_size: 100,
+            batch_wait_ms: 5,
+            fetch_wait_ms: 50,
+        };
+        let workers = billing_bridge::workers::Workers::spawn(
             &db,
             &tansu.brokers(),
-            RelayConfig {
-                batch_size: 100,
-                poll_interval_ms: 200,
-                delivery_timeout_ms: 5000,
-                ..RelayConfig::default()
-            },
+            &stack.redis.url(),
+            relay,
+            settings,
+            3600,
+            rx,
         )
         .unwrap();
-        let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let mut tasks = vec![tokio::spawn(billing_bridge::relay::listen_for_nudges(
-            stack.redis.url(),
-            nudge_tx,
-        ))];
-        tasks.push(tokio::spawn({
-            let mut rx = rx.clone();
-            async move {
-                relay
-                    .run(nudge_rx, async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await
-                    .unwrap()
-            }
-        }));
-        let (brokers, redis_url) = (tansu.brokers(), stack.redis.url());
-        tasks.push(tokio::spawn(async move {
-            let settings = billing_bridge::consumer::Settings {
-                group: "e2e".into(),
-                batch_size: 100,
-                batch_wait_ms: 5,
-                fetch_wait_ms: 50,
-            };
-            let mut aggregates = billing_bridge::aggregates::Aggregates::new(&redis_url, 3600);
-            billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, rx)
-                .await
-                .unwrap()
-        }));
-        Self { tansu, stop, tasks }
+        Self {
+            tansu,
+            stop,
+            workers,
+        }
     }
 
     /// Waits (30 s at most) until the ledger holds `n` events and the outbox is empty.
@@ -321,8 +306,6 @@ impl Bridge {
 
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks.into_iter().skip(1) {
-            t.await.unwrap();
-        }
+        self.workers.join().await.unwrap();
     }
 }

@@ -1,16 +1,15 @@
 //! The bridge benchmark: see `billing-bench bridge` in main.rs.
 
-use billing_bridge::aggregates::Aggregates;
 use billing_bridge::config::{RelayConfig, TopicsConfig};
 use billing_bridge::consumer::{self, Settings};
-use billing_bridge::relay::{self, Relay};
+use billing_bridge::relay;
+use billing_bridge::workers::Workers;
 use billing_core::events::{CloudEvent, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
 use billing_testkit::{Redis, Tansu};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const USERS: i64 = 50;
@@ -80,67 +79,30 @@ fn count(db: &Path, sql: &str) -> i64 {
 /// A bridge in this process: the relay (nudged through Redis) and one consumer.
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    workers: Workers,
 }
 
 fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let relay = Arc::new(
-        Relay::with(
-            db,
-            brokers,
-            RelayConfig {
-                poll_interval_ms: 50,
-                batch_size: super::arg("--relay-batch", 500) as usize,
-                ..RelayConfig::default()
-            },
-        )
-        .unwrap(),
-    );
-    let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
-    let mut tasks = vec![tokio::spawn(relay::listen_for_nudges(
-        redis.to_owned(),
-        nudge_tx,
-    ))];
-    tasks.push(tokio::spawn({
-        let mut rx = rx.clone();
-        async move {
-            relay
-                .run(nudge_rx, async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-                .unwrap();
-        }
-    }));
-    let (db, brokers, redis, group) = (
-        db.to_owned(),
-        brokers.to_owned(),
-        redis.to_owned(),
-        group.to_owned(),
-    );
-    tasks.push(tokio::spawn(async move {
-        let mut conn = billing_migrations::open(&db).unwrap();
-        let mut aggs = Aggregates::new(&redis, 8 * 24 * 3600);
-        let settings = Settings {
-            group,
-            batch_size: super::arg("--consumer-batch", 500) as usize,
-            batch_wait_ms: super::arg("--batch-wait", 5),
-            fetch_wait_ms: super::arg("--fetch-wait", 50),
-        };
-        consumer::run(&brokers, &settings, &mut conn, &mut aggs, rx)
-            .await
-            .unwrap();
-    }));
-    Running { stop, tasks }
+    let relay = RelayConfig {
+        poll_interval_ms: 50,
+        batch_size: super::arg("--relay-batch", 500) as usize,
+        ..RelayConfig::default()
+    };
+    let settings = Settings {
+        group: group.to_owned(),
+        batch_size: super::arg("--consumer-batch", 500) as usize,
+        batch_wait_ms: super::arg("--batch-wait", 5),
+        fetch_wait_ms: super::arg("--fetch-wait", 50),
+    };
+    let workers = Workers::spawn(db, brokers, redis, relay, settings, 8 * 24 * 3600, rx).unwrap();
+    Running { stop, workers }
 }
 
 impl Running {
     async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks.into_iter().skip(1) {
-            let _ = t.await;
-        }
+        self.workers.join().await.unwrap();
     }
 }
 
