@@ -42,7 +42,9 @@ pub struct Notice {
 pub struct Live {
     pub database: PathBuf,
     pub redis_url: String,
-    pub brokers: String,
+    /// A client kept for readiness probes (a fresh one per probe would
+    /// start librdkafka's threads and connections every few seconds).
+    pub kafka: Arc<rdkafka::consumer::BaseConsumer>,
     pub admin_api_key: String,
     pub heartbeat: Duration,
     pub notices: broadcast::Sender<Notice>,
@@ -276,13 +278,10 @@ async fn ready(live: &Live) -> Response<Body> {
     .await
     .map(|_| "ok".to_owned())
     .unwrap_or_else(|e| format!("error: {e:#}"));
-    let brokers = live.brokers.clone();
+    let client = live.kafka.clone();
     let kafka = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
-        c.fetch_metadata(None, Duration::from_secs(2))?;
+        use rdkafka::consumer::Consumer;
+        client.fetch_metadata(None, Duration::from_secs(2))?;
         anyhow::Ok(())
     })
     .await

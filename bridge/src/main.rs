@@ -146,7 +146,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let live = Arc::new(live::Live {
         database: cfg.database.clone(),
         redis_url: cfg.redis_url.clone(),
-        brokers: cfg.brokers.clone(),
+        kafka: Arc::new(
+            rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &cfg.brokers)
+                .create()
+                .context("creating the Kafka client for /readyz")?,
+        ),
         admin_api_key: cfg.admin_api_key.clone(),
         heartbeat: Duration::from_secs(cfg.http.sse_heartbeat_s),
         notices,
