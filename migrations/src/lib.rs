@@ -96,6 +96,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0003_event_facts.sql",
         include_str!("../0003_event_facts.sql"),
     ),
+    (
+        "0004_idempotent_turns.sql",
+        include_str!("../0004_idempotent_turns.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -187,6 +187,7 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub retry_after: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: Value,
 }
 
@@ -203,6 +204,7 @@ impl Reply {
             header("content-type").unwrap_or_default(),
             header("retry-after"),
         );
+        let headers = r.headers().clone();
         let bytes = r.bytes().await.unwrap();
         let body = if bytes.is_empty() {
             Value::Null
@@ -214,6 +216,7 @@ impl Reply {
             status,
             content_type,
             retry_after,
+            headers,
             body,
         }
     }

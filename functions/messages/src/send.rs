@@ -1,4 +1,12 @@
 //! One chat turn, from request to committed rows and events.
+//!
+//! A turn sent with an `Idempotency-Key` header (1–255 visible ASCII
+//! characters, unique per user) is stored with its answer in the turn's own
+//! transaction; the same key again answers the stored 201 body (header
+//! `idempotent-replayed: true`) without calling the model or billing again.
+//! The key reused for another request is refused (422); two requests with
+//! one key at once: the second to commit is refused (409) and a retry
+//! replays the first.
 
 use crate::provider::{self, Settings, Turn};
 use billing_core::events::{CloudEvent, EventData, LlmResponse, MessageSent, TokenMetrics};
@@ -60,6 +68,54 @@ fn history(db: &Db, cache: &Cache, thread_id: i64) -> ApiResult<Vec<Turn>> {
     Ok(turns)
 }
 
+/// The request's `Idempotency-Key`, if it has one.
+fn idempotency_key(req: &Request) -> ApiResult<Option<String>> {
+    let Some(h) = req.header("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = h.as_str().unwrap_or("");
+    if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters (no spaces)".into(),
+        ));
+    }
+    Ok(Some(k.to_owned()))
+}
+
+/// What a key stands for: the thread, the content and the model asked for.
+fn request_hash(thread_id: i64, body: &NewMessage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&json!([thread_id, body.content, body.model])).expect("serialises"));
+    hex::encode(h.finalize())
+}
+
+/// The stored answer of an earlier request with this key, if any; a key
+/// reused for a different request is refused.
+fn replay(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Option<Response>> {
+    let r = db.query(
+        "SELECT request_hash, response FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2",
+        &[int(user_id), text(key)],
+    )?;
+    let Some(row) = r.rows().next() else {
+        return Ok(None);
+    };
+    if col::<&str>(&row, "request_hash")? != hash {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            format!("`{key}` was already used for a different request; use a new key for a new message"),
+        ));
+    }
+    Ok(Some(
+        Response::builder()
+            .status(201)
+            .header("content-type", "application/json")
+            .header("idempotent-replayed", "true")
+            .body(col::<&str>(&row, "response")?.as_bytes().to_vec())
+            .build(),
+    ))
+}
+
 fn event_id() -> ApiResult<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
@@ -87,6 +143,16 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
     }
     let body: NewMessage = json_body(req, MAX_BODY_BYTES)?;
     let content = text_field("content", &body.content, MAX_CONTENT_CHARS)?;
+    let idem = match idempotency_key(req)? {
+        Some(k) => {
+            let hash = request_hash(thread_id, &body);
+            if let Some(stored) = replay(db, caller.user_id, &k, &hash)? {
+                return Ok(stored);
+            }
+            Some((k, hash))
+        }
+        None => None,
+    };
     let cache = Cache::open();
     let model = match &body.model {
         Some(name) => model_by_name_cached(db, &cache, name)?
@@ -147,7 +213,7 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
     let q = quote(&price, &reply.usage)?;
     let classes = reply.usage.by_class();
 
-    let (user_msg_id, answer_id, events) = db.transaction(|db| {
+    let body = db.transaction(|db| {
         let ts = text(now.to_rfc3339());
         let user_msg_id = db
             .scalar_i64(
@@ -226,19 +292,7 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
         outbox(db, &sent)?;
         outbox(db, &response)?;
         outbox(db, &metrics)?;
-        Ok((user_msg_id, answer_id, [sent.id, response.id, metrics.id]))
-    })?;
-
-    turns.push(Turn {
-        role: "assistant".into(),
-        content: reply.text.clone(),
-    });
-    cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
-    cache.publish(OUTBOX_NUDGE, b"messages");
-
-    Ok(json(
-        201,
-        &json!({
+        let body = json!({
             "thread_id": thread_id,
             "user_message_id": user_msg_id,
             "message": {
@@ -253,9 +307,32 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
             "usage": usage_json(&reply.usage),
             "cost": cost_json(&q),
             "provider_attempts": reply.attempts,
-            "events": events,
-        }),
-    ))
+            "events": [sent.id, response.id, metrics.id],
+        });
+        if let Some((key, hash)) = &idem {
+            // Inside the write transaction: a request with the same key that
+            // committed first is seen here, and this one bills nothing.
+            if db.scalar_i64("SELECT 1 FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2", &[int(caller.user_id), text(key.clone())])?.is_some() {
+                return Err(ApiError::Conflict(format!(
+                    "another request with Idempotency-Key `{key}` was answered meanwhile; retry to get its answer"
+                )));
+            }
+            db.exec(
+                "INSERT INTO idempotent_turns (user_id, idempotency_key, thread_id, request_hash, response) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[int(caller.user_id), text(key.clone()), int(thread_id), text(hash.clone()), text(body.to_string())],
+            )?;
+        }
+        Ok(body)
+    })?;
+
+    turns.push(Turn {
+        role: "assistant".into(),
+        content: reply.text.clone(),
+    });
+    cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
+    cache.publish(OUTBOX_NUDGE, b"messages");
+
+    Ok(json(201, &body))
 }
 
 pub fn usage_json(u: &Usage) -> serde_json::Value {
