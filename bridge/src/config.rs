@@ -37,6 +37,16 @@ pub struct ConsumerConfig {
     /// How long the broker may hold an empty fetch, in ms (`fetch.wait.max.ms`);
     /// a broker that holds it even when data arrives adds this to every event's latency. Example: 50.
     pub fetch_wait_ms: u64,
+    /// How long the group waits for a silent member (a killed process)
+    /// before its partitions go to the others, in ms (`session.timeout.ms`;
+    /// heartbeats every fifth of it). Example: 10000.
+    pub session_timeout_ms: u64,
+    /// This process's static member name in the group (`group.instance.id`):
+    /// restarted under the same name it takes its partitions back at once
+    /// instead of waiting out the dead member's session. Empty: the host
+    /// name and `http.listen`, stable across restarts of one installation;
+    /// "-": none (dynamic membership). Two processes must not share one.
+    pub instance_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +119,8 @@ impl Default for ConsumerConfig {
             batch_size: 500,
             batch_wait_ms: 5,
             fetch_wait_ms: 50,
+            session_timeout_ms: 10_000,
+            instance_id: String::new(),
         }
     }
 }
@@ -209,6 +221,12 @@ impl Config {
             bail!(
                 "topics.retention_ms = {}: use a positive number of ms, or -1 to keep forever",
                 self.topics.retention_ms
+            );
+        }
+        if !(1_000..=300_000).contains(&self.consumer.session_timeout_ms) {
+            bail!(
+                "consumer.session_timeout_ms = {}: use 1000 to 300000",
+                self.consumer.session_timeout_ms
             );
         }
         if self.consumer.group.trim().is_empty() {

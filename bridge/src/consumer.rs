@@ -59,6 +59,10 @@ pub struct Settings {
     /// (librdkafka's `fetch.wait.max.ms`). Brokers that hold a fetch for
     /// the full time even when data arrives add this to every event's latency.
     pub fetch_wait_ms: u64,
+    /// How long the group waits for a silent member before rebalancing, in ms.
+    pub session_timeout_ms: u64,
+    /// Static group membership under this name, if any.
+    pub instance_id: Option<String>,
 }
 
 /// Feeds consumer lag per partition into the metrics from librdkafka's statistics.
@@ -205,7 +209,11 @@ pub async fn run(
     // Dead letters and processed-events; replaced after a failed delivery,
     // like the relay's, so a broker that lost its producer state takes it.
     let mut producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
-    let consumer: StreamConsumer<LagContext> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Some(id) = &settings.instance_id {
+        config.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<LagContext> = config
         .set("bootstrap.servers", brokers)
         .set("group.id", &settings.group)
         .set("enable.auto.commit", "true")
@@ -214,6 +222,14 @@ pub async fn run(
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
         .set("fetch.wait.max.ms", &settings.fetch_wait_ms.to_string())
+        .set(
+            "session.timeout.ms",
+            &settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            &(settings.session_timeout_ms / 5).max(100).to_string(),
+        )
         .create_with_context(LagContext)
         .context("creating the Kafka consumer")?;
     consumer.subscribe(&TOPICS)?;

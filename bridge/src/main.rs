@@ -126,6 +126,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         batch_size: cfg.consumer.batch_size,
         batch_wait_ms: cfg.consumer.batch_wait_ms,
         fetch_wait_ms: cfg.consumer.fetch_wait_ms,
+        session_timeout_ms: cfg.consumer.session_timeout_ms,
+        instance_id: match cfg.consumer.instance_id.as_str() {
+            "-" => None,
+            "" => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "bridge".into());
+                Some(format!("{host}-{}", cfg.http.listen))
+            }
+            id => Some(id.to_owned()),
+        },
     };
     let workers = Workers::spawn(
         &cfg.database,

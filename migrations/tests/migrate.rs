@@ -24,7 +24,12 @@ fn second_run_is_a_no_op() {
     let first = migrate(&mut conn, &embedded()).unwrap();
     assert_eq!(
         first.applied,
-        ["0001_schema.sql", "0002_seed.sql", "0003_event_facts.sql", "0004_idempotent_turns.sql"]
+        [
+            "0001_schema.sql",
+            "0002_seed.sql",
+            "0003_event_facts.sql",
+            "0004_idempotent_turns.sql"
+        ]
     );
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))

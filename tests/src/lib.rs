@@ -3,6 +3,9 @@
 //! freshly migrated SQLite file and a redis-server of its own, and talks to
 //! it over real HTTP.
 
+pub mod cluster;
+pub mod load;
+
 use billing_host::{App, Limits};
 use billing_testkit::Redis;
 use serde_json::Value;
@@ -275,6 +278,8 @@ impl Bridge {
             batch_size: 100,
             batch_wait_ms: 5,
             fetch_wait_ms: 50,
+            session_timeout_ms: 10_000,
+            instance_id: None,
         };
         let workers = billing_bridge::workers::Workers::spawn(
             &db,

@@ -426,33 +426,108 @@ async fn idempotent_retry() {
     let tid = thread(&s, &key).await;
     let path = format!("/api/threads/{tid}/messages");
     let ask = json!({"content": "Bill me once"});
-    let first = s.call_with("POST", &path, &key, &[("idempotency-key", "turn-1")], ask.clone()).await;
+    let first = s
+        .call_with(
+            "POST",
+            &path,
+            &key,
+            &[("idempotency-key", "turn-1")],
+            ask.clone(),
+        )
+        .await;
     assert_eq!(first.status, 201, "{:?}", first.body);
     assert!(first.headers.get("idempotent-replayed").is_none());
-    let again = s.call_with("POST", &path, &key, &[("idempotency-key", "turn-1")], ask.clone()).await;
+    let again = s
+        .call_with(
+            "POST",
+            &path,
+            &key,
+            &[("idempotency-key", "turn-1")],
+            ask.clone(),
+        )
+        .await;
     assert_eq!(again.status, 201, "{:?}", again.body);
-    assert_eq!(again.headers.get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
-    assert_eq!(again.body, first.body, "the replay is the first answer, byte for byte in JSON");
-    let counts = |s: &Stack| (s.count("user_thread_messages"), s.count("message_tokens"), s.count("outbox"), s.count("idempotent_turns"));
-    assert_eq!(counts(&s), (2, 1, 3, 1), "one turn stored and billed, three events");
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    assert_eq!(
+        again.body, first.body,
+        "the replay is the first answer, byte for byte in JSON"
+    );
+    let counts = |s: &Stack| {
+        (
+            s.count("user_thread_messages"),
+            s.count("message_tokens"),
+            s.count("outbox"),
+            s.count("idempotent_turns"),
+        )
+    };
+    assert_eq!(
+        counts(&s),
+        (2, 1, 3, 1),
+        "one turn stored and billed, three events"
+    );
 
-    let other = s.call_with("POST", &path, &key, &[("idempotency-key", "turn-1")], json!({"content": "Something else"})).await;
-    assert!(other.problem(422).contains("already used for a different request"), "{:?}", other.body);
+    let other = s
+        .call_with(
+            "POST",
+            &path,
+            &key,
+            &[("idempotency-key", "turn-1")],
+            json!({"content": "Something else"}),
+        )
+        .await;
+    assert!(
+        other
+            .problem(422)
+            .contains("already used for a different request"),
+        "{:?}",
+        other.body
+    );
     for bad in ["", "has space", &"k".repeat(256)] {
-        let r = s.call_with("POST", &path, &key, &[("idempotency-key", bad)], ask.clone()).await;
-        assert!(r.problem(400).contains("Idempotency-Key"), "{bad:?}: {:?}", r.body);
+        let r = s
+            .call_with(
+                "POST",
+                &path,
+                &key,
+                &[("idempotency-key", bad)],
+                ask.clone(),
+            )
+            .await;
+        assert!(
+            r.problem(400).contains("Idempotency-Key"),
+            "{bad:?}: {:?}",
+            r.body
+        );
     }
     assert_eq!(counts(&s), (2, 1, 3, 1), "refused requests changed nothing");
 
     // Keys are per user: another user's identical key is a different turn.
     let (_, key2) = s.user("Other", "other@example.com").await;
     let tid2 = thread(&s, &key2).await;
-    let theirs = s.call_with("POST", &format!("/api/threads/{tid2}/messages"), &key2, &[("idempotency-key", "turn-1")], ask.clone()).await;
+    let theirs = s
+        .call_with(
+            "POST",
+            &format!("/api/threads/{tid2}/messages"),
+            &key2,
+            &[("idempotency-key", "turn-1")],
+            ask.clone(),
+        )
+        .await;
     assert_eq!(theirs.status, 201, "{:?}", theirs.body);
     assert!(theirs.headers.get("idempotent-replayed").is_none());
     // A new key on the first thread is a new turn.
-    let second = s.call_with("POST", &path, &key, &[("idempotency-key", "turn-2")], ask).await;
+    let second = s
+        .call_with("POST", &path, &key, &[("idempotency-key", "turn-2")], ask)
+        .await;
     assert_eq!(second.status, 201);
-    assert_ne!(second.body["message"]["message_id"], first.body["message"]["message_id"]);
+    assert_ne!(
+        second.body["message"]["message_id"],
+        first.body["message"]["message_id"]
+    );
     assert_eq!(s.count("message_tokens"), 3);
 }

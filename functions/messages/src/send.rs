@@ -76,7 +76,8 @@ fn idempotency_key(req: &Request) -> ApiResult<Option<String>> {
     let k = h.as_str().unwrap_or("");
     if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::BadRequest(
-            "the Idempotency-Key header must be 1 to 255 visible ASCII characters (no spaces)".into(),
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters (no spaces)"
+                .into(),
         ));
     }
     Ok(Some(k.to_owned()))
@@ -86,7 +87,9 @@ fn idempotency_key(req: &Request) -> ApiResult<Option<String>> {
 fn request_hash(thread_id: i64, body: &NewMessage) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(&json!([thread_id, body.content, body.model])).expect("serialises"));
+    h.update(
+        serde_json::to_vec(&json!([thread_id, body.content, body.model])).expect("serialises"),
+    );
     hex::encode(h.finalize())
 }
 
@@ -103,7 +106,9 @@ fn replay(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Option<Resp
     if col::<&str>(&row, "request_hash")? != hash {
         return Err(ApiError::invalid(
             "Idempotency-Key",
-            format!("`{key}` was already used for a different request; use a new key for a new message"),
+            format!(
+                "`{key}` was already used for a different request; use a new key for a new message"
+            ),
         ));
     }
     Ok(Some(

@@ -1,0 +1,362 @@
+//! The whole system as separate processes — Tansu, redis-server,
+//! `billing-bridge run` and `billing-host up` with the repository's
+//! spin.toml — each of which can be SIGKILLed and started again, for the
+//! fault runs of `billing-load faults` and the fault test.
+
+use crate::load::Target;
+use crate::{repo_root, ADMIN_KEY};
+use billing_testkit::{free_port, Redis, Tansu};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The processes a fault can hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Bridge,
+    Host,
+    Tansu,
+    Redis,
+}
+
+impl Part {
+    pub const ALL: [Part; 4] = [Part::Bridge, Part::Host, Part::Tansu, Part::Redis];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Bridge => "billing-bridge",
+            Part::Host => "billing-host",
+            Part::Tansu => "tansu",
+            Part::Redis => "redis-server",
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub tansu: Tansu,
+    pub redis: Redis,
+    pub host_port: u16,
+    pub bridge_port: u16,
+    bins: PathBuf,
+    host: Option<Child>,
+    bridge: Option<Child>,
+}
+
+/// Where this build's binaries are (`target/<profile>`), built first if
+/// they are missing or older than the sources (cargo decides).
+fn binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", "billing-host", "-p", "billing-bridge"])
+        .current_dir(repo_root());
+    if release {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    assert!(ok, "cargo build -p billing-host -p billing-bridge failed");
+    dir
+}
+
+impl Cluster {
+    /// Starts every part in `dir` (a migrated database is made there).
+    pub fn start(dir: &Path) -> Self {
+        crate::build_components();
+        let bins = binaries();
+        billing_migrations::open_and_migrate(&dir.join("billing.db")).expect("migrations apply");
+        std::fs::write(
+            dir.join("runtime-config.toml"),
+            format!(
+                "[sqlite_database.default]\ntype = \"spin\"\npath = \"{}\"\n",
+                dir.join("billing.db").display()
+            ),
+        )
+        .unwrap();
+        let tansu = Tansu::start(dir);
+        let redis = Redis::start();
+        let bridge_port = free_port();
+        std::fs::write(
+            dir.join("bridge.toml"),
+            format!(
+                r#"database = "{db}"
+brokers = "{brokers}"
+redis_url = "{redis}"
+admin_api_key = "{ADMIN_KEY}"
+[relay]
+poll_interval_ms = 200
+delivery_timeout_ms = 2000
+lease_ms = 3000
+[topics]
+partitions = 2
+[consumer]
+group = "billing-load"
+[aggregates]
+check_interval_s = 1
+[http]
+listen = "127.0.0.1:{bridge_port}"
+"#,
+                db = dir.join("billing.db").display(),
+                brokers = tansu.brokers(),
+                redis = redis.url(),
+            ),
+        )
+        .unwrap();
+        let mut c = Self {
+            dir: dir.to_owned(),
+            tansu,
+            redis,
+            host_port: free_port(),
+            bridge_port,
+            bins,
+            host: None,
+            bridge: None,
+        };
+        c.start_part(Part::Bridge);
+        c.start_part(Part::Host);
+        c
+    }
+
+    pub fn target(&self) -> Target {
+        Target {
+            url: format!("http://127.0.0.1:{}", self.host_port),
+            live_url: Some(format!("http://127.0.0.1:{}", self.bridge_port)),
+            admin_key: ADMIN_KEY.into(),
+            db: self.dir.join("billing.db"),
+        }
+    }
+
+    fn log(&self, name: &str) -> Stdio {
+        let f = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))
+            .expect("log file");
+        Stdio::from(f)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self, part: Part) {
+        let child = match part {
+            Part::Bridge => self.bridge.take(),
+            Part::Host => self.host.take(),
+            Part::Tansu => return self.tansu.kill(),
+            Part::Redis => return self.redis.stop(),
+        };
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_part(&mut self, part: Part) {
+        match part {
+            Part::Tansu => self.tansu.restart(),
+            Part::Redis => self.redis.restart(),
+            Part::Bridge => {
+                let child = Command::new(self.bins.join("billing-bridge"))
+                    .args([
+                        "--config",
+                        self.dir.join("bridge.toml").to_str().unwrap(),
+                        "run",
+                    ])
+                    .env("RUST_LOG", "info")
+                    .stdout(Stdio::null())
+                    .stderr(self.log("bridge"))
+                    .spawn()
+                    .expect("billing-bridge starts");
+                self.bridge = Some(child);
+                self.wait(Part::Bridge);
+            }
+            Part::Host => {
+                let child = Command::new(self.bins.join("billing-host"))
+                    .args([
+                        "up",
+                        "--runtime-config-file",
+                        self.dir.join("runtime-config.toml").to_str().unwrap(),
+                        "--listen",
+                        &format!("127.0.0.1:{}", self.host_port),
+                    ])
+                    .current_dir(repo_root())
+                    .env("SPIN_VARIABLE_ADMIN_API_KEY", ADMIN_KEY)
+                    .env("SPIN_VARIABLE_REDIS_URL", self.redis.url())
+                    .env("SPIN_VARIABLE_PROVIDER_RETRY_BASE_MS", "5")
+                    .env("SPIN_VARIABLE_COLLECTOR_REQUESTS_PER_SECOND", "1000")
+                    .stdout(Stdio::null())
+                    .stderr(self.log("host"))
+                    .spawn()
+                    .expect("billing-host starts");
+                self.host = Some(child);
+                self.wait(Part::Host);
+            }
+        }
+    }
+
+    /// Waits up to two minutes (a first start compiles the components) for
+    /// the part to listen; fails at once, with its log, if it exits.
+    fn wait(&mut self, part: Part) {
+        let (port, child, log) = match part {
+            Part::Bridge => (self.bridge_port, self.bridge.as_mut(), "bridge"),
+            _ => (self.host_port, self.host.as_mut(), "host"),
+        };
+        let child = child.expect("started");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{} exited ({status}):\n{}", part.name(), self.tail(log, 20));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} did not listen on {port} within 120 s:\n{}",
+            part.name(),
+            self.tail(log, 20)
+        );
+    }
+
+    /// The last lines of a part's log, for a failure message.
+    pub fn tail(&self, name: &str, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let v: Vec<&str> = log.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill(Part::Host);
+        self.kill(Part::Bridge);
+    }
+}
+
+/// A small deterministic random source (xorshift), so a fault schedule is
+/// repeatable from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in `lo..hi` milliseconds.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let (lo, hi) = (lo.as_millis() as u64, hi.as_millis() as u64);
+        Duration::from_millis(lo + self.next() % (hi - lo).max(1))
+    }
+}
+
+/// One step of a fault schedule.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// SIGKILL these parts together, wait, start them again.
+    Kill { parts: Vec<Part>, down: Duration },
+}
+
+/// The schedule: each part killed once at a random moment, one at a time,
+/// then all together; `rounds` times.
+pub fn schedule(rng: &mut Rng, rounds: usize) -> Vec<(Duration, Fault)> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        for p in Part::ALL {
+            out.push((
+                rng.between(Duration::from_secs(2), Duration::from_secs(5)),
+                Fault::Kill {
+                    parts: vec![p],
+                    down: rng.between(Duration::from_millis(200), Duration::from_secs(2)),
+                },
+            ));
+        }
+        out.push((
+            rng.between(Duration::from_secs(2), Duration::from_secs(5)),
+            Fault::Kill {
+                parts: Part::ALL.to_vec(),
+                down: rng.between(Duration::from_millis(500), Duration::from_secs(2)),
+            },
+        ));
+    }
+    out
+}
+
+/// Runs `plan`'s load against a fresh cluster in `dir` while `steps` kill
+/// and restart its parts; the load's own duration is stretched to cover the
+/// schedule. Returns the report and what was done when.
+pub async fn fault_run(
+    dir: &Path,
+    mut plan: crate::load::Plan,
+    steps: Vec<(Duration, Fault)>,
+) -> Result<(crate::load::Report, Vec<String>), String> {
+    let cluster = {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || Cluster::start(&dir))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    let target = cluster.target();
+    let cluster = std::sync::Arc::new(std::sync::Mutex::new(cluster));
+    let busy: Duration = steps
+        .iter()
+        .map(|(d, Fault::Kill { down, .. })| *d + *down + Duration::from_secs(1))
+        .sum();
+    plan.duration = plan.duration.max(busy + Duration::from_secs(3));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let during = {
+        let (cluster, log) = (cluster.clone(), log.clone());
+        async move {
+            let t0 = Instant::now();
+            for (delay, fault) in steps {
+                tokio::time::sleep(delay).await;
+                let Fault::Kill { parts, down } = fault;
+                let at = t0.elapsed().as_secs_f64();
+                let c = cluster.clone();
+                let names: Vec<&str> = parts.iter().map(|p| p.name()).collect();
+                tokio::task::spawn_blocking(move || {
+                    let mut c = c.lock().unwrap();
+                    for p in &parts {
+                        c.kill(*p);
+                    }
+                    std::thread::sleep(down);
+                    // Storage first, then the services that use it.
+                    for p in [Part::Redis, Part::Tansu, Part::Bridge, Part::Host] {
+                        if parts.contains(&p) {
+                            c.start_part(p);
+                        }
+                    }
+                })
+                .await
+                .expect("restart");
+                let line = format!(
+                    "t={at:6.1} s  SIGKILL {}; down {:.1} s; started again ({:.1} s later)",
+                    names.join(" + "),
+                    down.as_secs_f64(),
+                    t0.elapsed().as_secs_f64() - at
+                );
+                log.lock().unwrap().push(line);
+            }
+        }
+    };
+    let report = crate::load::run(target, plan, during).await;
+    let log = log.lock().unwrap().clone();
+    match report {
+        Ok(r) => Ok((r, log)),
+        Err(e) => {
+            let c = cluster.lock().unwrap();
+            Err(format!(
+                "{e}\n--- bridge log ---\n{}\n--- host log ---\n{}",
+                c.tail("bridge", 30),
+                c.tail("host", 30)
+            ))
+        }
+    }
+}
