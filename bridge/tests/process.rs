@@ -23,7 +23,9 @@ struct Bridge {
 }
 
 impl Bridge {
-    fn start(dir: &Path, name: &str, tansu: &Tansu, redis: &Redis) -> Self {
+    /// `member` is the static group member name: a restart under the same
+    /// name takes the partitions back, as a restarted service would.
+    fn start(dir: &Path, name: &str, member: &str, tansu: &Tansu, redis: &Redis) -> Self {
         let port = free_port();
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -42,6 +44,7 @@ partitions = 4
 [consumer]
 group = "bridge-under-test"
 batch_size = 200
+instance_id = "{member}"
 [aggregates]
 check_interval_s = 1
 [http]
@@ -311,7 +314,7 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
     let events = 4_000;
     let cost = enqueue(&db, 0..events, 20);
 
-    let bridge = Bridge::start(dir.path(), "first", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "first", "solo", &tansu, &redis);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM processed_events") < 200 {
         assert!(
@@ -327,7 +330,7 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
         "the kill came after everything was done ({at_kill}); the test proves nothing"
     );
 
-    let bridge = Bridge::start(dir.path(), "second", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "second", "solo", &tansu, &redis);
     drained(&db, &redis, events).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exact(&db, &redis, events, cost).await;
@@ -340,7 +343,7 @@ async fn broker_killed_mid_stream_then_restarted_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (mut tansu, redis) = (Tansu::start(dir.path()), Redis::start());
     let db = database(dir.path(), 20);
-    let bridge = Bridge::start(dir.path(), "broker", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "broker", "solo", &tansu, &redis);
     let mut cost = enqueue(&db, 0..2_000, 20);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM processed_events") < 100 {
@@ -391,8 +394,8 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
     let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
     let db = database(dir.path(), 20);
-    let a = Bridge::start(dir.path(), "a", &tansu, &redis);
-    let b = Bridge::start(dir.path(), "b", &tansu, &redis);
+    let a = Bridge::start(dir.path(), "a", "a", &tansu, &redis);
+    let b = Bridge::start(dir.path(), "b", "b", &tansu, &redis);
     // Let both join the group before the load arrives.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let events = 3_000;
@@ -546,7 +549,7 @@ async fn live_stream_and_operations() {
     let dir = tempfile::tempdir().unwrap();
     let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
     let db = database(dir.path(), 0);
-    let bridge = Bridge::start(dir.path(), "live", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "live", "solo", &tansu, &redis);
 
     assert_eq!(
         reqwest::get(bridge.url("/healthz")).await.unwrap().status(),
