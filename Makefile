@@ -3,6 +3,8 @@
 #   make up     the system on embedded defaults, with the URL and demo keys
 #   make test   every test the project has (installs what it needs first)
 #   make bench  the benchmarks that fit in ten minutes
+#   make load   billing-load against the system `make up` runs
+#   make faults the full fault run (kills under load, broker and Redis away 60 s)
 #
 # Build output lives outside the clone, in $(CACHE_DIR)/target, reached
 # through the `target` symlink so spin.toml's paths work the same for
@@ -15,7 +17,7 @@ export CACHE_DIR
 export TANSU ?= $(CACHE_DIR)/tools/bin/tansu
 SHELL := /bin/bash
 
-.PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host
+.PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host load faults
 
 up:
 	scripts/up.sh
@@ -64,9 +66,19 @@ clean-cache:
 # Benchmarks (not part of `make test`; figures depend on the machine).
 bench: bench-host
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- collector --seconds 10 --clients 4
+	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- sqlite --events 200000
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- invoice --lines 1000000
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- metrics --line-items 1000000 --requests 300
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- bridge --events 20000 --rate 1000 --seconds 20
+	$(CARGO) run -q --release -p billing-e2e --bin billing-load -- faults --rounds 0 --users 10 --events-per-s 500 --seconds 30
+
+# Load against the running system (`make up` in another terminal); options: LOAD_ARGS="--users 20 --seconds 60".
+load:
+	$(CARGO) run -q --release -p billing-e2e --bin billing-load -- run --db data/billing.db $(LOAD_ARGS)
+
+# The full fault run on a system of its own (about six minutes).
+faults: deps target
+	$(CARGO) run -q --release -p billing-e2e --bin billing-load -- faults --rounds 3 --outage-s 60 --users 10 --events-per-s 200 $(FAULT_ARGS)
 
 bench-host: deps target
 	host/bench/run.sh

@@ -6,7 +6,8 @@
 # Screenshots land in tests/web/artifacts/ (git-ignored). Then
 # tests/openapi/conformance.py checks live answers against openapi.yaml,
 # and schemathesis fuzzes every operation as admin and as a user: no server
-# error, every status documented, every body as documented.
+# error, every status documented, every body as documented, and no error
+# answer that changed data (tests/openapi/no_change_on_error.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh chromium node
@@ -38,8 +39,8 @@ APP="http://127.0.0.1:$PORT" ADMIN_KEY=$(cat "$DATA/admin-key") USER_KEY="$USER_
     node tests/web/app.test.mjs || { echo "--- host log"; tail -20 "$DATA/host.log"; echo "--- bridge log"; tail -20 "$DATA/bridge.log"; exit 1; }
 APP="http://127.0.0.1:$PORT" ADMIN_KEY=$(cat "$DATA/admin-key") USER_KEY="$USER_KEY" USER_ID="$USER_ID" python3 tests/openapi/conformance.py
 for key in "$(cat "$DATA/admin-key")" "$USER_KEY"; do
-    schemathesis run openapi.yaml --url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $key" -n 20 \
-        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+    PYTHONPATH=tests/openapi SCHEMATHESIS_HOOKS=no_change_on_error BILLING_DB="$DATA/billing.db" schemathesis run openapi.yaml --url "http://127.0.0.1:$PORT" -H "Authorization: Bearer $key" -n 20 \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,error_changes_nothing \
         --phases examples,fuzzing --request-timeout 10 --no-color | tail -4
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "schemathesis found problems (rerun without | tail to see them)"; exit 1; }
 done

@@ -77,7 +77,7 @@ async fn consume_until(
         batch_size: 100,
         batch_wait_ms: 5,
         fetch_wait_ms: 50,
-        session_timeout_ms: 10_000,
+        session_timeout_ms: 45_000,
         instance_id: None,
     };
     let mut aggregates = Aggregates::new(&redis.url(), 3600);

@@ -278,7 +278,7 @@ impl Bridge {
             batch_size: 100,
             batch_wait_ms: 5,
             fetch_wait_ms: 50,
-            session_timeout_ms: 10_000,
+            session_timeout_ms: 45_000,
             instance_id: None,
         };
         let workers = billing_bridge::workers::Workers::spawn(

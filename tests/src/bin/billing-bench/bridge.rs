@@ -94,7 +94,7 @@ fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
         batch_size: super::arg("--consumer-batch", 500) as usize,
         batch_wait_ms: super::arg("--batch-wait", 5),
         fetch_wait_ms: super::arg("--fetch-wait", 50),
-        session_timeout_ms: 10_000,
+        session_timeout_ms: 45_000,
         instance_id: None,
     };
     let workers = Workers::spawn(db, brokers, redis, relay, settings, 8 * 24 * 3600, rx).unwrap();

@@ -4,10 +4,14 @@
 //!   cargo run --release -p billing-e2e --bin billing-bench -- collector [--seconds 10] [--batch 500] [--clients 4]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- invoice [--lines 1000000]
 //!
+//!   cargo run --release -p billing-e2e --bin billing-bench -- sqlite [--events 200000] [--batch 500]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- metrics [--line-items 10000000] [--requests 500]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20] [--relay-batch 500] [--consumer-batch 500] [--batch-wait 5]
 //!
 //! `collector`: accepted events/s posting batches of fresh inference events.
+//! `sqlite`: the baseline of `collector` — the same rows (a dedup row and an
+//! outbox row per event, one transaction per batch) written natively with
+//! rusqlite into a migrated file, no HTTP and no WebAssembly.
 //! `invoice`: the time to draft one invoice over a user's line items.
 //! `metrics`: dashboard summary latency (p50/p99) through billing-host over
 //! the aggregates of a ledger representing that many line items (three
@@ -63,6 +67,7 @@ async fn main() {
             )
             .await
         }
+        Some("sqlite") => sqlite(arg("--events", 200_000), arg("--batch", 500)),
         Some("bridge") => {
             bridge::run(
                 arg("--events", 20_000) as i64,
@@ -72,7 +77,7 @@ async fn main() {
             .await
         }
         _ => {
-            eprintln!("usage: billing-bench collector|invoice|metrics|bridge [options]");
+            eprintln!("usage: billing-bench collector|invoice|metrics|sqlite|bridge [options]");
             std::process::exit(2);
         }
     }
@@ -136,6 +141,45 @@ async fn collector() {
     );
     println!("machine: {}", machine());
     println!("collector: {accepted} events in {requests} batches of {batch} from {clients} clients in {secs:.1} s = {:.0} events/s; batch latency p50 {:.1} ms, p99 {:.1} ms", accepted as f64 / secs, p(0.5), p(0.99));
+}
+
+fn sqlite(events: u64, batch: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("billing.db");
+    billing_migrations::open_and_migrate(&path).unwrap();
+    let mut db = rusqlite::Connection::open(&path).unwrap();
+    db.pragma_update(None, "journal_mode", "WAL").unwrap();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < events {
+        let tx = db.transaction().unwrap();
+        {
+            let mut dedup = tx.prepare_cached("INSERT INTO collected_events (source, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING RETURNING source, event_id").unwrap();
+            let mut outbox = tx.prepare_cached("INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('inference-events', '2', ?1, ?2, ?3)").unwrap();
+            for _ in 0..batch {
+                n += 1;
+                let id = format!("s-{n}");
+                let payload = json!({"specversion": "1.0", "id": id, "source": "/bench", "type": "llm-billing.inference", "time": "2026-11-01T10:00:00Z",
+                    "data": {"user_id": 2, "model": "claude-haiku-4-5-20251001", "request_id": format!("r{n}"), "status": "succeeded",
+                             "latency_ms": 300, "compute_ms": 250, "usage": {"input_tokens": 120, "output_tokens": 40}}}).to_string();
+                let fresh = dedup
+                    .query_map(("/bench", &id), |_| Ok(()))
+                    .unwrap()
+                    .count();
+                if fresh == 1 {
+                    outbox.execute(("/bench", &id, payload)).unwrap();
+                }
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let stored: i64 = db
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored as u64, n);
+    println!("machine: {}", machine());
+    println!("sqlite: {n} events (a dedup row and an outbox row each) in transactions of {batch}, natively, in {secs:.1} s = {:.0} events/s", n as f64 / secs);
 }
 
 async fn invoice() {
