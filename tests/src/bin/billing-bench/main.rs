@@ -67,7 +67,9 @@ async fn main() {
             )
             .await
         }
-        Some("sqlite") => sqlite(arg("--events", 200_000), arg("--batch", 500)),
+        Some("sqlite") => {
+            sqlite(arg("--events", 200_000), arg("--batch", 500));
+        }
         Some("bridge") => {
             bridge::run(
                 arg("--events", 20_000) as i64,
@@ -140,10 +142,15 @@ async fn collector() {
         "every accepted event is in the outbox"
     );
     println!("machine: {}", machine());
-    println!("collector: {accepted} events in {requests} batches of {batch} from {clients} clients in {secs:.1} s = {:.0} events/s; batch latency p50 {:.1} ms, p99 {:.1} ms", accepted as f64 / secs, p(0.5), p(0.99));
+    let rate = accepted as f64 / secs;
+    println!("collector: {accepted} events in {requests} batches of {batch} from {clients} clients in {secs:.1} s = {rate:.0} events/s; batch latency p50 {:.1} ms, p99 {:.1} ms", p(0.5), p(0.99));
+    drop(s);
+    let raw = sqlite(200_000, batch as u64);
+    println!("collector / raw SQLite in the same run: {:.0}%", rate / raw * 100.0);
 }
 
-fn sqlite(events: u64, batch: u64) {
+/// The events/s written natively.
+fn sqlite(events: u64, batch: u64) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&path).unwrap();
@@ -180,6 +187,7 @@ fn sqlite(events: u64, batch: u64) {
     assert_eq!(stored as u64, n);
     println!("machine: {}", machine());
     println!("sqlite: {n} events (a dedup row and an outbox row each) in transactions of {batch}, natively, in {secs:.1} s = {:.0} events/s", n as f64 / secs);
+    n as f64 / secs
 }
 
 async fn invoice() {
