@@ -118,7 +118,22 @@ listen = "127.0.0.1:{bridge_port}"
         };
         c.start_part(Part::Bridge);
         c.start_part(Part::Host);
+        c.wait_for_partitions();
         c
+    }
+
+    /// Waits (a minute at most) until the bridge's consumer holds partitions,
+    /// so a measured run does not count the group's first join.
+    fn wait_for_partitions(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let log = std::fs::read_to_string(self.dir.join("bridge.log")).unwrap_or_default();
+            if log.lines().any(|l| l.contains("Partitions assigned. partitions=\"") && !l.contains("partitions=\"\"")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the bridge's consumer got no partitions within 60 s:\n{}", self.tail("bridge", 20));
     }
 
     pub fn target(&self) -> Target {
