@@ -39,7 +39,7 @@ pub struct ConsumerConfig {
     pub fetch_wait_ms: u64,
     /// How long the group waits for a silent member (a killed process)
     /// before its partitions go to the others, in ms (`session.timeout.ms`;
-    /// heartbeats every fifth of it). Example: 45000.
+    /// heartbeats every fifth of it). Longer than any broker outage the group should ride through without a rebalance. Example: 120000.
     pub session_timeout_ms: u64,
     /// This process's static member name in the group (`group.instance.id`):
     /// restarted under the same name it takes its partitions back at once
@@ -119,7 +119,7 @@ impl Default for ConsumerConfig {
             batch_size: 500,
             batch_wait_ms: 5,
             fetch_wait_ms: 50,
-            session_timeout_ms: 45_000,
+            session_timeout_ms: 120_000,
             instance_id: String::new(),
         }
     }

@@ -20,6 +20,10 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
+/// How long a connection may take to send a request's headers (an idle
+/// keep-alive connection is closed after it too).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long in-flight requests may take to finish after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -78,7 +82,12 @@ pub async fn serve(
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(handle(app, req, client).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+                // A client that never finishes its headers is dropped (slowloris).
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

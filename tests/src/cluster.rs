@@ -89,8 +89,6 @@ redis_url = "{redis}"
 admin_api_key = "{ADMIN_KEY}"
 [relay]
 poll_interval_ms = 200
-delivery_timeout_ms = 2000
-lease_ms = 3000
 [topics]
 partitions = 2
 [consumer]
@@ -128,12 +126,17 @@ listen = "127.0.0.1:{bridge_port}"
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let log = std::fs::read_to_string(self.dir.join("bridge.log")).unwrap_or_default();
-            if log.lines().any(|l| l.contains("Partitions assigned. partitions=\"") && !l.contains("partitions=\"\"")) {
+            if log.lines().any(|l| {
+                l.contains("Partitions assigned. partitions=\"") && !l.contains("partitions=\"\"")
+            }) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the bridge's consumer got no partitions within 60 s:\n{}", self.tail("bridge", 20));
+        panic!(
+            "the bridge's consumer got no partitions within 60 s:\n{}",
+            self.tail("bridge", 20)
+        );
     }
 
     pub fn target(&self) -> Target {

@@ -343,7 +343,17 @@ async fn hostile_requests_are_refused_and_change_nothing() {
     let body = serde_json::to_vec(&json!({"content": "slowly"})).unwrap();
     let head = format!("POST /api/threads/{alice_thread}/messages HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {alice_key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len() + 1000);
     let abandoned = raw(port, &[head.as_bytes(), &body[..5]].concat());
-    let stalled = raw(port, b"GET /api/users/me HTTP/1.1\r\nhost: x\r\n"); // headers never finish
+    let mut stalled = raw(port, b"GET /api/users/me HTTP/1.1\r\nhost: x\r\n"); // headers never finish
+                                                                               // The server drops it once billing_host::server::HEADER_READ_TIMEOUT (15 s) has passed.
+    let dropped = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut buf = Vec::new();
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let _ = stalled.read_to_end(&mut buf);
+        (t0.elapsed(), String::from_utf8_lossy(&buf).into_owned())
+    });
     let t0 = Instant::now();
     let me = s.call("GET", "/api/users/me", Some(&alice_key), None).await;
     assert_eq!(me.status, 200);
@@ -370,7 +380,12 @@ async fn hostile_requests_are_refused_and_change_nothing() {
         answer.starts_with("HTTP/1.1 200"),
         "a slow body is still served: {answer}"
     );
-    drop(stalled);
+
+    let (after, answer) = dropped.join().unwrap();
+    assert!(
+        after >= Duration::from_secs(14) && after < Duration::from_secs(25),
+        "stalled headers dropped after {after:?}: {answer}"
+    );
 
     // Nothing refused above changed a row.
     assert_unchanged(&s, &before);

@@ -146,7 +146,10 @@ async fn collector() {
     println!("collector: {accepted} events in {requests} batches of {batch} from {clients} clients in {secs:.1} s = {rate:.0} events/s; batch latency p50 {:.1} ms, p99 {:.1} ms", p(0.5), p(0.99));
     drop(s);
     let raw = sqlite(200_000, batch as u64);
-    println!("collector / raw SQLite in the same run: {:.0}%", rate / raw * 100.0);
+    println!(
+        "collector / raw SQLite in the same run: {:.0}%",
+        rate / raw * 100.0
+    );
 }
 
 /// The events/s written natively.
