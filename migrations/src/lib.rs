@@ -100,6 +100,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0004_idempotent_turns.sql",
         include_str!("../0004_idempotent_turns.sql"),
     ),
+    (
+        "0005_drafts_by_reference.sql",
+        include_str!("../0005_drafts_by_reference.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -28,7 +28,8 @@ fn second_run_is_a_no_op() {
             "0001_schema.sql",
             "0002_seed.sql",
             "0003_event_facts.sql",
-            "0004_idempotent_turns.sql"
+            "0004_idempotent_turns.sql",
+            "0005_drafts_by_reference.sql"
         ]
     );
     let mode: String = conn

@@ -4,14 +4,17 @@
 //!   draft from the user's token and resource line items that are on no
 //!   invoice yet and occurred before `period_end` — those of the period,
 //!   and any that arrived late for a period already invoiced (they go on
-//!   the next invoice). The draft claims its lines: a line is on at most
-//!   one invoice.
-//! - `POST /api/invoices/{id}/finalize` (admin): rounds the exact total to
-//!   cents once, half-to-even (the difference is kept), gives the next
-//!   invoice number (no gaps: numbers are given only here, one at a time),
-//!   and freezes it. Finalizing again answers the same invoice.
-//! - `DELETE /api/invoices/{id}` (admin): drops a draft and frees its lines;
-//!   a final invoice never changes (409).
+//!   the next invoice). A draft holds its lines by reference (the lines on
+//!   no invoice, before its end, that existed when it was made: line ids up
+//!   to two marks), so drafting over a million lines writes one row; a
+//!   user has at most one draft at a time (409), so no line is on two.
+//! - `POST /api/invoices/{id}/finalize` (admin): writes the invoice id into
+//!   exactly the draft's lines, rounds the exact total to cents once,
+//!   half-to-even (the difference is kept), gives the next invoice number
+//!   (no gaps: numbers are given only here, one at a time), and freezes it.
+//!   Finalizing again answers the same invoice.
+//! - `DELETE /api/invoices/{id}` (admin): drops a draft (its lines are free
+//!   again); a final invoice never changes (409).
 //! - `GET /api/invoices` (own; admin all, `?user_id=`), filters `status`,
 //!   `from`, `to` (period); `GET /api/invoices/{id}` with subtotals per
 //!   model (and token class) and per resource, lines paginated
@@ -104,36 +107,89 @@ fn create(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     p.finish()?;
     let (start, end) = (start.expect("checked"), end.expect("checked"));
     let id = db.transaction(|db| {
-        let params = [int(body.user_id), text(end.to_rfc3339())];
+        // Inside the write transaction: two drafts for one user never coexist.
+        if let Some(other) = db.scalar_i64("SELECT invoice_id FROM user_invoices WHERE user_id = ?1 AND status = 'draft'", &[int(body.user_id)])? {
+            return Err(ApiError::Conflict(format!(
+                "user {} already has draft invoice {other}; finalize or delete it before drafting another",
+                body.user_id
+            )));
+        }
+        let mark = |table: &str| db.scalar_i64(&format!("SELECT coalesce(max(line_item_id), 0) FROM {table}"), &[]);
+        let (tokens_to, resources_to) = (mark("user_invoice_line_item")?.unwrap_or(0), mark("resource_invoice_line_item")?.unwrap_or(0));
         let id = db
             .scalar_i64(
-                "INSERT INTO user_invoices (user_id, period_start, period_end, status) VALUES (?1, ?2, ?3, 'draft') RETURNING invoice_id",
-                &[int(body.user_id), text(start.to_rfc3339()), text(end.to_rfc3339())],
+                "INSERT INTO user_invoices (user_id, period_start, period_end, status, through_token_line_id, through_resource_line_id)
+                 VALUES (?1, ?2, ?3, 'draft', ?4, ?5) RETURNING invoice_id",
+                &[int(body.user_id), text(start.to_rfc3339()), text(end.to_rfc3339()), int(tokens_to), int(resources_to)],
             )?
             .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-        let claim = |table: &str| {
-            db.exec(
-                &format!("UPDATE {table} SET invoice_id = ?3 WHERE user_id = ?1 AND invoice_id IS NULL AND occurred_at < ?2"),
-                &[params[0].clone(), params[1].clone(), int(id)],
-            )
-        };
-        claim("user_invoice_line_item")?;
-        claim("resource_invoice_line_item")?;
-        let total = invoice_total(db, body.user_id, id)?;
+        let lines = Lines::ByReference { user_id: body.user_id, end, tokens_to, resources_to };
+        let total = invoice_total(db, &lines)?;
         db.exec("UPDATE user_invoices SET total_nanos = ?1 WHERE invoice_id = ?2", &[int(total), int(id)])?;
         Ok(id)
     })?;
     Ok(json(201, &full(db, caller, &id.to_string(), 100, 0)?))
 }
 
-/// Exact sum of an invoice's lines. (Lines are found through the user, by
-/// the (user_id, invoice_id, …) index.)
-fn invoice_total(db: &Db, user_id: i64, id: i64) -> ApiResult<i64> {
+/// Which line items an invoice holds.
+enum Lines {
+    /// A final invoice's (and a draft's made before migration 0005): the
+    /// lines carrying its id.
+    Claimed { user_id: i64, invoice_id: i64 },
+    /// A draft's: the user's lines on no invoice, before `end`, with ids up
+    /// to the marks taken when it was made.
+    ByReference {
+        user_id: i64,
+        end: Timestamp,
+        tokens_to: i64,
+        resources_to: i64,
+    },
+}
+
+impl Lines {
+    /// The WHERE condition over `table` (a line-item table), columns
+    /// prefixed with `alias`. Only integers and a timestamp this component
+    /// formatted go into it.
+    fn condition(&self, table: &str, alias: &str) -> String {
+        match self {
+            Lines::Claimed {
+                user_id,
+                invoice_id,
+            } => {
+                format!("{alias}user_id = {user_id} AND {alias}invoice_id = {invoice_id}")
+            }
+            Lines::ByReference {
+                user_id,
+                end,
+                tokens_to,
+                resources_to,
+            } => {
+                let to = if table == "resource_invoice_line_item" {
+                    resources_to
+                } else {
+                    tokens_to
+                };
+                format!(
+                    "{alias}user_id = {user_id} AND {alias}invoice_id IS NULL AND {alias}occurred_at < '{}' AND {alias}line_item_id <= {to}",
+                    end.to_rfc3339()
+                )
+            }
+        }
+    }
+}
+
+/// Exact sum of an invoice's lines (found through the user, by the
+/// (user_id, invoice_id, occurred_at) index).
+fn invoice_total(db: &Db, lines: &Lines) -> ApiResult<i64> {
     Ok(db
         .scalar_i64(
-            "SELECT (SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item WHERE user_id = ?1 AND invoice_id = ?2)
-                  + (SELECT coalesce(sum(cost_nanos), 0) FROM resource_invoice_line_item WHERE user_id = ?1 AND invoice_id = ?2)",
-            &[int(user_id), int(id)],
+            &format!(
+                "SELECT (SELECT coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item WHERE {})
+                      + (SELECT coalesce(sum(cost_nanos), 0) FROM resource_invoice_line_item WHERE {})",
+                lines.condition("user_invoice_line_item", ""),
+                lines.condition("resource_invoice_line_item", "")
+            ),
+            &[],
         )?
         .unwrap_or(0))
 }
@@ -142,13 +198,15 @@ struct Header {
     id: i64,
     user_id: i64,
     status: String,
+    lines: Lines,
     json: Value,
 }
 
 fn header(db: &Db, caller: &Caller, id: &str) -> ApiResult<Header> {
     let id = input::id(id, "invoice")?;
     let r = db.query(
-        "SELECT invoice_id, user_id, period_start, period_end, status, invoice_number, total_nanos, total_cents, rounding_nanos, currency, created_at, finalized_at
+        "SELECT invoice_id, user_id, period_start, period_end, status, invoice_number, total_nanos, total_cents, rounding_nanos, currency, created_at, finalized_at,
+                through_token_line_id, through_resource_line_id
          FROM user_invoices WHERE invoice_id = ?1",
         &[int(id)],
     )?;
@@ -160,10 +218,29 @@ fn header(db: &Db, caller: &Caller, id: &str) -> ApiResult<Header> {
     if !caller.may_see(user_id) {
         return Err(ApiError::NotFound(format!("there is no invoice {id}")));
     }
+    let status = col::<&str>(&row, "status")?.to_owned();
+    let lines = match (
+        status.as_str(),
+        col_opt::<i64>(&row, "through_token_line_id"),
+        col_opt::<i64>(&row, "through_resource_line_id"),
+    ) {
+        ("draft", Some(tokens_to), Some(resources_to)) => Lines::ByReference {
+            user_id,
+            end: Timestamp::parse(col(&row, "period_end")?)
+                .map_err(|e| ApiError::Internal(format!("invoice {id}: {}", e.reason)))?,
+            tokens_to,
+            resources_to,
+        },
+        _ => Lines::Claimed {
+            user_id,
+            invoice_id: id,
+        },
+    };
     Ok(Header {
         id,
         user_id,
-        status: col::<&str>(&row, "status")?.to_owned(),
+        status,
+        lines,
         json: header_json(&row)?,
     })
 }
@@ -194,11 +271,18 @@ fn header_json(row: &spin_sdk::sqlite::Row<'_>) -> ApiResult<Value> {
 /// The invoice with its subtotals and a page of its lines.
 fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResult<Value> {
     let h = header(db, caller, id)?;
+    let (tok, res) = (
+        h.lines.condition("user_invoice_line_item", "l."),
+        h.lines.condition("resource_invoice_line_item", ""),
+    );
     let models = db.query(
-        "SELECT m.model_name AS model, l.token_class AS class, sum(l.tokens) AS tokens, sum(l.cost_nanos) AS cost
-         FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE l.user_id = ?2 AND l.invoice_id = ?1
-         GROUP BY m.model_name, l.token_class ORDER BY m.model_name, l.token_class",
-        &[int(h.id), int(h.user_id)],
+        &format!(
+            "SELECT m.model_name AS model, s.token_class AS class, s.tokens, s.cost FROM (
+                 SELECT l.model_id, l.token_class, sum(l.tokens) AS tokens, sum(l.cost_nanos) AS cost
+                 FROM user_invoice_line_item l WHERE {tok} GROUP BY l.model_id, l.token_class
+             ) s JOIN dim_models m USING (model_id) ORDER BY m.model_name, s.token_class"
+        ),
+        &[],
     )?;
     let mut by_model: Vec<Value> = Vec::new();
     for row in models.rows() {
@@ -216,8 +300,8 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
         }
     }
     let resources = db.query(
-        "SELECT resource, sum(quantity) AS quantity, sum(cost_nanos) AS cost FROM resource_invoice_line_item WHERE user_id = ?2 AND invoice_id = ?1 GROUP BY resource ORDER BY resource",
-        &[int(h.id), int(h.user_id)],
+        &format!("SELECT resource, sum(quantity) AS quantity, sum(cost_nanos) AS cost FROM resource_invoice_line_item WHERE {res} GROUP BY resource ORDER BY resource"),
+        &[],
     )?;
     let by_resource = resources
         .rows()
@@ -227,14 +311,16 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
         })
         .collect::<ApiResult<Vec<_>>>()?;
     let lines = db.query(
-        "SELECT * FROM (
-             SELECT 'token' AS kind, l.line_item_id, l.occurred_at, m.model_name AS item, l.token_class AS detail, l.tokens AS quantity, l.unit_price, l.cost_nanos, l.thread_id, l.source, l.event_id
-             FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE l.user_id = ?4 AND l.invoice_id = ?1
-             UNION ALL
-             SELECT 'resource', line_item_id, occurred_at, resource, NULL, quantity, unit_price, cost_nanos, NULL, source, event_id
-             FROM resource_invoice_line_item WHERE user_id = ?4 AND invoice_id = ?1
-         ) ORDER BY occurred_at, kind DESC, line_item_id LIMIT ?2 OFFSET ?3",
-        &[int(h.id), int(limit), int(offset), int(h.user_id)],
+        &format!(
+            "SELECT * FROM (
+                 SELECT 'token' AS kind, l.line_item_id, l.occurred_at, m.model_name AS item, l.token_class AS detail, l.tokens AS quantity, l.unit_price, l.cost_nanos, l.thread_id, l.source, l.event_id
+                 FROM user_invoice_line_item l JOIN dim_models m USING (model_id) WHERE {tok}
+                 UNION ALL
+                 SELECT 'resource', line_item_id, occurred_at, resource, NULL, quantity, unit_price, cost_nanos, NULL, source, event_id
+                 FROM resource_invoice_line_item WHERE {res}
+             ) ORDER BY occurred_at, kind DESC, line_item_id LIMIT ?1 OFFSET ?2"
+        ),
+        &[int(limit), int(offset)],
     )?;
     let lines = lines
         .rows()
@@ -250,8 +336,11 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
         .collect::<ApiResult<Vec<_>>>()?;
     let line_count = db
         .scalar_i64(
-            "SELECT (SELECT count(*) FROM user_invoice_line_item WHERE user_id = ?2 AND invoice_id = ?1) + (SELECT count(*) FROM resource_invoice_line_item WHERE user_id = ?2 AND invoice_id = ?1)",
-            &[int(h.id), int(h.user_id)],
+            &format!(
+                "SELECT (SELECT count(*) FROM user_invoice_line_item WHERE {}) + (SELECT count(*) FROM resource_invoice_line_item WHERE {res})",
+                h.lines.condition("user_invoice_line_item", "")
+            ),
+            &[],
         )?
         .unwrap_or(0);
     let mut v = h.json;
@@ -272,7 +361,13 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
             if !still_draft {
                 return Ok(());
             }
-            let total = Nanos(invoice_total(db, h.user_id, h.id)?);
+            // A draft by reference: its lines get its id now, exactly those.
+            if let Lines::ByReference { .. } = h.lines {
+                for table in ["user_invoice_line_item", "resource_invoice_line_item"] {
+                    db.exec(&format!("UPDATE {table} SET invoice_id = ?1 WHERE {}", h.lines.condition(table, "")), &[int(h.id)])?;
+                }
+            }
+            let total = Nanos(invoice_total(db, &Lines::Claimed { user_id: h.user_id, invoice_id: h.id })?);
             let (cents, rounding) = total.round_to_cents();
             let number = db.scalar_i64("SELECT coalesce(max(invoice_number), 0) + 1 FROM user_invoices", &[])?.unwrap_or(1);
             db.exec(
@@ -294,8 +389,11 @@ fn delete(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
         )));
     }
     db.transaction(|db| {
-        db.exec("UPDATE user_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
-        db.exec("UPDATE resource_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
+        // A draft made before drafts held lines by reference frees its claimed lines.
+        if let Lines::Claimed { .. } = h.lines {
+            db.exec("UPDATE user_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
+            db.exec("UPDATE resource_invoice_line_item SET invoice_id = NULL WHERE user_id = ?2 AND invoice_id = ?1", &[int(h.id), int(h.user_id)])?;
+        }
         db.exec("DELETE FROM user_invoices WHERE invoice_id = ?1 AND status = 'draft'", &[int(h.id)])
     })?;
     Ok(Response::new(204, ()))
