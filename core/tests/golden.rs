@@ -124,9 +124,13 @@ fn run_invoice(input: &str) -> Value {
 }
 
 fn cases(dir: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(dir);
+    // Cargo sets CARGO_MANIFEST_DIR when it runs the test, for the checkout it
+    // runs in; the compile-time value names whichever checkout built it (a
+    // target directory shared by two clones reuses the binary).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let dir = manifest.join("tests/golden").join(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

@@ -9,13 +9,17 @@ pub mod load;
 use billing_host::{App, Limits};
 use billing_testkit::Redis;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time cargo names the checkout it runs in; the compile-time value
+    // names whichever checkout built this binary (a shared target directory).
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .parent()
         .unwrap()
         .to_path_buf()

@@ -200,7 +200,9 @@ async fn every_endpoint_by_every_caller() {
             "POST",
             "/api/invoices".into(),
             // For the throwaway user: the owner already has a draft (one at a time).
-            Some(json!({"user_id": c, "period_start": "2026-03-01T00:00:00Z", "period_end": "2026-03-28T00:00:00Z"})),
+            Some(
+                json!({"user_id": c, "period_start": "2026-03-01T00:00:00Z", "period_end": "2026-03-28T00:00:00Z"}),
+            ),
             [401, 403, 403, 201],
         ),
         ("GET", "/api/invoices".into(), None, [401, 200, 200, 200]),

@@ -9,11 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// This package's directory in the checkout cargo runs the test in (the
+/// compile-time value may name another checkout sharing the target directory).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 /// The workspace's target directory.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| manifest_dir().join("../target"))
 }
 
 /// Builds the test components for wasm32-wasip2 once and returns the path of `name`.
@@ -34,7 +42,7 @@ pub fn wasm(name: &str) -> PathBuf {
                 "-p",
                 "billing-host-kv-probe",
             ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(manifest_dir())
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the test components failed");

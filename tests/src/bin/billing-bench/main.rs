@@ -252,16 +252,30 @@ async fn invoice() {
     println!("invoice: drafted over {lines} line items in {:.0} ms (total {} nano-USD, checked against SQLite)", took.as_secs_f64() * 1000.0, expected);
     let id = r.body["invoice_id"].as_i64().unwrap();
     let t = Instant::now();
-    let f = s.call("POST", &format!("/api/invoices/{id}/finalize"), Some(ADMIN_KEY), None).await;
+    let f = s
+        .call(
+            "POST",
+            &format!("/api/invoices/{id}/finalize"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
     let took = t.elapsed();
     assert_eq!(f.status, 200, "{:?}", f.body);
     assert_eq!(f.body["total_nanos"].as_i64(), Some(expected));
     let claimed: i64 = s
         .db()
-        .query_row("SELECT count(*) FROM user_invoice_line_item WHERE invoice_id = ?1", [id], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM user_invoice_line_item WHERE invoice_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(claimed, lines, "finalizing put every line on the invoice");
-    println!("invoice: finalized (every line claimed) in {:.0} ms", took.as_secs_f64() * 1000.0);
+    println!(
+        "invoice: finalized (every line claimed) in {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    );
 }
 
 async fn metrics(line_items: i64, requests: usize) {
