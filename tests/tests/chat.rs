@@ -456,7 +456,7 @@ async fn idempotent_retry() {
     );
     assert_eq!(
         again.body, first.body,
-        "the replay is the first answer, byte for byte in JSON"
+        "the replay is the first answer (the same JSON)"
     );
     let counts = |s: &Stack| {
         (

@@ -88,6 +88,12 @@ pub async fn get(key: &str, path: &str) -> Result<Value, String> {
     call(key, "GET", path, None).await
 }
 
+/// The `items` of a list answer (empty when it has none).
+pub async fn items(key: &str, path: &str) -> Result<Vec<Value>, String> {
+    let v = get(key, path).await?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
 /// A text resource (CSV export).
 pub async fn text(key: &str, path: &str) -> Result<String, String> {
     let resp = Request::get(path)

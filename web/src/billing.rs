@@ -75,11 +75,7 @@ fn ThreadCosts() -> Element {
         let key = key.clone();
         move || {
             let key = key.clone();
-            async move {
-                api::get(&key, "/api/threads?limit=100&archived=all")
-                    .await
-                    .map(|v| v["items"].as_array().cloned().unwrap_or_default())
-            }
+            async move { api::items(&key, "/api/threads?limit=100&archived=all").await }
         }
     });
     let messages = use_resource({
@@ -90,9 +86,9 @@ fn ThreadCosts() -> Element {
             async move {
                 match t {
                     None => Ok(Vec::new()),
-                    Some(id) => api::get(&key, &format!("/api/threads/{id}/messages?limit=200"))
-                        .await
-                        .map(|v| v["items"].as_array().cloned().unwrap_or_default()),
+                    Some(id) => {
+                        api::items(&key, &format!("/api/threads/{id}/messages?limit=200")).await
+                    }
                 }
             }
         }
@@ -157,11 +153,7 @@ fn Invoices() -> Element {
         move || {
             let key = key.clone();
             let _ = reload();
-            async move {
-                api::get(&key, "/api/invoices?limit=50")
-                    .await
-                    .map(|v| v["items"].as_array().cloned().unwrap_or_default())
-            }
+            async move { api::items(&key, "/api/invoices?limit=50").await }
         }
     });
     let generate = {

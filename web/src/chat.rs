@@ -28,9 +28,7 @@ pub fn Chat() -> Element {
                     if archived { "all" } else { "false" },
                     encode(&q)
                 );
-                api::get(&key, &path)
-                    .await
-                    .map(|v| v["items"].as_array().cloned().unwrap_or_default())
+                api::items(&key, &path).await
             }
         }
     });
@@ -180,12 +178,11 @@ fn Conversation(thread_id: i64, on_sent: EventHandler<()>) -> Element {
             let key = key.clone();
             let _ = reload();
             async move {
-                api::get(
+                api::items(
                     &key,
                     &format!("/api/threads/{thread_id}/messages?limit=200"),
                 )
                 .await
-                .map(|v| v["items"].as_array().cloned().unwrap_or_default())
             }
         }
     });
@@ -193,11 +190,7 @@ fn Conversation(thread_id: i64, on_sent: EventHandler<()>) -> Element {
         let key = key.clone();
         move || {
             let key = key.clone();
-            async move {
-                api::get(&key, "/api/models")
-                    .await
-                    .map(|v| v["items"].as_array().cloned().unwrap_or_default())
-            }
+            async move { api::items(&key, "/api/models").await }
         }
     });
     // The thread's model until the user picks another.

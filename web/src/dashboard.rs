@@ -127,11 +127,7 @@ pub fn Dashboard() -> Element {
         let key = key.clone();
         move || {
             let key = key.clone();
-            async move {
-                api::get(&key, "/api/models")
-                    .await
-                    .map(|v| v["items"].as_array().cloned().unwrap_or_default())
-            }
+            async move { api::items(&key, "/api/models").await }
         }
     });
 

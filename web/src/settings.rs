@@ -24,11 +24,7 @@ pub fn Settings() -> Element {
         move || {
             let key = key.clone();
             let _ = reload();
-            async move {
-                api::get(&key, "/api/pricing")
-                    .await
-                    .map(|v| v["items"].as_array().cloned().unwrap_or_default())
-            }
+            async move { api::items(&key, "/api/pricing").await }
         }
     });
     let models: Vec<String> = match &*pricing.read() {
