@@ -275,11 +275,12 @@ impl Rng {
     }
 }
 
-/// One step of a fault schedule.
+/// One step of a fault schedule: SIGKILL these parts together, wait
+/// `down`, start them again.
 #[derive(Debug, Clone)]
-pub enum Fault {
-    /// SIGKILL these parts together, wait, start them again.
-    Kill { parts: Vec<Part>, down: Duration },
+pub struct Fault {
+    pub parts: Vec<Part>,
+    pub down: Duration,
 }
 
 /// The schedule: each part killed once at a random moment, one at a time,
@@ -290,7 +291,7 @@ pub fn schedule(rng: &mut Rng, rounds: usize) -> Vec<(Duration, Fault)> {
         for p in Part::ALL {
             out.push((
                 rng.between(Duration::from_secs(2), Duration::from_secs(5)),
-                Fault::Kill {
+                Fault {
                     parts: vec![p],
                     down: rng.between(Duration::from_millis(200), Duration::from_secs(2)),
                 },
@@ -298,7 +299,7 @@ pub fn schedule(rng: &mut Rng, rounds: usize) -> Vec<(Duration, Fault)> {
         }
         out.push((
             rng.between(Duration::from_secs(2), Duration::from_secs(5)),
-            Fault::Kill {
+            Fault {
                 parts: Part::ALL.to_vec(),
                 down: rng.between(Duration::from_millis(500), Duration::from_secs(2)),
             },
@@ -325,7 +326,7 @@ pub async fn fault_run(
     let cluster = std::sync::Arc::new(std::sync::Mutex::new(cluster));
     let busy: Duration = steps
         .iter()
-        .map(|(d, Fault::Kill { down, .. })| *d + *down + Duration::from_secs(1))
+        .map(|(d, Fault { down, .. })| *d + *down + Duration::from_secs(1))
         .sum();
     plan.duration = plan.duration.max(busy + Duration::from_secs(3));
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -335,7 +336,7 @@ pub async fn fault_run(
             let t0 = Instant::now();
             for (delay, fault) in steps {
                 tokio::time::sleep(delay).await;
-                let Fault::Kill { parts, down } = fault;
+                let Fault { parts, down } = fault;
                 let at = t0.elapsed().as_secs_f64();
                 let c = cluster.clone();
                 let names: Vec<&str> = parts.iter().map(|p| p.name()).collect();

@@ -697,66 +697,84 @@ pub async fn run<F: std::future::Future<Output = ()>>(
     report
 }
 
-/// The users' ledger counts per consumer, and their line items' cost.
-fn sqlite_view(
-    db: &std::path::Path,
-    users: &[i64],
-) -> Result<(BTreeMap<i64, (i64, u64, u64, u64)>, i64), String> {
+/// The system's SQLite file, read only.
+fn open_db(db: &std::path::Path) -> Result<rusqlite::Connection, String> {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| e.to_string())?;
     conn.busy_timeout(Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// What SQLite holds for one user: line items' cost and ledger rows by consumer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ledger {
+    cost: i64,
+    turns: u64,
+    events: u64,
+    messages: u64,
+}
+
+/// Every user's [`Ledger`], and the outbox's length.
+fn sqlite_view(
+    conn: &rusqlite::Connection,
+    users: &[i64],
+) -> Result<(BTreeMap<i64, Ledger>, i64), String> {
     let list = users
         .iter()
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let mut per_user: BTreeMap<i64, (i64, u64, u64, u64)> =
-        users.iter().map(|u| (*u, (0, 0, 0, 0))).collect();
-    let q = |sql: String| -> Result<Vec<(i64, i64)>, String> {
-        let mut st = conn.prepare(&sql).map_err(|e| e.to_string())?;
-        let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
-    };
-    for (u, c) in q(format!("SELECT user_id, sum(cost_nanos) FROM (SELECT user_id, cost_nanos FROM user_invoice_line_item WHERE user_id IN ({list}) UNION ALL SELECT user_id, cost_nanos FROM resource_invoice_line_item WHERE user_id IN ({list})) GROUP BY user_id"))? {
-        per_user.get_mut(&u).unwrap().0 = c;
+    let mut per_user: BTreeMap<i64, Ledger> =
+        users.iter().map(|u| (*u, Ledger::default())).collect();
+    let err = |e: rusqlite::Error| e.to_string();
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT user_id, sum(cost_nanos) FROM (SELECT user_id, cost_nanos FROM user_invoice_line_item WHERE user_id IN ({list})
+             UNION ALL SELECT user_id, cost_nanos FROM resource_invoice_line_item WHERE user_id IN ({list})) GROUP BY user_id"
+        ))
+        .map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
+        per_user.entry(r.get(0).map_err(err)?).or_default().cost = r.get(1).map_err(err)?;
     }
-    for (consumer, slot) in [
-        ("token-metrics", 1),
-        ("inference-events", 2),
-        ("raw-messages", 3),
-    ] {
-        for (u, n) in q(format!("SELECT user_id, count(*) FROM processed_events WHERE consumer = '{consumer}' AND user_id IN ({list}) GROUP BY user_id"))? {
-            let e = per_user.get_mut(&u).unwrap();
-            match slot {
-                1 => e.1 = n as u64,
-                2 => e.2 = n as u64,
-                _ => e.3 = n as u64,
-            }
-        }
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT user_id, count(*) FILTER (WHERE consumer = 'token-metrics'), count(*) FILTER (WHERE consumer = 'inference-events'),
+                    count(*) FILTER (WHERE consumer = 'raw-messages')
+             FROM processed_events WHERE user_id IN ({list}) GROUP BY user_id"
+        ))
+        .map_err(err)?;
+    let mut rows = st.query([]).map_err(err)?;
+    while let Some(r) = rows.next().map_err(err)? {
+        let e = per_user.entry(r.get(0).map_err(err)?).or_default();
+        (e.turns, e.events, e.messages) = (
+            r.get(1).map_err(err)?,
+            r.get(2).map_err(err)?,
+            r.get(3).map_err(err)?,
+        );
     }
     let outbox: i64 = conn
         .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(err)?;
     Ok((per_user, outbox))
 }
 
 /// Waits until the outbox is empty and the ledger holds every event the generator had answered.
 async fn drain(t: &Target, books: &Shared, users: &[i64], timeout: Duration) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
+    let conn = open_db(&t.db)?;
     loop {
-        let (per_user, outbox) = sqlite_view(&t.db, users)?;
+        let (per_user, outbox) = sqlite_view(&conn, users)?;
         let b = books.lock().unwrap();
         let done = outbox == 0
             && users.iter().all(|u| {
-                let (_, turns, events, messages) = per_user[u];
+                let l = per_user[u];
                 let want_t = b.turns.get(u).copied().unwrap_or(0);
-                turns >= want_t
-                    && messages >= want_t
-                    && events >= b.events.get(u).copied().unwrap_or(0)
+                l.turns >= want_t
+                    && l.messages >= want_t
+                    && l.events >= b.events.get(u).copied().unwrap_or(0)
             });
         drop(b);
         if done {
@@ -791,7 +809,8 @@ async fn reconcile(
     let ts = |m: i64| Timestamp::from_millis(m).unwrap().to_rfc3339();
     let from = hour_floor(ms(started));
     let to = hour_floor(ms(SystemTime::now())) + 3_600_000;
-    let (sqlite_users, _) = sqlite_view(&t.db, users)?;
+    let conn = open_db(&t.db)?;
+    let (sqlite_users, _) = sqlite_view(&conn, users)?;
     let b = books.lock().unwrap();
     let mut mismatches = Vec::new();
     let expected = Tally {
@@ -801,7 +820,12 @@ async fn reconcile(
     };
     let mut sqlite = Tally::default();
     for u in users {
-        let (c, turns, events, _) = sqlite_users[u];
+        let Ledger {
+            cost: c,
+            turns,
+            events,
+            ..
+        } = sqlite_users[u];
         sqlite.cost_nanos += c;
         sqlite.turns += turns;
         sqlite.events += events;
@@ -850,7 +874,12 @@ async fn reconcile(
         redis.cost_nanos += c;
         redis.turns += turns;
         redis.events += events;
-        let (sc, st, se, sm) = sqlite_users[u];
+        let Ledger {
+            cost: sc,
+            turns: st,
+            events: se,
+            messages: sm,
+        } = sqlite_users[u];
         if (c, turns, events) != (sc, st, se)
             || v["messages"].as_u64() != Some(sm)
             || v["responses"].as_u64() != Some(st)
@@ -880,10 +909,10 @@ async fn reconcile(
             .as_i64()
             .ok_or_else(|| format!("no draft invoice for user {u}: {v}"))?;
         invoices_nanos += total;
-        if total != sqlite_users[u].0 {
+        if total != sqlite_users[u].cost {
             mismatches.push(format!(
                 "user {u}: draft invoice {total}, SQLite {}",
-                sqlite_users[u].0
+                sqlite_users[u].cost
             ));
         }
         http.delete(format!("{}/api/invoices/{}", t.url, v["invoice_id"]))
@@ -893,9 +922,6 @@ async fn reconcile(
             .map_err(|e| e.to_string())?;
     }
     // Freshness: the ledger's processed_at, and the live notice, after the answer.
-    let conn =
-        rusqlite::Connection::open_with_flags(&t.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| e.to_string())?;
     let b = books.lock().unwrap();
     let mut billed = Vec::with_capacity(b.sent.len());
     let mut live = Vec::new();

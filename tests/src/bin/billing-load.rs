@@ -151,7 +151,7 @@ async fn main() {
                 for p in [Part::Tansu, Part::Redis] {
                     steps.push((
                         Duration::from_secs(3),
-                        Fault::Kill {
+                        Fault {
                             parts: vec![p],
                             down: Duration::from_secs(outage_s),
                         },
