@@ -99,9 +99,16 @@ impl ConsumerContext for LagContext {
         };
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
+                metrics().set(
+                    "billing_bridge_assigned_partitions",
+                    String::new(),
+                    tpl.count() as i64,
+                );
                 tracing::info!(partitions = list(tpl), "Partitions assigned.")
             }
             rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                // The eager protocol (range) revokes the whole assignment.
+                metrics().set("billing_bridge_assigned_partitions", String::new(), 0);
                 tracing::info!(partitions = list(tpl), "Partitions revoked.")
             }
             rdkafka::consumer::Rebalance::Error(e) => {

@@ -43,6 +43,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Outbox rows a round could not deliver; they stay for the next round.",
     ),
     (
+        "billing_bridge_assigned_partitions",
+        "gauge",
+        "Partitions the consumer group has given this process now.",
+    ),
+    (
         "billing_bridge_consumer_lag",
         "gauge",
         "Messages behind the end of each partition this process consumes.",

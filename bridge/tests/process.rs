@@ -431,6 +431,15 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
             .await
             .unwrap(),
     );
+    // Four topics of four partitions, split between the two members.
+    let (pa, pb) = (
+        sum(&ma, "billing_bridge_assigned_partitions"),
+        sum(&mb, "billing_bridge_assigned_partitions"),
+    );
+    assert!(
+        pa > 0 && pb > 0 && pa + pb == 16,
+        "partitions held: a {pa}, b {pb}"
+    );
     let (ha, hb) = (handled(&ma), handled(&mb));
     assert!(ha > 0 && hb > 0, "both processes consumed: {ha} and {hb}");
     assert!(ha + hb >= events as u64);
@@ -643,6 +652,7 @@ async fn live_stream_and_operations() {
         "billing_bridge_outbox_backlog 0",
         "billing_bridge_events_total{topic=\"token-metrics\",outcome=\"billed\"} 3",
         "billing_bridge_event_billed_latency_seconds_count 3",
+        "billing_bridge_assigned_partitions 16",
     ] {
         assert!(metrics.contains(series), "{series} missing from\n{metrics}");
     }

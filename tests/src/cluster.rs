@@ -120,15 +120,23 @@ listen = "127.0.0.1:{bridge_port}"
         c
     }
 
-    /// Waits (a minute at most) until the bridge's consumer holds partitions,
-    /// so a measured run does not count the group's first join.
+    /// Waits (a minute at most) until the bridge's consumer holds partitions
+    /// (its `billing_bridge_assigned_partitions` gauge), so a measured run
+    /// does not count the group's first join.
     fn wait_for_partitions(&self) {
+        use std::io::{Read, Write};
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            let log = std::fs::read_to_string(self.dir.join("bridge.log")).unwrap_or_default();
-            if log.lines().any(|l| {
-                l.contains("Partitions assigned. partitions=\"") && !l.contains("partitions=\"\"")
-            }) {
+            let mut page = String::new();
+            if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.bridge_port)) {
+                let _ = c.write_all(b"GET /metrics HTTP/1.0\r\nhost: bridge\r\n\r\n");
+                let _ = c.read_to_string(&mut page);
+            }
+            let held = page
+                .lines()
+                .find_map(|l| l.strip_prefix("billing_bridge_assigned_partitions "))
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            if held.is_some_and(|n| n > 0) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
