@@ -277,15 +277,18 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
     );
     let models = db.query(
         &format!(
-            "SELECT m.model_name AS model, s.token_class AS class, s.tokens, s.cost FROM (
-                 SELECT l.model_id, l.token_class, sum(l.tokens) AS tokens, sum(l.cost_nanos) AS cost
+            "SELECT m.model_name AS model, s.token_class AS class, s.tokens, s.cost, s.n FROM (
+                 SELECT l.model_id, l.token_class, sum(l.tokens) AS tokens, sum(l.cost_nanos) AS cost, count(*) AS n
                  FROM user_invoice_line_item l WHERE {tok} GROUP BY l.model_id, l.token_class
              ) s JOIN dim_models m USING (model_id) ORDER BY m.model_name, s.token_class"
         ),
         &[],
     )?;
+    // The line count comes with the subtotals: one pass over the lines.
+    let mut line_count = 0i64;
     let mut by_model: Vec<Value> = Vec::new();
     for row in models.rows() {
+        line_count += col::<i64>(&row, "n")?;
         let model = col::<&str>(&row, "model")?;
         let cost: i64 = col(&row, "cost")?;
         let class = json!({"token_class": col::<&str>(&row, "class")?, "tokens": col::<i64>(&row, "tokens")?, "cost_nanos": cost, "cost": Nanos(cost).display_usd()});
@@ -300,13 +303,14 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
         }
     }
     let resources = db.query(
-        &format!("SELECT resource, sum(quantity) AS quantity, sum(cost_nanos) AS cost FROM resource_invoice_line_item WHERE {res} GROUP BY resource ORDER BY resource"),
+        &format!("SELECT resource, sum(quantity) AS quantity, sum(cost_nanos) AS cost, count(*) AS n FROM resource_invoice_line_item WHERE {res} GROUP BY resource ORDER BY resource"),
         &[],
     )?;
     let by_resource = resources
         .rows()
         .map(|row| {
             let cost: i64 = col(&row, "cost")?;
+            line_count += col::<i64>(&row, "n")?;
             Ok(json!({"resource": col::<&str>(&row, "resource")?, "quantity": col::<i64>(&row, "quantity")?, "cost_nanos": cost, "cost": Nanos(cost).display_usd()}))
         })
         .collect::<ApiResult<Vec<_>>>()?;
@@ -334,15 +338,6 @@ fn full(db: &Db, caller: &Caller, id: &str, limit: i64, offset: i64) -> ApiResul
             }))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    let line_count = db
-        .scalar_i64(
-            &format!(
-                "SELECT (SELECT count(*) FROM user_invoice_line_item WHERE {}) + (SELECT count(*) FROM resource_invoice_line_item WHERE {res})",
-                h.lines.condition("user_invoice_line_item", "")
-            ),
-            &[],
-        )?
-        .unwrap_or(0);
     let mut v = h.json;
     v["models"] = json!(by_model);
     v["resources"] = json!(by_resource);
