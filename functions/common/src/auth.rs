@@ -68,7 +68,12 @@ impl Caller {
 pub const KEY_PREFIX: &str = "lcb_";
 
 pub fn hash_key(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    sha256_hex(key)
+}
+
+/// SHA-256 of `text`, in hex.
+pub fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// A fresh key: `lcb_` and 40 hex digits (160 random bits). Returns the

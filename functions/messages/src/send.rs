@@ -85,12 +85,7 @@ fn idempotency_key(req: &Request) -> ApiResult<Option<String>> {
 
 /// What a key stands for: the thread, the content and the model asked for.
 fn request_hash(thread_id: i64, body: &NewMessage) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(
-        serde_json::to_vec(&json!([thread_id, body.content, body.model])).expect("serialises"),
-    );
-    hex::encode(h.finalize())
+    billing_fn_common::auth::sha256_hex(&json!([thread_id, body.content, body.model]).to_string())
 }
 
 /// The stored answer of an earlier request with this key, if any; a key
