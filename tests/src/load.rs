@@ -538,6 +538,8 @@ pub struct Report {
     pub redis: Tally,
     pub invoices_nanos: i64,
     pub drained_in: f64,
+    /// How long after the drain the Redis aggregates agreed with the ledger.
+    pub redis_trailed: f64,
     /// Per user, where the views disagree.
     pub mismatches: Vec<String>,
 }
@@ -561,7 +563,11 @@ impl std::fmt::Display for Report {
         }
         writeln!(f, "  event -> billed (SQLite ledger)     {}", self.billed)?;
         writeln!(f, "  event -> dashboard (live notice)    {}", self.live)?;
-        writeln!(f, "drained {:.1} s after the load stopped", self.drained_in)?;
+        writeln!(
+            f,
+            "drained {:.1} s after the load stopped; the Redis aggregates agreed with the ledger {:.1} s later",
+            self.drained_in, self.redis_trailed
+        )?;
         writeln!(f, "reconciliation (nano-USD; turns; events):")?;
         let row = |f: &mut std::fmt::Formatter<'_>, name: &str, x: &Tally| {
             writeln!(
@@ -845,6 +851,7 @@ async fn reconcile(
     // The Redis aggregates, as the dashboard reads them. After Redis lost
     // its data the bridge rebuilds them; until then the answer says "sqlite".
     let mut redis = Tally::default();
+    let redis_started = Instant::now();
     for u in users {
         let url = format!(
             "{}/api/metrics/summary?user={u}&from={}&to={}",
@@ -852,18 +859,38 @@ async fn reconcile(
             ts(from),
             ts(to)
         );
+        let Ledger {
+            cost: sc,
+            turns: st,
+            events: se,
+            messages: sm,
+        } = sqlite_users[u];
+        let agrees = |v: &Value| {
+            (
+                v["cost_nanos"].as_i64(),
+                v["turns"].as_u64(),
+                v["requests"].as_u64(),
+                v["messages"].as_u64(),
+                v["responses"].as_u64(),
+            ) == (Some(sc), Some(st), Some(se), Some(sm), Some(st))
+        };
+        // The bridge commits an event to the ledger before it applies it to
+        // the aggregates (and retries that with backoff while Redis is away
+        // or being rebuilt), so Redis may trail the ledger for a moment
+        // after the drain: wait for it to agree, for the timeout at most.
         let deadline = Instant::now() + timeout;
         let v = loop {
             let v = get_json(http, &url, &t.admin_key).await;
             match v {
-                Ok(v) if v["source"] == "redis" => break v,
+                Ok(v) if v["source"] == "redis" && agrees(&v) => break v,
+                Ok(v) if v["source"] == "redis" && Instant::now() > deadline => break v,
                 _ if Instant::now() > deadline => {
                     mismatches.push(format!(
                         "user {u}: the dashboard's summary never came from Redis: {v:?}"
                     ));
                     break Value::Null;
                 }
-                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         };
         let (c, turns, events) = (
@@ -874,21 +901,13 @@ async fn reconcile(
         redis.cost_nanos += c;
         redis.turns += turns;
         redis.events += events;
-        let Ledger {
-            cost: sc,
-            turns: st,
-            events: se,
-            messages: sm,
-        } = sqlite_users[u];
-        if (c, turns, events) != (sc, st, se)
-            || v["messages"].as_u64() != Some(sm)
-            || v["responses"].as_u64() != Some(st)
-        {
+        if !agrees(&v) {
             mismatches.push(format!(
                 "user {u}: Redis {v}, SQLite cost {sc} turns {st} events {se} messages {sm}"
             ));
         }
     }
+    let redis_trailed = redis_started.elapsed().as_secs_f64();
     // Draft invoices over the run, then dropped so the lines are free again.
     let mut invoices_nanos = 0;
     let day = 86_400_000;
@@ -963,6 +982,7 @@ async fn reconcile(
         redis,
         invoices_nanos,
         drained_in,
+        redis_trailed,
         mismatches,
     })
 }

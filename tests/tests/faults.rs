@@ -40,9 +40,10 @@ async fn each_process_killed_under_load_loses_and_doubles_nothing() {
         drain_timeout: Duration::from_secs(120),
         ..Plan::default()
     };
-    let (report, log) = fault_run(dir.path(), plan, steps)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (report, log) = match fault_run(dir.path(), plan, steps).await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}\nrun directory kept: {}", dir.keep().display()),
+    };
     for line in &log {
         println!("{line}");
     }
@@ -53,5 +54,10 @@ async fn each_process_killed_under_load_loses_and_doubles_nothing() {
         "the load ran: {report}"
     );
     assert!(report.retries > 0, "the kills were felt by the clients");
-    assert!(report.reconciled(), "{report}");
+    if !report.reconciled() {
+        panic!(
+            "{report}\nrun directory kept (database, every process's log): {}",
+            dir.keep().display()
+        );
+    }
 }
