@@ -2,9 +2,10 @@
 //! `fermyon:spin/{sqlite,redis,variables}@2.0.0` and `spin:sqlite/sqlite@3.0.0`,
 //! with Spin's error variants.
 
-use crate::runtime::InstanceState;
+use crate::runtime::{App, InstanceState};
 use crate::runtime_config::SqliteLocation;
 use crate::variables::GetError;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use wasmtime::component::Resource;
 
@@ -30,11 +31,206 @@ const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 /// An open SQLite connection. Each `open` gets its own, so a component can
 /// run BEGIN … COMMIT across several `execute` calls.
 pub struct SqliteConnection {
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    /// `None` only while being dropped.
+    conn: Option<Arc<Mutex<Pooled>>>,
+    /// Where the connection goes back when the guest drops it.
+    home: Option<(Arc<App>, String)>,
 }
 
 pub struct RedisConnection {
     conn: redis::aio::MultiplexedConnection,
+}
+
+/// A rusqlite connection and whether it may serve another request.
+struct Pooled {
+    db: rusqlite::Connection,
+    reusable: bool,
+    /// `foreign_keys` as SQLite has it, and as the guest set it (off for a
+    /// new connection). See [`Pooled::run`].
+    foreign_keys: bool,
+    foreign_keys_asked: bool,
+    /// The write gate of its database, and the gate itself while this
+    /// connection is inside a transaction it began with BEGIN IMMEDIATE or
+    /// EXCLUSIVE.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// Idle SQLite connections, per database label.
+///
+/// Spin opens a connection per `open`; opening one means reading the
+/// schema again and preparing every statement again, which costs more than
+/// a small request's own work. So a connection the guest dropped goes back
+/// here — only in the state a new one would be in: its transaction rolled
+/// back, `foreign_keys` off again, and never after a statement that changes
+/// other per-connection state (any other PRAGMA, ATTACH, a TEMP object).
+///
+/// With it, a write gate per database: a FIFO async lock that a
+/// connection takes before `BEGIN IMMEDIATE`/`EXCLUSIVE` and gives back
+/// once the transaction ends. SQLite's own lock still decides (other
+/// processes, such as the bridge, write too); the gate only makes this
+/// process's writers queue without a thread each sleeping and polling in
+/// SQLite's busy handler, so the next one starts the moment the last one
+/// commits. A writer waits at most [`GATE_WAIT`] for it, then goes on to
+/// SQLite's lock as it would without the gate (a component that nests two
+/// connections' transactions gets SQLite's answer, not a hang).
+#[derive(Default)]
+pub struct SqlitePool {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// An idle connection and its `foreign_keys` setting.
+struct Idle {
+    db: rusqlite::Connection,
+    foreign_keys: bool,
+}
+
+/// Longest wait for a database's write gate.
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Idle connections kept per database.
+const POOLED_PER_DATABASE: usize = 16;
+
+impl SqlitePool {
+    fn gate(&self, label: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(label.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn take(&self, label: &str) -> Option<Idle> {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(label)?
+            .pop()
+    }
+
+    fn put(&self, label: &str, conn: Idle) {
+        if !conn.db.is_autocommit() && conn.db.execute_batch("ROLLBACK").is_err() {
+            return;
+        }
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = pool.entry(label.to_owned()).or_default();
+        if idle.len() < POOLED_PER_DATABASE {
+            idle.push(conn);
+        }
+    }
+}
+
+impl Drop for SqliteConnection {
+    fn drop(&mut self) {
+        let (Some((app, label)), Some(conn)) = (self.home.take(), self.conn.take()) else {
+            return;
+        };
+        // Only the last holder gives it back (no `execute` is running on it).
+        let Some(pooled) = Arc::into_inner(conn) else {
+            return;
+        };
+        let pooled = pooled.into_inner().unwrap_or_else(|p| p.into_inner());
+        if pooled.reusable {
+            app.sqlite_pool.put(
+                &label,
+                Idle {
+                    db: pooled.db,
+                    foreign_keys: pooled.foreign_keys,
+                },
+            );
+        }
+    }
+}
+
+impl Pooled {
+    /// Runs a guest's statement.
+    ///
+    /// Setting `foreign_keys` makes SQLite expire every prepared statement
+    /// of the connection, even when the value does not change — and every
+    /// component sets it on each connection it opens, which would make a
+    /// pooled connection prepare everything again. So the setting the
+    /// guest asks for is kept here and given to SQLite only when it
+    /// differs, before the next statement outside a transaction (inside
+    /// one SQLite ignores the pragma, and so does this).
+    fn run(
+        &mut self,
+        statement: &str,
+        params: Vec<s3::Value>,
+    ) -> Result<s3::QueryResult, s3::Error> {
+        if changes_connection_state(statement) {
+            self.reusable = false;
+        }
+        if self.db.is_autocommit() {
+            if let Some(on) = sets_foreign_keys(statement) {
+                self.foreign_keys_asked = on;
+                return Ok(s3::QueryResult {
+                    columns: Vec::new(),
+                    rows: Vec::new(),
+                });
+            }
+            if self.foreign_keys != self.foreign_keys_asked {
+                let on = self.foreign_keys_asked;
+                self.db
+                    .execute_batch(if on {
+                        "PRAGMA foreign_keys = ON"
+                    } else {
+                        "PRAGMA foreign_keys = OFF"
+                    })
+                    .map_err(|e| s3::Error::Io(e.to_string()))?;
+                self.foreign_keys = on;
+            }
+        }
+        execute(&self.db, statement, params)
+    }
+}
+
+/// `Some(on)` when the statement is `PRAGMA [main.]foreign_keys = <on|off>`.
+fn sets_foreign_keys(statement: &str) -> Option<bool> {
+    let s = statement.trim().trim_end_matches(';').to_ascii_lowercase();
+    let rest = s.strip_prefix("pragma")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = rest.trim_start();
+    let rest = rest.strip_prefix("main.").unwrap_or(rest);
+    let (name, value) = rest.split_once('=')?;
+    if name.trim() != "foreign_keys" {
+        return None;
+    }
+    match value.trim().trim_matches(|c| c == '\'' || c == '"') {
+        "on" | "1" | "true" | "yes" => Some(true),
+        "off" | "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether a statement is `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE`.
+fn begins_write_transaction(statement: &str) -> bool {
+    let mut words = statement.split_whitespace();
+    words
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case("begin"))
+        && words.next().is_some_and(|w| {
+            let w = w.trim_end_matches(';');
+            w.eq_ignore_ascii_case("immediate") || w.eq_ignore_ascii_case("exclusive")
+        })
+}
+
+/// Whether a statement changes per-connection state that a reused
+/// connection would carry into another request (`foreign_keys` is reset).
+fn changes_connection_state(statement: &str) -> bool {
+    let s = statement.trim_start().to_ascii_lowercase();
+    let words: Vec<&str> = s.split_whitespace().take(3).collect();
+    match words.as_slice() {
+        ["pragma", rest @ ..] => !rest
+            .first()
+            .is_some_and(|w| w.trim_start_matches("main.").starts_with("foreign_keys")),
+        ["attach" | "detach", ..] => true,
+        ["create", "temp" | "temporary", ..] => true,
+        _ => false,
+    }
 }
 
 fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s3::Error> {
@@ -47,6 +243,27 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         .sqlite
         .get(label)
         .ok_or(s3::Error::NoSuchDatabase)?;
+    let Idle { db, foreign_keys } = match state.app.sqlite_pool.take(label) {
+        Some(idle) => idle,
+        None => Idle {
+            db: connect(label, location)?,
+            foreign_keys: false,
+        },
+    };
+    Ok(SqliteConnection {
+        conn: Some(Arc::new(Mutex::new(Pooled {
+            db,
+            reusable: true,
+            foreign_keys,
+            foreign_keys_asked: false,
+            gate: state.app.sqlite_pool.gate(label),
+            held: None,
+        }))),
+        home: Some((state.app.clone(), label.to_owned())),
+    })
+}
+
+fn connect(label: &str, location: &SqliteLocation) -> Result<rusqlite::Connection, s3::Error> {
     let conn = match location {
         SqliteLocation::File(path) => {
             if let Some(dir) = path.parent() {
@@ -70,9 +287,7 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         attempt < 10_000
     }))
     .map_err(|e| s3::Error::Io(e.to_string()))?;
-    Ok(SqliteConnection {
-        conn: Arc::new(Mutex::new(conn)),
-    })
+    Ok(conn)
 }
 
 fn to_sql(v: s3::Value) -> rusqlite::types::Value {
@@ -138,13 +353,28 @@ fn execute(
 }
 
 async fn execute_blocking(
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    conn: Arc<Mutex<Pooled>>,
     statement: String,
     params: Vec<s3::Value>,
 ) -> Result<s3::QueryResult, s3::Error> {
+    if begins_write_transaction(&statement) {
+        let gate = {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            c.held.is_none().then(|| c.gate.clone())
+        };
+        if let Some(gate) = gate {
+            if let Ok(held) = tokio::time::timeout(GATE_WAIT, gate.lock_owned()).await {
+                conn.lock().unwrap_or_else(|p| p.into_inner()).held = Some(held);
+            }
+        }
+    }
     tokio::task::spawn_blocking(move || {
-        let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-        execute(&conn, &statement, params)
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        let r = conn.run(&statement, params);
+        if conn.db.is_autocommit() {
+            conn.held = None;
+        }
+        r
     })
     .await
     .map_err(|e| s3::Error::Io(e.to_string()))?
@@ -181,11 +411,12 @@ fn v3_to_v2_value(v: s3::Value) -> s2::Value {
 }
 
 impl InstanceState {
-    fn sqlite(&self, r: u32) -> Result<Arc<Mutex<rusqlite::Connection>>, s3::Error> {
+    fn sqlite(&self, r: u32) -> Result<Arc<Mutex<Pooled>>, s3::Error> {
         self.table
             .get::<SqliteConnection>(&Resource::new_borrow(r))
-            .map(|c| c.conn.clone())
-            .map_err(|_| s3::Error::InvalidConnection)
+            .ok()
+            .and_then(|c| c.conn.clone())
+            .ok_or(s3::Error::InvalidConnection)
     }
 }
 
@@ -252,6 +483,7 @@ impl s3::HostConnection for InstanceState {
             .map(|c| {
                 c.lock()
                     .unwrap_or_else(|p| p.into_inner())
+                    .db
                     .last_insert_rowid()
             })
             .unwrap_or(0)
@@ -259,7 +491,7 @@ impl s3::HostConnection for InstanceState {
 
     async fn changes(&mut self, this: Resource<SqliteConnection>) -> u64 {
         self.sqlite(this.rep())
-            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).changes())
+            .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).db.changes())
             .unwrap_or(0)
     }
 
@@ -496,5 +728,131 @@ fn flatten(v: redis::Value, out: &mut Vec<r2::RedisResult>) {
         V::Attribute { data, .. } => flatten(*data, out),
         V::Push { data, .. } => data.into_iter().for_each(|i| flatten(i, out)),
         V::ServerError(e) => out.push(r2::RedisResult::Status(format!("{e:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_that_leave_state_on_the_connection_are_recognised() {
+        for s in [
+            "PRAGMA cache_size = 10",
+            "  pragma busy_timeout=1",
+            "ATTACH 'x.db' AS x",
+            "detach x",
+            "CREATE TEMP TABLE t (a)",
+            "create temporary view v as select 1",
+        ] {
+            assert!(changes_connection_state(s), "{s}");
+        }
+        for s in [
+            "PRAGMA foreign_keys = ON",
+            "pragma main.foreign_keys=off",
+            "SELECT 'pragma'",
+            "CREATE TABLE temp_rows (a)",
+            "INSERT INTO t VALUES (1)",
+            "BEGIN IMMEDIATE",
+        ] {
+            assert!(!changes_connection_state(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn write_transactions_are_recognised() {
+        for s in [
+            "BEGIN IMMEDIATE",
+            "begin exclusive;",
+            "  Begin  Immediate Transaction",
+        ] {
+            assert!(begins_write_transaction(s), "{s}");
+        }
+        for s in [
+            "BEGIN",
+            "BEGIN DEFERRED",
+            "COMMIT",
+            "SELECT 'begin immediate'",
+        ] {
+            assert!(!begins_write_transaction(s), "{s}");
+        }
+    }
+
+    fn pooled(idle: Idle) -> Pooled {
+        Pooled {
+            db: idle.db,
+            reusable: true,
+            foreign_keys: idle.foreign_keys,
+            foreign_keys_asked: false,
+            gate: Default::default(),
+            held: None,
+        }
+    }
+
+    fn int(r: &s3::QueryResult) -> i64 {
+        match r.rows[0].values[0] {
+            s3::Value::Integer(i) => i,
+            ref v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn foreign_keys_are_the_guests_own_and_a_pooled_connection_comes_back_as_a_new_one_would_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = SqliteLocation::File(dir.path().join("p.db"));
+        let pool = SqlitePool::default();
+        let new = || Idle {
+            db: connect("default", &at).unwrap(),
+            foreign_keys: false,
+        };
+        let mut c = pooled(new());
+        c.run("CREATE TABLE p (id INTEGER PRIMARY KEY)", vec![])
+            .unwrap();
+        c.run("CREATE TABLE c (p INTEGER REFERENCES p (id))", vec![])
+            .unwrap();
+        c.run("PRAGMA foreign_keys = ON", vec![]).unwrap();
+        assert_eq!(int(&c.run("PRAGMA foreign_keys", vec![]).unwrap()), 1);
+        c.run("BEGIN", vec![]).unwrap();
+        let e = c.run("INSERT INTO c VALUES (9)", vec![]).unwrap_err();
+        assert!(format!("{e:?}").contains("FOREIGN KEY"), "{e:?}");
+        c.run("INSERT INTO p VALUES (1)", vec![]).unwrap();
+        assert!(!c.db.is_autocommit());
+        pool.put(
+            "default",
+            Idle {
+                db: c.db,
+                foreign_keys: c.foreign_keys,
+            },
+        );
+
+        let mut c = pooled(pool.take("default").expect("kept"));
+        assert!(pool.take("default").is_none(), "handed out once");
+        assert!(c.db.is_autocommit(), "the open transaction was rolled back");
+        assert_eq!(int(&c.run("SELECT count(*) FROM p", vec![]).unwrap()), 0);
+        assert_eq!(
+            int(&c.run("PRAGMA foreign_keys", vec![]).unwrap()),
+            0,
+            "off, as on a new connection"
+        );
+        c.run("INSERT INTO c VALUES (9)", vec![]).unwrap();
+        c.run("pragma main.foreign_keys=1;", vec![]).unwrap();
+        assert!(
+            c.run("INSERT INTO c VALUES (8)", vec![]).is_err(),
+            "on again when asked"
+        );
+        // Inside a transaction the pragma changes nothing, as in SQLite.
+        c.run("BEGIN", vec![]).unwrap();
+        c.run("PRAGMA foreign_keys = OFF", vec![]).unwrap();
+        assert!(c.run("INSERT INTO c VALUES (7)", vec![]).is_err());
+        c.run("ROLLBACK", vec![]).unwrap();
+
+        for _ in 0..POOLED_PER_DATABASE + 3 {
+            pool.put("default", new());
+        }
+        let mut kept = 0;
+        while pool.take("default").is_some() {
+            kept += 1;
+        }
+        assert_eq!(kept, POOLED_PER_DATABASE);
     }
 }
