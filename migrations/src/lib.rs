@@ -104,6 +104,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0005_drafts_by_reference.sql",
         include_str!("../0005_drafts_by_reference.sql"),
     ),
+    (
+        "0006_outbox_without_unique.sql",
+        include_str!("../0006_outbox_without_unique.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -29,7 +29,8 @@ fn second_run_is_a_no_op() {
             "0002_seed.sql",
             "0003_event_facts.sql",
             "0004_idempotent_turns.sql",
-            "0005_drafts_by_reference.sql"
+            "0005_drafts_by_reference.sql",
+            "0006_outbox_without_unique.sql"
         ]
     );
     let mode: String = conn
@@ -249,4 +250,53 @@ fn schema_constraints() {
     assert!(line("input").is_err(), "same event and class twice");
     assert!(line("output").is_ok());
     assert!(line("bogus").is_err());
+}
+
+// 0006 rebuilds the outbox without its unique index: rows waiting to be
+// relayed stay, in order, and ids keep growing past every id ever used.
+#[test]
+fn outbox_rebuild_keeps_rows_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    let all = embedded();
+    let before: Vec<Migration> = all
+        .iter()
+        .filter(|m| m.file.as_str() < "0006")
+        .cloned()
+        .collect();
+    migrate(&mut conn, &before).unwrap();
+    let insert = "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('inference-events', '2', '/s', ?1, '{}')";
+    for id in ["a", "b", "c", "d"] {
+        conn.execute(insert, [id]).unwrap();
+    }
+    // Relayed: the newest row went, so the highest id is no longer in the table.
+    conn.execute("DELETE FROM outbox WHERE event_id IN ('a', 'd')", [])
+        .unwrap();
+    let report = migrate(&mut conn, &all).unwrap();
+    assert_eq!(report.applied, ["0006_outbox_without_unique.sql"]);
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT outbox_id, event_id FROM outbox ORDER BY outbox_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [(2, "b".to_owned()), (3, "c".to_owned())]);
+    conn.execute(insert, ["e"]).unwrap();
+    assert_eq!(
+        conn.last_insert_rowid(),
+        5,
+        "id 4 was used once and is never used again"
+    );
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0);
+    assert!(billing_migrations::foreign_key_violations(&conn)
+        .unwrap()
+        .is_empty());
 }

@@ -242,6 +242,11 @@ fn existing(db: &Db, sql: &str, params: Vec<Sql>) -> ApiResult<HashSet<String>> 
 }
 
 /// Stores the new events in one transaction; returns (accepted, duplicates).
+///
+/// Everything that does not depend on which events are new — the outbox
+/// rows' values, the statements' text — is made before the transaction:
+/// the write lock is held only for the two INSERTs, so concurrent batches
+/// queue for as short a time as possible.
 fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, usize)> {
     // Duplicates inside the batch keep their first occurrence.
     let mut seen = HashSet::new();
@@ -249,33 +254,88 @@ fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, us
         .iter()
         .filter(|e| seen.insert((e.source.as_str(), e.id.as_str())))
         .collect();
-    let accepted = db.transaction(|db| {
-        let mut accepted = 0;
-        for chunk in unique.chunks(ROWS_PER_INSERT / 2) {
-            let mut params = Vec::with_capacity(chunk.len() * 2);
+    struct Chunk<'a> {
+        dedup_sql: String,
+        dedup: Vec<Sql>,
+        events: Vec<&'a CloudEvent<InferenceEvent>>,
+        /// Five values per event, in the order of `events`.
+        rows: Vec<[Sql; 5]>,
+    }
+    let chunks: Vec<Chunk> = unique
+        .chunks(ROWS_PER_INSERT / 2)
+        .map(|chunk| {
+            let mut dedup = Vec::with_capacity(chunk.len() * 2);
+            let mut rows = Vec::with_capacity(chunk.len());
             for e in chunk {
-                params.push(text(e.source.clone()));
-                params.push(text(e.id.clone()));
+                dedup.push(text(e.source.clone()));
+                dedup.push(text(e.id.clone()));
+                rows.push([
+                    text(InferenceEvent::TOPIC),
+                    text(e.key()),
+                    text(e.source.clone()),
+                    text(e.id.clone()),
+                    text(e.to_json()),
+                ]);
             }
-            let values = (0..chunk.len()).map(|i| format!("(?{}, ?{})", 2 * i + 1, 2 * i + 2)).collect::<Vec<_>>().join(",");
-            let inserted = db.query(&format!("INSERT INTO collected_events (source, event_id) VALUES {values} ON CONFLICT DO NOTHING RETURNING source, event_id"), &params)?;
-            let new: HashSet<(String, String)> = inserted
+            Chunk {
+                dedup_sql: format!(
+                    "INSERT INTO collected_events (source, event_id) VALUES {} ON CONFLICT DO NOTHING RETURNING source, event_id",
+                    placeholders(chunk.len(), 2)
+                ),
+                dedup,
+                events: chunk.to_vec(),
+                rows,
+            }
+        })
+        .collect();
+    let accepted = db.transaction(move |db| {
+        let mut accepted = 0;
+        for chunk in chunks {
+            let inserted = db.query(&chunk.dedup_sql, &chunk.dedup)?;
+            let new: HashSet<(&str, &str)> = inserted
                 .rows()
-                .map(|r| Ok((col::<&str>(&r, "source")?.to_owned(), col::<&str>(&r, "event_id")?.to_owned())))
+                .map(|r| Ok((col::<&str>(&r, "source")?, col::<&str>(&r, "event_id")?)))
                 .collect::<ApiResult<_>>()?;
-            let fresh: Vec<&&CloudEvent<InferenceEvent>> = chunk.iter().filter(|e| new.contains(&(e.source.clone(), e.id.clone()))).collect();
-            if fresh.is_empty() {
+            let fresh: Vec<Sql> = chunk
+                .events
+                .iter()
+                .zip(chunk.rows)
+                .filter(|(e, _)| new.contains(&(e.source.as_str(), e.id.as_str())))
+                .flat_map(|(_, row)| row)
+                .collect();
+            let n = fresh.len() / 5;
+            if n == 0 {
                 continue;
             }
-            let mut params = Vec::with_capacity(fresh.len() * 5);
-            for e in &fresh {
-                params.extend([text(InferenceEvent::TOPIC), text(e.key()), text(e.source.clone()), text(e.id.clone()), text(e.to_json())]);
-            }
-            let values = (0..fresh.len()).map(|i| format!("(?{}, ?{}, ?{}, ?{}, ?{})", 5 * i + 1, 5 * i + 2, 5 * i + 3, 5 * i + 4, 5 * i + 5)).collect::<Vec<_>>().join(",");
-            db.exec(&format!("INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES {values}"), &params)?;
-            accepted += fresh.len();
+            db.exec(
+                &format!(
+                    "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES {}",
+                    placeholders(n, 5)
+                ),
+                &fresh,
+            )?;
+            accepted += n;
         }
         Ok(accepted)
     })?;
     Ok((accepted, events.len() - accepted))
+}
+
+/// `(?1, ?2), (?3, ?4), …`: `rows` groups of `width` numbered parameters.
+fn placeholders(rows: usize, width: usize) -> String {
+    let mut s = String::with_capacity(rows * width * 6);
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..width {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(&format!("?{}", r * width + c + 1));
+        }
+        s.push(')');
+    }
+    s
 }
