@@ -133,6 +133,75 @@ impl<T: EventData> CloudEvent<T> {
     }
 }
 
+/// An event as it is usually sent, read without building a JSON tree:
+/// strings borrowed from the body (one with an escape does not fit, and
+/// the batch takes the full path), `datacontenttype` kept apart from
+/// `null` (which the full path refuses).
+#[derive(Deserialize)]
+struct Plain<'a, T> {
+    specversion: &'a str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    time: &'a str,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    datacontenttype: Option<Option<&'a str>>,
+    #[serde(default)]
+    dataschema: Option<String>,
+    data: T,
+}
+
+/// `Some(None)` for an explicit `null`, so it is told from an absent attribute.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<&'de str>>, D::Error> {
+    Option::<&'de str>::deserialize(d).map(Some)
+}
+
+/// A string attribute the full path ([`check_envelope`]) accepts.
+fn plain_attr(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// The events of a JSON array when every one of them is valid, read in one
+/// pass; `None` when anything is unusual or wrong — then
+/// [`CloudEvent::from_value`] on each element, which names every problem,
+/// decides. What this accepts, that accepts too, as the same events.
+pub fn plain_batch<T: EventData>(body: &[u8]) -> Option<Vec<CloudEvent<T>>> {
+    let plain: Vec<Plain<T>> = serde_json::from_slice(body).ok()?;
+    let mut errors = Vec::new();
+    let mut events = Vec::with_capacity(plain.len());
+    for p in plain {
+        let fits = p.specversion == SPEC_VERSION
+            && plain_attr(p.id, MAX_ID_LEN)
+            && plain_attr(p.source, MAX_SOURCE_LEN)
+            && p.event_type == T::TYPE
+            && plain_attr(p.time, 64)
+            && matches!(p.datacontenttype, None | Some(Some("application/json")));
+        if !fits {
+            return None;
+        }
+        let time = Timestamp::parse(p.time).ok()?;
+        p.data.check(&mut errors);
+        if !errors.is_empty() {
+            return None;
+        }
+        events.push(CloudEvent {
+            specversion: p.specversion.to_owned(),
+            id: p.id.to_owned(),
+            source: p.source.to_owned(),
+            event_type: p.event_type.to_owned(),
+            time,
+            subject: p.subject,
+            datacontenttype: p.datacontenttype.flatten().map(str::to_owned),
+            dataschema: p.dataschema,
+            data: p.data,
+        });
+    }
+    Some(events)
+}
+
 /// Checks the envelope attributes of a JSON event: required attributes,
 /// their types and lengths, the spec version and (when given) the type.
 pub fn check_envelope(v: &Value, expected_type: Option<&str>, errors: &mut Vec<FieldError>) {
@@ -429,6 +498,88 @@ impl EventData for ProcessedEvent {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The one-pass reading of a batch never accepts what the full path
+    /// refuses, and accepts the same events when it does.
+    #[test]
+    fn plain_batch_agrees_with_the_full_path() {
+        let base = r#"{"specversion":"1.0","id":"e-1","source":"/svc","type":"llm-billing.inference","time":"2026-11-01T10:00:00Z","data":{"user_id":2,"model":"claude-haiku-4-5-20251001","request_id":"r1","status":"succeeded","latency_ms":300,"compute_ms":250,"usage":{"input_tokens":120,"output_tokens":40}}}"#;
+        let variants: Vec<String> = [
+            ("", ""),
+            (r#""id":"e-1""#, r#""id":"e\u0041""#),
+            (r#""id":"e-1""#, r#""id":"""#),
+            (r#""id":"e-1""#, r#""id":null"#),
+            (r#""id":"e-1""#, r#""id":7"#),
+            (r#""id":"e-1""#, r#""id":"e\u0007""#),
+            (r#""specversion":"1.0""#, r#""specversion":"0.3""#),
+            (r#""type":"llm-billing.inference""#, r#""type":"llm-billing.other""#),
+            (r#""time":"2026-11-01T10:00:00Z""#, r#""time":"2026-02-30T10:00:00Z""#),
+            (r#""time":"2026-11-01T10:00:00Z""#, r#""time":"2026-11-01T10:00:00.123456789Z""#),
+            (r#""source":"/svc""#, r#""source":"/svc","datacontenttype":null"#),
+            (r#""source":"/svc""#, r#""source":"/svc","datacontenttype":"text/plain""#),
+            (r#""source":"/svc""#, r#""source":"/svc","datacontenttype":"application/json""#),
+            (r#""source":"/svc""#, r#""source":"/svc","subject":"s","dataschema":"urn:x""#),
+            (r#""source":"/svc""#, r#""source":"/svc","subject":null"#),
+            (r#""source":"/svc""#, r#""source":"/svc","subject":3"#),
+            (r#""source":"/svc""#, r#""source":"/svc","traceparent":"00-ab","ext":{"a":[1]}"#),
+            (r#""source":"/svc""#, r#""source":"/svc","id":"e-2""#),
+            (r#""user_id":2"#, r#""user_id":0"#),
+            (r#""user_id":2"#, r#""user_id":2.0"#),
+            (r#""latency_ms":300"#, r#""latency_ms":-1"#),
+            (r#""latency_ms":300"#, r#""latency_ms":86400001"#),
+            (r#""request_id":"r1""#, r#""request_id":"""#),
+            (r#""model":"claude-haiku-4-5-20251001""#, r#""model":"""#),
+            (r#""input_tokens":120"#, r#""input_tokens":-120"#),
+            (r#""status":"succeeded""#, r#""status":"exploded""#),
+            (r#""data":{"#, r#""data":{"extra":1,"#),
+            (r#","data":{"user_id":2,"model":"claude-haiku-4-5-20251001","request_id":"r1","status":"succeeded","latency_ms":300,"compute_ms":250,"usage":{"input_tokens":120,"output_tokens":40}}"#, ""),
+        ]
+        .iter()
+        .map(|(from, to)| {
+            if from.is_empty() {
+                base.to_owned()
+            } else {
+                assert!(base.contains(from), "{from}");
+                base.replacen(from, to, 1)
+            }
+        })
+        .collect();
+        let mut plain_accepted = 0;
+        for v in &variants {
+            let body = format!("[{base},{v}]");
+            let full: Vec<Result<CloudEvent<InferenceEvent>, Vec<FieldError>>> =
+                serde_json::from_str::<Vec<Value>>(&body)
+                    .unwrap()
+                    .into_iter()
+                    .map(CloudEvent::from_value)
+                    .collect();
+            match plain_batch::<InferenceEvent>(body.as_bytes()) {
+                Some(events) => {
+                    plain_accepted += 1;
+                    let full: Vec<_> = full
+                        .into_iter()
+                        .map(|r| {
+                            r.unwrap_or_else(|e| panic!("{v}: plain accepted, full refused: {e:?}"))
+                        })
+                        .collect();
+                    assert_eq!(events, full, "{v}");
+                }
+                None => {
+                    // Either refused, or merely unusual (an escape, an explicit null).
+                    let refused = full.iter().any(|r| r.is_err());
+                    let unusual = v.contains('\\') || v.contains("null") || v.contains("e-2");
+                    assert!(
+                        refused || unusual,
+                        "{v}: plain declined a batch the full path accepts"
+                    );
+                }
+            }
+        }
+        assert!(
+            plain_accepted >= 5,
+            "the usual shapes go the one-pass way ({plain_accepted})"
+        );
+    }
 
     fn metrics() -> CloudEvent<TokenMetrics> {
         CloudEvent::new(

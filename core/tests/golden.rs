@@ -10,7 +10,7 @@ use billing_core::pricing::{
 use billing_core::{Timestamp, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -55,8 +55,15 @@ fn route(req: &Request) -> ApiResult<Response> {
     let (db, caller) = billing_fn_common::authenticated(req)?;
     let cache = Cache::open();
     rate_limit(req, &cache)?;
-    let events = parse(req)?;
-    let batch = validate(&db, &caller, events)?;
+    let batch = match parse(req)? {
+        Parsed::Plain(events) => check(
+            &db,
+            &caller,
+            events.into_iter().enumerate().collect(),
+            Vec::new(),
+        )?,
+        Parsed::Values(values) => validate(&db, &caller, values)?,
+    };
     let (accepted, duplicates) = store(&db, &batch)?;
     if accepted > 0 {
         cache.publish("billing:outbox", b"collector");
@@ -96,7 +103,14 @@ fn rate_limit(req: &Request, cache: &Cache) -> ApiResult<()> {
     Ok(())
 }
 
-fn parse(req: &Request) -> ApiResult<Vec<Value>> {
+/// A request's events: typed already (a batch of usual events, read in one
+/// pass), or JSON values to type one by one, naming every problem.
+enum Parsed {
+    Plain(Vec<CloudEvent<InferenceEvent>>),
+    Values(Vec<Value>),
+}
+
+fn parse(req: &Request) -> ApiResult<Parsed> {
     let ct = req
         .header("content-type")
         .and_then(|h| h.as_str())
@@ -122,6 +136,14 @@ fn parse(req: &Request) -> ApiResult<Vec<Value>> {
             body.len()
         )));
     }
+    let max = setting("collector_max_batch", 1000) as usize;
+    if batch || ct == "application/json" {
+        if let Some(events) = billing_core::events::plain_batch::<InferenceEvent>(body) {
+            if !events.is_empty() && events.len() <= max {
+                return Ok(Parsed::Plain(events));
+            }
+        }
+    }
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let events = match (batch, v) {
@@ -139,7 +161,6 @@ fn parse(req: &Request) -> ApiResult<Vec<Value>> {
             ))
         }
     };
-    let max = setting("collector_max_batch", 1000) as usize;
     if events.len() > max {
         return Err(ApiError::PayloadTooLarge(format!(
             "the batch has {} events; at most {max} are accepted per request",
@@ -149,7 +170,7 @@ fn parse(req: &Request) -> ApiResult<Vec<Value>> {
     if events.is_empty() {
         return Err(ApiError::BadRequest("the batch is empty".into()));
     }
-    Ok(events)
+    Ok(Parsed::Values(events))
 }
 
 /// Every event typed and checked; any problem anywhere refuses the whole batch.
@@ -162,16 +183,27 @@ fn validate(
     let mut events = Vec::with_capacity(raw.len());
     for (i, v) in raw.into_iter().enumerate() {
         match CloudEvent::<InferenceEvent>::from_value(v) {
-            Ok(mut ev) => {
-                // Stored with the schema it was validated against.
-                ev.dataschema
-                    .get_or_insert_with(|| schema_uri(InferenceEvent::SCHEMA));
-                ev.datacontenttype
-                    .get_or_insert_with(|| "application/json".into());
-                events.push((i, ev))
-            }
+            Ok(ev) => events.push((i, ev)),
             Err(errs) => errors.extend(errs.into_iter().map(|e| (i, e))),
         }
+    }
+    check(db, caller, events, errors)
+}
+
+/// The checks against the database and the caller, on typed events; any
+/// problem here or in `errors` refuses the whole batch.
+fn check(
+    db: &Db,
+    caller: &Caller,
+    mut events: Vec<(usize, CloudEvent<InferenceEvent>)>,
+    mut errors: Vec<(usize, FieldError)>,
+) -> ApiResult<Vec<CloudEvent<InferenceEvent>>> {
+    for (_, ev) in &mut events {
+        // Stored with the schema it was validated against.
+        ev.dataschema
+            .get_or_insert_with(|| schema_uri(InferenceEvent::SCHEMA));
+        ev.datacontenttype
+            .get_or_insert_with(|| "application/json".into());
     }
     let users: HashSet<i64> = events.iter().map(|(_, e)| e.data.user_id).collect();
     let models: HashSet<String> = events
@@ -333,7 +365,8 @@ fn placeholders(rows: usize, width: usize) -> String {
             if c > 0 {
                 s.push_str(", ");
             }
-            s.push_str(&format!("?{}", r * width + c + 1));
+            use std::fmt::Write as _;
+            let _ = write!(s, "?{}", r * width + c + 1);
         }
         s.push(')');
     }
