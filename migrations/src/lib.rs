@@ -161,8 +161,11 @@ fn check_sequence(list: &[Migration]) -> Result<(), MigrateError> {
     Ok(())
 }
 
+const BUSY_STEP: Duration = Duration::from_micros(500);
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+
 /// Opens (creating if needed) the database at `path` with the settings every
-/// native process uses: WAL, foreign keys on, a busy timeout.
+/// native process uses: WAL, foreign keys on, a busy wait of 10 s.
 pub fn open(path: &Path) -> Result<Connection, MigrateError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| MigrateError::Io {
@@ -171,7 +174,16 @@ pub fn open(path: &Path) -> Result<Connection, MigrateError> {
         })?;
     }
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    // Wait up to 10 s for another writer, in 0.5 ms steps: SQLite's own
+    // handler (`busy_timeout`) sleeps up to 100 ms at a time, so writers
+    // that take turns (the relay's deletes, the consumers' batches, the
+    // components) would wait far longer than the lock is held.
+    conn.busy_handler(Some(|attempt| {
+        std::thread::sleep(BUSY_STEP);
+        attempt < (BUSY_WAIT.as_micros() / BUSY_STEP.as_micros()) as i32
+    }))?;
+    // Every statement of the bridge's loops stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
 }
