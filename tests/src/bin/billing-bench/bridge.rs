@@ -207,7 +207,20 @@ fn percentile(sorted: &[i64], q: f64) -> i64 {
 
 pub async fn run(events: i64, rate: i64, seconds: i64) {
     let dir = tempfile::tempdir().unwrap();
-    let tansu = Tansu::start(dir.path());
+    // `--brokers HOST:PORT`: an external broker (a fresh one: the bench's
+    // topics and groups must start empty), e.g. the docker-compose Kafka;
+    // else a Tansu of its own.
+    let external = std::env::args().skip_while(|a| a != "--brokers").nth(1);
+    let tansu = external.is_none().then(|| Tansu::start(dir.path()));
+    let brokers = external.unwrap_or_else(|| tansu.as_ref().unwrap().brokers());
+    println!(
+        "broker: {}",
+        if tansu.is_some() {
+            "Tansu (SQLite storage), started by the bench"
+        } else {
+            &brokers
+        }
+    );
     let redis = Redis::start();
     let db = dir.path().join("billing.db");
     let (mut conn, _) = billing_migrations::open_and_migrate(&db).unwrap();
@@ -219,7 +232,7 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
         .unwrap();
     }
     billing_bridge::topics::ensure(
-        &tansu.brokers(),
+        &brokers,
         &TopicsConfig {
             partitions: 6,
             ..TopicsConfig::default()
@@ -231,7 +244,7 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
 
     // 1. The ceiling: raw produce+consume of the same broker.
     let payload = event(0, now()).to_json();
-    let raw = raw_rate(&tansu.brokers(), events, &payload).await;
+    let raw = raw_rate(&brokers, events, &payload).await;
     println!("raw broker: {events} messages of {} bytes produced (idempotent, acks=all) and consumed: {raw:.0} messages/s", payload.len());
 
     // 2. Sustained: drain a preloaded outbox of `events` events.
@@ -243,7 +256,7 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
         Timestamp::from_millis(base + i).unwrap()
     });
     let started = Instant::now();
-    let bridge = start_bridge(&db, &tansu.brokers(), &redis.url(), "bench-sustained");
+    let bridge = start_bridge(&db, &brokers, &redis.url(), "bench-sustained");
     loop {
         let (_, turns) = redis_day_totals(&redis, day).await;
         if turns >= events {
