@@ -228,14 +228,14 @@ pub async fn run(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", &settings.fetch_wait_ms.to_string())
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .set(
             "session.timeout.ms",
-            &settings.session_timeout_ms.to_string(),
+            settings.session_timeout_ms.to_string(),
         )
         .set(
             "heartbeat.interval.ms",
-            &(settings.session_timeout_ms / 5).max(100).to_string(),
+            (settings.session_timeout_ms / 5).max(100).to_string(),
         )
         .create_with_context(LagContext)
         .context("creating the Kafka consumer")?;

@@ -320,7 +320,7 @@ async fn chat(
                 b.sent.insert((CHAT_SOURCE.into(), id.into()), answered);
             }
         }
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             // What the user's dashboard asks for.
             let url = format!("{}/api/metrics/summary?user={}", t.url, user.id);
             send(&books, "GET /api/metrics/summary", plan.give_up, || {
@@ -370,7 +370,7 @@ async fn events(
             let usage = Usage {
                 input_tokens: 50 + sent % 450,
                 output_tokens: 10 + sent % 190,
-                cache_read_input_tokens: if sent % 3 == 0 { sent % 1000 } else { 0 },
+                cache_read_input_tokens: if sent.is_multiple_of(3) { sent % 1000 } else { 0 },
                 ..Usage::default()
             };
             let compute_ms = 100 + sent % 900;
