@@ -75,7 +75,7 @@ pub struct App {
     /// Redis addresses found unreachable, so the log says so once, not per request.
     redis_down: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Idle SQLite connections per database label (see `spin_apis::SqlitePool`).
-    pub(crate) sqlite_pool: crate::spin_apis::SqlitePool,
+    pub(crate) sqlite_pool: Arc<crate::spin_apis::SqlitePool>,
 }
 
 /// The store data of one request.

@@ -2,7 +2,7 @@
 //! `fermyon:spin/{sqlite,redis,variables}@2.0.0` and `spin:sqlite/sqlite@3.0.0`,
 //! with Spin's error variants.
 
-use crate::runtime::{App, InstanceState};
+use crate::runtime::InstanceState;
 use crate::runtime_config::SqliteLocation;
 use crate::variables::GetError;
 use std::collections::HashMap;
@@ -33,8 +33,6 @@ const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 pub struct SqliteConnection {
     /// `None` only while being dropped.
     conn: Option<Arc<Mutex<Pooled>>>,
-    /// Where the connection goes back when the guest drops it.
-    home: Option<(Arc<App>, String)>,
 }
 
 pub struct RedisConnection {
@@ -49,11 +47,12 @@ struct Pooled {
     /// new connection). See [`Pooled::run`].
     foreign_keys: bool,
     foreign_keys_asked: bool,
-    /// The write gate of its database, and the gate itself while this
-    /// connection is inside a transaction it began with BEGIN IMMEDIATE or
-    /// EXCLUSIVE.
-    gate: Arc<tokio::sync::Mutex<()>>,
+    /// Its database's write gate, while this connection is inside a
+    /// transaction it began with BEGIN IMMEDIATE or EXCLUSIVE.
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Where it goes back when the guest drops it.
+    pool: Arc<SqlitePool>,
+    label: String,
 }
 
 /// Idle SQLite connections, per database label.
@@ -124,20 +123,17 @@ impl SqlitePool {
 
 impl Drop for SqliteConnection {
     fn drop(&mut self) {
-        let (Some((app, label)), Some(conn)) = (self.home.take(), self.conn.take()) else {
-            return;
-        };
         // Only the last holder gives it back (no `execute` is running on it).
-        let Some(pooled) = Arc::into_inner(conn) else {
+        let Some(pooled) = self.conn.take().and_then(Arc::into_inner) else {
             return;
         };
-        let pooled = pooled.into_inner().unwrap_or_else(|p| p.into_inner());
-        if pooled.reusable {
-            app.sqlite_pool.put(
-                &label,
+        let p = pooled.into_inner().unwrap_or_else(|p| p.into_inner());
+        if p.reusable {
+            p.pool.put(
+                &p.label,
                 Idle {
-                    db: pooled.db,
-                    foreign_keys: pooled.foreign_keys,
+                    db: p.db,
+                    foreign_keys: p.foreign_keys,
                 },
             );
         }
@@ -145,6 +141,19 @@ impl Drop for SqliteConnection {
 }
 
 impl Pooled {
+    /// A connection handed out of `pool` (or new) for database `label`.
+    fn new(idle: Idle, pool: Arc<SqlitePool>, label: &str) -> Self {
+        Self {
+            db: idle.db,
+            reusable: true,
+            foreign_keys: idle.foreign_keys,
+            foreign_keys_asked: false,
+            held: None,
+            pool,
+            label: label.to_owned(),
+        }
+    }
+
     /// Runs a guest's statement.
     ///
     /// Setting `foreign_keys` makes SQLite expire every prepared statement
@@ -243,7 +252,8 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         .sqlite
         .get(label)
         .ok_or(s3::Error::NoSuchDatabase)?;
-    let Idle { db, foreign_keys } = match state.app.sqlite_pool.take(label) {
+    let pool = &state.app.sqlite_pool;
+    let idle = match pool.take(label) {
         Some(idle) => idle,
         None => Idle {
             db: connect(label, location)?,
@@ -251,15 +261,7 @@ fn open_sqlite(state: &InstanceState, label: &str) -> Result<SqliteConnection, s
         },
     };
     Ok(SqliteConnection {
-        conn: Some(Arc::new(Mutex::new(Pooled {
-            db,
-            reusable: true,
-            foreign_keys,
-            foreign_keys_asked: false,
-            gate: state.app.sqlite_pool.gate(label),
-            held: None,
-        }))),
-        home: Some((state.app.clone(), label.to_owned())),
+        conn: Some(Arc::new(Mutex::new(Pooled::new(idle, pool.clone(), label)))),
     })
 }
 
@@ -360,7 +362,7 @@ async fn execute_blocking(
     if begins_write_transaction(&statement) {
         let gate = {
             let c = conn.lock().unwrap_or_else(|p| p.into_inner());
-            c.held.is_none().then(|| c.gate.clone())
+            c.held.is_none().then(|| c.pool.gate(&c.label))
         };
         if let Some(gate) = gate {
             if let Ok(held) = tokio::time::timeout(GATE_WAIT, gate.lock_owned()).await {
@@ -778,17 +780,6 @@ mod tests {
         }
     }
 
-    fn pooled(idle: Idle) -> Pooled {
-        Pooled {
-            db: idle.db,
-            reusable: true,
-            foreign_keys: idle.foreign_keys,
-            foreign_keys_asked: false,
-            gate: Default::default(),
-            held: None,
-        }
-    }
-
     fn int(r: &s3::QueryResult) -> i64 {
         match r.rows[0].values[0] {
             s3::Value::Integer(i) => i,
@@ -800,12 +791,12 @@ mod tests {
     fn foreign_keys_are_the_guests_own_and_a_pooled_connection_comes_back_as_a_new_one_would_be() {
         let dir = tempfile::tempdir().unwrap();
         let at = SqliteLocation::File(dir.path().join("p.db"));
-        let pool = SqlitePool::default();
+        let pool = Arc::new(SqlitePool::default());
         let new = || Idle {
             db: connect("default", &at).unwrap(),
             foreign_keys: false,
         };
-        let mut c = pooled(new());
+        let mut c = Pooled::new(new(), pool.clone(), "default");
         c.run("CREATE TABLE p (id INTEGER PRIMARY KEY)", vec![])
             .unwrap();
         c.run("CREATE TABLE c (p INTEGER REFERENCES p (id))", vec![])
@@ -817,15 +808,12 @@ mod tests {
         assert!(format!("{e:?}").contains("FOREIGN KEY"), "{e:?}");
         c.run("INSERT INTO p VALUES (1)", vec![]).unwrap();
         assert!(!c.db.is_autocommit());
-        pool.put(
-            "default",
-            Idle {
-                db: c.db,
-                foreign_keys: c.foreign_keys,
-            },
-        );
+        // The guest drops its connection: it goes back to the pool.
+        drop(SqliteConnection {
+            conn: Some(Arc::new(Mutex::new(c))),
+        });
 
-        let mut c = pooled(pool.take("default").expect("kept"));
+        let mut c = Pooled::new(pool.take("default").expect("kept"), pool.clone(), "default");
         assert!(pool.take("default").is_none(), "handed out once");
         assert!(c.db.is_autocommit(), "the open transaction was rolled back");
         assert_eq!(int(&c.run("SELECT count(*) FROM p", vec![]).unwrap()), 0);
@@ -845,6 +833,15 @@ mod tests {
         c.run("PRAGMA foreign_keys = OFF", vec![]).unwrap();
         assert!(c.run("INSERT INTO c VALUES (7)", vec![]).is_err());
         c.run("ROLLBACK", vec![]).unwrap();
+        // One that ran another PRAGMA is closed, not kept.
+        c.run("PRAGMA cache_size = 10", vec![]).unwrap();
+        drop(SqliteConnection {
+            conn: Some(Arc::new(Mutex::new(c))),
+        });
+        assert!(
+            pool.take("default").is_none(),
+            "not kept after PRAGMA cache_size"
+        );
 
         for _ in 0..POOLED_PER_DATABASE + 3 {
             pool.put("default", new());
