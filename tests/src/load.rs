@@ -370,7 +370,11 @@ async fn events(
             let usage = Usage {
                 input_tokens: 50 + sent % 450,
                 output_tokens: 10 + sent % 190,
-                cache_read_input_tokens: if sent.is_multiple_of(3) { sent % 1000 } else { 0 },
+                cache_read_input_tokens: if sent.is_multiple_of(3) {
+                    sent % 1000
+                } else {
+                    0
+                },
                 ..Usage::default()
             };
             let compute_ms = 100 + sent % 900;

@@ -210,7 +210,7 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
     // `--brokers HOST:PORT`: an external broker (a fresh one: the bench's
     // topics and groups must start empty), e.g. the docker-compose Kafka;
     // else a Tansu of its own.
-    let external = std::env::args().skip_while(|a| a != "--brokers").nth(1);
+    let external = super::arg_text("--brokers");
     let tansu = external.is_none().then(|| Tansu::start(dir.path()));
     let brokers = external.unwrap_or_else(|| tansu.as_ref().unwrap().brokers());
     println!(
