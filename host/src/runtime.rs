@@ -211,13 +211,7 @@ pub fn engine(limits: &Limits) -> Result<Engine> {
         .total_component_instances(1000)
         .total_memories(1000)
         .total_tables(1000)
-        .max_memory_size(limits.memory_bytes)
-        // A slot's first pages are zeroed in place when an instance ends
-        // instead of being given back to the kernel: the next request then
-        // does not take a page fault per page it touches, which cost a
-        // batch of events more than the memset.
-        .linear_memory_keep_resident(8 << 20)
-        .table_keep_resident(1 << 20);
+        .max_memory_size(limits.memory_bytes);
     let mut pooled = config.clone();
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     match Engine::new(&pooled) {
