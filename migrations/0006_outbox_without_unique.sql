@@ -17,10 +17,8 @@ CREATE TABLE outbox_new (
     last_error TEXT
 );
 INSERT INTO outbox_new SELECT outbox_id, topic, event_key, source, event_id, payload, created_at, attempts, last_error FROM outbox;
-INSERT INTO sqlite_sequence (name, seq)
-    SELECT 'outbox_new', seq FROM sqlite_sequence WHERE name = 'outbox'
-    AND NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox_new');
-UPDATE sqlite_sequence SET seq = max(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'outbox'))
-    WHERE name = 'outbox_new';
+-- The old sequence is at least every id copied, so it replaces the new one.
+DELETE FROM sqlite_sequence WHERE name = 'outbox_new';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_new', seq FROM sqlite_sequence WHERE name = 'outbox';
 DROP TABLE outbox;
 ALTER TABLE outbox_new RENAME TO outbox;
