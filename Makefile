@@ -12,9 +12,10 @@
 
 CACHE_DIR ?= $(HOME)/.cache/llm-billing
 CARGO ?= cargo
-# Tools built once from crates.io (Tansu), found by the tests through $TANSU.
+# Tools fetched once into $(CACHE_DIR)/tools: Apache Kafka's jars from Maven
+# Central, found by scripts/kafka-broker.sh (and so by the tests) through $KAFKA_LIBS.
 export CACHE_DIR
-export TANSU ?= $(CACHE_DIR)/tools/bin/tansu
+export KAFKA_LIBS ?= $(CACHE_DIR)/tools/kafka/libs
 SHELL := /bin/bash
 
 .PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host load faults
@@ -45,7 +46,7 @@ test-web: deps target
 	scripts/test-web.sh
 
 deps:
-	scripts/ensure-deps.sh wasm redis sqlite3 tansu compose
+	scripts/ensure-deps.sh wasm redis sqlite3 kafka compose
 
 # The `target` symlink into the cache; a real directory is left alone.
 target:

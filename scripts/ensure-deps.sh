@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [tansu] [chromium] [node] [compose]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose]
 #
-# Tools built from crates.io go to $CACHE_DIR/tools (default
-# ~/.cache/llm-billing/tools), outside the clone, and are reused.
+# Tools fetched once (Apache Kafka's jars from Maven Central) go to
+# $CACHE_DIR/tools (default ~/.cache/llm-billing/tools), outside the clone,
+# and are reused.
 set -euo pipefail
 
 say() { printf '==> %s\n' "$*" >&2; }
@@ -35,11 +36,21 @@ for want in "${@:-wasm redis sqlite3}"; do
             chromium) apt_install chromium chromium ;;
             compose) apt_install docker-compose docker-compose ;;
             node) apt_install node nodejs; apt_install npm npm ;;
-            tansu)
-                tools="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools"
-                if [ ! -x "$tools/bin/tansu" ]; then
-                    say "installing Tansu 0.6.0, the Kafka-protocol broker the tests run (about 20 minutes on 2 cores, once; cached in $tools)"
-                    cargo install --root "$tools" tansu --version 0.6.0 --features dynostore,libsql --locked
+            kafka)
+                # Apache Kafka's broker from Maven Central (scripts/kafka/pom.xml names
+                # the version); fetched again only when that file changes.
+                apt_install java openjdk-17-jre-headless
+                apt_install mvn maven
+                here=$(cd "$(dirname "$0")" && pwd)
+                kafka="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/kafka"
+                want_sum=$(sha256sum "$here/kafka/pom.xml" | cut -d' ' -f1)
+                if [ "$(cat "$kafka/pom.sha256" 2>/dev/null)" != "$want_sum" ]; then
+                    say "fetching Apache Kafka's jars from Maven Central into $kafka/libs (about a minute, once)"
+                    rm -rf "$kafka/libs" "$kafka/pom.sha256"
+                    mkdir -p "$kafka"
+                    mvn -q -B -Dstyle.color=never -f "$here/kafka/pom.xml" dependency:copy-dependencies \
+                        -DincludeScope=runtime -DoutputDirectory="$kafka/libs" >&2
+                    echo "$want_sum" > "$kafka/pom.sha256"
                 fi ;;
             *) say "unknown dependency $w"; exit 2 ;;
         esac

@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port)
-export PORT BRIDGE_PORT REDIS_PORT KAFKA_PORT
+PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port) KAFKA_CONTROLLER_PORT=$(free_port)
+export PORT BRIDGE_PORT REDIS_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT
 unset DATA
 COPY=$(mktemp -d)
 git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$COPY"
@@ -49,7 +49,7 @@ for _ in $(seq 300); do kill -0 "$up" 2>/dev/null || break; sleep 0.1; done
 sleep 0.5
 left=$(pgrep -f -- "$COPY" || true)
 [ -z "$left" ] || { ps -o pid,args -p $left; fail "processes left running"; }
-for port in "$PORT" "$BRIDGE_PORT" "$REDIS_PORT" "$KAFKA_PORT"; do
+for port in "$PORT" "$BRIDGE_PORT" "$REDIS_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && fail "port $port still answers"
 done
 echo "smoke: make up stopped on Ctrl-C and left nothing running"

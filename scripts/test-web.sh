@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Browser tests of the web app against the real stack: scripts/up.sh starts
-# Tansu, redis-server, billing-bridge and billing-host (serving the API and
+# Apache Kafka, redis-server, billing-bridge and billing-host (serving the API and
 # the web app) on free ports with a temporary data directory; headless
 # Debian chromium, driven by playwright-core, runs tests/web/app.test.mjs.
 # Screenshots land in tests/web/artifacts/ (git-ignored). Then
@@ -16,9 +16,9 @@ python3 -c 'import jsonschema, yaml' 2>/dev/null || python3 -m pip install -q js
 command -v schemathesis >/dev/null || python3 -m pip install -q schemathesis
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port)
+PORT=$(free_port) BRIDGE_PORT=$(free_port) REDIS_PORT=$(free_port) KAFKA_PORT=$(free_port) KAFKA_CONTROLLER_PORT=$(free_port)
 DATA=$(mktemp -d)
-export PORT BRIDGE_PORT REDIS_PORT KAFKA_PORT DATA
+export PORT BRIDGE_PORT REDIS_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT DATA
 scripts/up.sh >"$DATA/up.log" 2>&1 &
 up=$!
 stop() {

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # `make up`: the system on embedded defaults — a SQLite file under data/, a
-# local redis-server, Tansu (a Kafka-protocol broker storing in
-# data/tansu.db), billing-host serving spin.toml (API and web app) and
+# local redis-server, Apache Kafka (one KRaft node storing in data/kafka,
+# scripts/kafka-broker.sh), billing-host serving spin.toml (API and web app) and
 # billing-bridge — then the URL and the demo API keys. Ctrl-C stops
 # everything this script started.
 #
 # Settings (environment): PORT (3000), BRIDGE_PORT (3100), REDIS_PORT (6379),
-# KAFKA_PORT (9092), DATA (data), ANTHROPIC_API_KEY (unset: chats go to llm-sim).
+# KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), DATA (data), ANTHROPIC_API_KEY (unset: chats go to llm-sim).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-3000}
 BRIDGE_PORT=${BRIDGE_PORT:-3100}
 REDIS_PORT=${REDIS_PORT:-6379}
 KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
 DATA=${DATA:-data}
-TANSU=${TANSU:-${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/bin/tansu}
 say() { printf '==> %s\n' "$*"; }
 
-scripts/ensure-deps.sh wasm redis sqlite3 tansu
+scripts/ensure-deps.sh wasm redis sqlite3 kafka
 make -s target
 mkdir -p "$DATA"
 DATA=$(cd "$DATA" && pwd)
@@ -48,7 +48,7 @@ pids=()
 cleanup() {
     trap - INT TERM EXIT
     say "stopping"
-    # Newest first: the host, the bridge (which finishes its batch while the broker is still up), then Tansu and Redis.
+    # Newest first: the host, the bridge (which finishes its batch while the broker is still up), then Kafka and Redis.
     for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
         kill "${pids[i]}" 2>/dev/null || continue
         for _ in $(seq 250); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.1; done
@@ -66,12 +66,14 @@ else
     pids+=($!)
 fi
 
-say "starting Tansu (Kafka protocol) on port $KAFKA_PORT (data in $DATA/tansu.db)"
-# Tansu resolves a sqlite:// path against its working directory.
-(cd "$DATA" && exec "$TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine "sqlite://tansu.db" >tansu.log 2>&1) &
+say "starting Apache Kafka on port $KAFKA_PORT (data in $DATA/kafka)"
+scripts/kafka-broker.sh "$DATA/kafka" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" >"$DATA/kafka.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 900); do
+    grep -q "Kafka Server started" "$DATA/kafka.log" 2>/dev/null && break
+    kill -0 "${pids[-1]}" 2>/dev/null || { echo "Apache Kafka failed to start; see $DATA/kafka.log"; tail -5 "$DATA/kafka.log"; exit 1; }
+    sleep 0.1
+done
 
 say "starting billing-bridge (outbox relay, consumers, live updates on port $BRIDGE_PORT)"
 BILLING_DB="$DATA/billing.db" BILLING_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT" BILLING_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
@@ -122,7 +124,7 @@ $(while read -r uid key; do printf '    user %s (%s)  %s\n' "$uid" "$(demo_name 
 
   Open the URL and sign in with a key, or:
     curl -s -X POST http://127.0.0.1:$PORT/api/threads -H "authorization: Bearer <key>" -H 'content-type: application/json' -d '{"title": "Hello"}'
-  Logs: $DATA/host.log, $DATA/bridge.log, $DATA/tansu.log, $DATA/redis.log.   Ctrl-C stops everything.
+  Logs: $DATA/host.log, $DATA/bridge.log, $DATA/kafka.log, $DATA/redis.log.   Ctrl-C stops everything.
 
 MSG
 wait "${pids[-1]}"

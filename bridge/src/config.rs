@@ -34,12 +34,13 @@ pub struct ConsumerConfig {
     pub batch_size: usize,
     /// How long a batch waits for more messages after its first, in ms. Example: 5.
     pub batch_wait_ms: u64,
-    /// How long the broker may hold an empty fetch, in ms (`fetch.wait.max.ms`);
-    /// a broker that holds it even when data arrives adds this to every event's latency. Example: 50.
+    /// How long the broker may hold a fetch while it has nothing new, in ms
+    /// (`fetch.wait.max.ms`); Kafka answers as soon as data arrives, so
+    /// this bounds only idle polling. Example: 500.
     pub fetch_wait_ms: u64,
     /// How long the group waits for a silent member (a killed process)
     /// before its partitions go to the others, in ms (`session.timeout.ms`;
-    /// heartbeats every fifth of it). Longer than any broker outage the group should ride through without a rebalance. Example: 120000.
+    /// heartbeats every third of it, at most every 3 s). Example: 45000.
     pub session_timeout_ms: u64,
     /// This process's static member name in the group (`group.instance.id`):
     /// restarted under the same name it takes its partitions back at once
@@ -118,8 +119,8 @@ impl Default for ConsumerConfig {
             group: "billing-bridge".into(),
             batch_size: 500,
             batch_wait_ms: 5,
-            fetch_wait_ms: 50,
-            session_timeout_ms: 120_000,
+            fetch_wait_ms: 500,
+            session_timeout_ms: 45_000,
             instance_id: String::new(),
         }
     }
@@ -223,9 +224,11 @@ impl Config {
                 self.topics.retention_ms
             );
         }
-        if !(1_000..=300_000).contains(&self.consumer.session_timeout_ms) {
+        // Kafka's brokers refuse sessions outside group.min.session.timeout.ms
+        // and group.max.session.timeout.ms (6 s and 30 min by default).
+        if !(6_000..=1_800_000).contains(&self.consumer.session_timeout_ms) {
             bail!(
-                "consumer.session_timeout_ms = {}: use 1000 to 300000",
+                "consumer.session_timeout_ms = {}: use 6000 to 1800000",
                 self.consumer.session_timeout_ms
             );
         }

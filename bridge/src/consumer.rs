@@ -56,8 +56,7 @@ pub struct Settings {
     /// How long a batch waits for more messages after its first, in ms.
     pub batch_wait_ms: u64,
     /// How long the broker may hold a fetch while it has nothing new, in ms
-    /// (librdkafka's `fetch.wait.max.ms`). Brokers that hold a fetch for
-    /// the full time even when data arrives add this to every event's latency.
+    /// (librdkafka's `fetch.wait.max.ms`).
     pub fetch_wait_ms: u64,
     /// How long the group waits for a silent member before rebalancing, in ms.
     pub session_timeout_ms: u64,
@@ -235,7 +234,9 @@ pub async fn run(
         )
         .set(
             "heartbeat.interval.ms",
-            (settings.session_timeout_ms / 5).max(100).to_string(),
+            (settings.session_timeout_ms / 3)
+                .clamp(100, 3000)
+                .to_string(),
         )
         .create_with_context(LagContext)
         .context("creating the Kafka consumer")?;
@@ -250,6 +251,11 @@ pub async fn run(
             Ok(m) => m,
             Err(e) => {
                 metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
+                // A fatal error (another member fenced this one's static
+                // name, say) never clears: retrying would bill nothing for good.
+                if let Some((code, reason)) = consumer.client().fatal_error() {
+                    anyhow::bail!("fatal Kafka consumer error ({code:?}): {reason}");
+                }
                 tracing::warn!(error = %e, "Kafka receive failed; retrying.");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;

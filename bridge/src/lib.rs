@@ -1,5 +1,9 @@
 //! `billing-bridge`: the native service between SQLite, Kafka and Redis.
+//! [`run`] is the whole service (`billing-bridge run` calls it); the
+//! modules below are its parts.
 //!
+//! - [`service`]: [`run`] — start-up, the workers, the HTTP side, drain on
+//!   shutdown, and a non-zero end when a worker stops on its own.
 //! - [`config`]: the strict configuration (file and environment).
 //! - [`topics`]: creates the topics that are missing, with the configured
 //!   partitions and retention, through the Kafka admin API.
@@ -23,7 +27,9 @@ pub mod consumer;
 pub mod live;
 pub mod metrics;
 pub mod relay;
+pub mod service;
 pub mod topics;
 pub mod workers;
 
 pub use config::Config;
+pub use service::run;

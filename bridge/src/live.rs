@@ -48,6 +48,9 @@ pub struct Live {
     pub admin_api_key: String,
     pub heartbeat: Duration,
     pub notices: broadcast::Sender<Notice>,
+    /// False once the relay or the consumer stopped on its own: `/readyz`
+    /// then fails whatever else answers.
+    pub workers_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Who opened a stream.
@@ -251,7 +254,8 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
         .unwrap()
 }
 
-/// Ready: SQLite answers, Redis answers, the broker's metadata comes back.
+/// Ready: the relay and the consumer run, SQLite answers, Redis answers,
+/// the broker's metadata comes back.
 async fn ready(live: &Live) -> Response<Body> {
     let db = rusqlite::Connection::open_with_flags(
         &live.database,
@@ -289,8 +293,17 @@ async fn ready(live: &Live) -> Response<Body> {
     .and_then(|r| r)
     .map(|_| "ok".to_owned())
     .unwrap_or_else(|e| format!("error: {e:#}"));
-    let ok = [&db, &redis, &kafka].iter().all(|s| *s == "ok");
-    let body = serde_json::json!({ "ready": ok, "sqlite": db, "redis": redis, "kafka": kafka });
+    let workers = if live
+        .workers_running
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        "ok"
+    } else {
+        "error: a worker stopped; the bridge is stopping"
+    }
+    .to_owned();
+    let ok = [&workers, &db, &redis, &kafka].iter().all(|s| *s == "ok");
+    let body = serde_json::json!({ "ready": ok, "workers": workers, "sqlite": db, "redis": redis, "kafka": kafka });
     text(
         if ok {
             StatusCode::OK

@@ -5,11 +5,9 @@
 
 use anyhow::Context;
 use billing_bridge::aggregates;
-use billing_bridge::workers::Workers;
-use billing_bridge::{consumer, live, topics, Config};
+use billing_bridge::{consumer, topics, Config};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -108,123 +106,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        Cmd::Run => rt.block_on(serve(cfg)),
-    }
-}
-
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    billing_migrations::open_and_migrate(&cfg.database)
-        .with_context(|| format!("migrating {}", cfg.database.display()))?;
-    topics::ensure(&cfg.brokers, &cfg.topics).await?;
-    let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
-        .await
-        .with_context(|| format!("listening on {}", cfg.http.listen))?;
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-
-    let settings = consumer::Settings {
-        group: cfg.consumer.group.clone(),
-        batch_size: cfg.consumer.batch_size,
-        batch_wait_ms: cfg.consumer.batch_wait_ms,
-        fetch_wait_ms: cfg.consumer.fetch_wait_ms,
-        session_timeout_ms: cfg.consumer.session_timeout_ms,
-        instance_id: match cfg.consumer.instance_id.as_str() {
-            "-" => None,
-            "" => {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_else(|_| "bridge".into());
-                Some(format!("{host}-{}", cfg.http.listen))
-            }
-            id => Some(id.to_owned()),
-        },
-    };
-    let workers = Workers::spawn(
-        &cfg.database,
-        &cfg.brokers,
-        &cfg.redis_url,
-        cfg.relay.clone(),
-        settings,
-        cfg.aggregates.mark_ttl_s,
-        stop.clone(),
-    )?;
-
-    let (notices, _) = tokio::sync::broadcast::channel(1024);
-    tokio::spawn(live::relay_notices(
-        cfg.redis_url.clone(),
-        notices.clone(),
-        stop.clone(),
-    ));
-    let live = Arc::new(live::Live {
-        database: cfg.database.clone(),
-        redis_url: cfg.redis_url.clone(),
-        kafka: Arc::new(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &cfg.brokers)
-                .create()
-                .context("creating the Kafka client for /readyz")?,
-        ),
-        admin_api_key: cfg.admin_api_key.clone(),
-        heartbeat: Duration::from_secs(cfg.http.sse_heartbeat_s),
-        notices,
-    });
-    let served = tokio::spawn(live::serve(listener, live, stop.clone()));
-    tokio::spawn(keep_aggregates_complete(cfg.clone(), stop.clone()));
-    tracing::info!(brokers = %cfg.brokers, database = %cfg.database.display(), http = %cfg.http.listen, group = %cfg.consumer.group, "Relaying the outbox, consuming, serving /events/stream and /metrics.");
-
-    shutdown().await;
-    tracing::info!("Stopping: finishing the batch in hand, storing offsets.");
-    let _ = stop_tx.send(true);
-    let finished = tokio::time::timeout(Duration::from_secs(20), async {
-        workers.join().await?;
-        served.await??;
-        anyhow::Ok(())
-    });
-    match finished.await {
-        Ok(r) => r?,
-        // Closing a consumer waits for its group coordinator; with the broker gone that never ends.
-        Err(_) => {
-            tracing::warn!("Stopped without closing cleanly: the broker did not answer within 20 s. Offsets not committed are replayed on the next start; replays change nothing.");
-            std::process::exit(0);
-        }
-    }
-    tracing::info!("Stopped.");
-    Ok(())
-}
-
-/// Rebuilds the aggregates at start-up when Redis has none, and whenever
-/// Redis is found to have lost them (checked every `aggregates.check_interval_s`).
-async fn keep_aggregates_complete(cfg: Config, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let checked = async {
-            let now = billing_core::Timestamp::from_millis(consumer::now_ms())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            aggregates::ensure_complete(
-                &cfg.database,
-                &cfg.redis_url,
-                cfg.aggregates.mark_ttl_s,
-                now,
-            )
-            .await
-        };
-        match checked.await {
-            Ok(Some(r)) => tracing::info!(
-                events = r.events,
-                keys_removed = r.keys_removed,
-                "Redis lacked the aggregates; rebuilt them from SQLite."
-            ),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                error = format!("{e:#}"),
-                "Could not check the aggregates in Redis; trying again later."
-            ),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(cfg.aggregates.check_interval_s)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        Cmd::Run => {
+            // Exit here rather than drop the runtime: Kafka clients still
+            // held by a task would wait for a broker that may be away.
+            let code = match rt.block_on(billing_bridge::run(cfg, shutdown())) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    1
+                }
+            };
+            std::process::exit(code)
         }
     }
 }
 
+/// Resolves at the first SIGINT or SIGTERM.
 async fn shutdown() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");

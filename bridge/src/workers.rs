@@ -11,10 +11,14 @@ use std::path::Path;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The running loops; a loop already reported by [`Workers::first_to_end`] is gone.
 pub struct Workers {
-    pub relayed: JoinHandle<Result<()>>,
-    pub consumed: JoinHandle<Result<()>>,
+    relayed: Option<JoinHandle<Result<()>>>,
+    consumed: Option<JoinHandle<Result<()>>>,
 }
+
+/// How a loop ended: its own result, or the panic that ended it.
+pub type Ended = Result<Result<()>, tokio::task::JoinError>;
 
 impl Workers {
     /// Starts both loops; they end when `stop` is raised.
@@ -46,13 +50,40 @@ impl Workers {
         let consumed = tokio::spawn(async move {
             consumer::run(&brokers, &settings, &mut conn, &mut aggregates, stop).await
         });
-        Ok(Self { relayed, consumed })
+        Ok(Self {
+            relayed: Some(relayed),
+            consumed: Some(consumed),
+        })
     }
 
-    /// Waits for both loops to end (raise `stop` first).
+    /// Resolves when either loop ends (which it should only do after
+    /// `stop`), naming it ("relay" or "consumer") with how it ended; never
+    /// resolves once both were reported.
+    pub async fn first_to_end(&mut self) -> (&'static str, Ended) {
+        let (relay_ended, ended) = match (&mut self.relayed, &mut self.consumed) {
+            (Some(r), Some(c)) => tokio::select! {
+                e = r => (true, e),
+                e = c => (false, e),
+            },
+            (Some(r), None) => (true, r.await),
+            (None, Some(c)) => (false, c.await),
+            (None, None) => std::future::pending().await,
+        };
+        if relay_ended {
+            self.relayed = None;
+            ("relay", ended)
+        } else {
+            self.consumed = None;
+            ("consumer", ended)
+        }
+    }
+
+    /// Waits for the loops still running to end (raise `stop` first);
+    /// the first error or panic among them is returned.
     pub async fn join(self) -> Result<()> {
-        self.relayed.await??;
-        self.consumed.await??;
+        for handle in [self.relayed, self.consumed].into_iter().flatten() {
+            handle.await??;
+        }
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! The token-metrics consumer against a real broker (Tansu) and SQLite:
+//! The token-metrics consumer against a real broker (Apache Kafka) and SQLite:
 //! an outbox row becomes priced line items; the same event delivered twice
 //! bills once; a poison message lands in dead-letter with its reason and
 //! origin, and the next good message is billed.
@@ -9,7 +9,7 @@ use billing_bridge::consumer::Settings;
 use billing_bridge::relay::{producer, Relay};
 use billing_core::events::{CloudEvent, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
-use billing_testkit::{Redis, Tansu};
+use billing_testkit::{Kafka, Redis};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
@@ -107,11 +107,11 @@ async fn consume_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bills_once_and_dead_letters_poison() {
     let dir = tempfile::tempdir().unwrap();
-    let tansu = Tansu::start(dir.path());
+    let kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
     billing_bridge::topics::ensure(
-        &tansu.brokers(),
+        &kafka.brokers(),
         &TopicsConfig {
             partitions: 1,
             ..TopicsConfig::default()
@@ -121,7 +121,7 @@ async fn bills_once_and_dead_letters_poison() {
     .unwrap();
     let relay = Relay::with(
         &db,
-        &tansu.brokers(),
+        &kafka.brokers(),
         RelayConfig {
             batch_size: 100,
             poll_interval_ms: 1000,
@@ -130,7 +130,7 @@ async fn bills_once_and_dead_letters_poison() {
         },
     )
     .unwrap();
-    let raw = producer(&tansu.brokers(), 5000).unwrap();
+    let raw = producer(&kafka.brokers(), 5000).unwrap();
 
     let first = metrics("m1", 1_000, 500, 2_000);
     enqueue(&db, &first);
@@ -159,7 +159,7 @@ async fn bills_once_and_dead_letters_poison() {
     let redis = Redis::start();
     consume_until(
         &db,
-        &tansu.brokers(),
+        &kafka.brokers(),
         &redis,
         "bridge-test",
         2,
@@ -260,7 +260,7 @@ async fn bills_once_and_dead_letters_poison() {
         .unwrap();
     assert_eq!(notices, 2);
 
-    let dlq = reader(&tansu.brokers(), "dead-letter");
+    let dlq = reader(&kafka.brokers(), "dead-letter");
     let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
         .await
         .expect("a dead letter")
@@ -283,7 +283,7 @@ async fn bills_once_and_dead_letters_poison() {
     assert_eq!(header("dlq-code"), "invalid_event");
 
     // One processed-events record per billed event, naming the original.
-    let processed = reader(&tansu.brokers(), "processed-events");
+    let processed = reader(&kafka.brokers(), "processed-events");
     let mut originals = Vec::new();
     while originals.len() < 2 {
         let m = tokio::time::timeout(Duration::from_secs(20), processed.recv())
@@ -316,11 +316,11 @@ async fn bills_once_and_dead_letters_poison() {
 async fn bills_inference_events() {
     use billing_core::events::{InferenceEvent, InferenceStatus};
     let dir = tempfile::tempdir().unwrap();
-    let tansu = Tansu::start(dir.path());
+    let kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
     billing_bridge::topics::ensure(
-        &tansu.brokers(),
+        &kafka.brokers(),
         &TopicsConfig {
             partitions: 2,
             ..TopicsConfig::default()
@@ -357,7 +357,7 @@ async fn bills_inference_events() {
         .unwrap();
     let relay = Relay::with(
         &db,
-        &tansu.brokers(),
+        &kafka.brokers(),
         RelayConfig {
             batch_size: 100,
             poll_interval_ms: 1000,
@@ -367,7 +367,7 @@ async fn bills_inference_events() {
     )
     .unwrap();
     relay.round().await.unwrap();
-    producer(&tansu.brokers(), 5000)
+    producer(&kafka.brokers(), 5000)
         .unwrap()
         .send(
             FutureRecord::to("inference-events")
@@ -382,7 +382,7 @@ async fn bills_inference_events() {
     let redis = Redis::start();
     consume_until(
         &db,
-        &tansu.brokers(),
+        &kafka.brokers(),
         &redis,
         "bridge-test-inference",
         1,
@@ -456,7 +456,7 @@ async fn bills_inference_events() {
 
     // Both copies were consumed: the group's committed offsets add up to 2.
     let probe: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", tansu.brokers())
+        .set("bootstrap.servers", kafka.brokers())
         .set("group.id", "bridge-test-inference")
         .create()
         .unwrap();

@@ -1,11 +1,11 @@
-//! The `billing-bridge` binary as operators run it, against its own Tansu
+//! The `billing-bridge` binary as operators run it, against its own Apache Kafka
 //! and redis-server: killed mid-batch and restarted, two processes in one
 //! consumer group, Redis flushed and rebuilt, the live stream and the
 //! operations endpoints, SIGTERM.
 
 use billing_core::events::{CloudEvent, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
-use billing_testkit::{free_port, wait_for_port, Redis, Tansu};
+use billing_testkit::{free_port, wait_for_port, Kafka, Redis};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ struct Bridge {
 impl Bridge {
     /// `member` is the static group member name: a restart under the same
     /// name takes the partitions back, as a restarted service would.
-    fn start(dir: &Path, name: &str, member: &str, tansu: &Tansu, redis: &Redis) -> Self {
+    fn start(dir: &Path, name: &str, member: &str, kafka: &Kafka, redis: &Redis) -> Self {
         let port = free_port();
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -52,7 +52,7 @@ listen = "127.0.0.1:{port}"
 sse_heartbeat_s = 1
 "#,
                 db = dir.join("billing.db").display(),
-                brokers = tansu.brokers(),
+                brokers = kafka.brokers(),
                 redis = redis.url(),
             ),
         )
@@ -309,12 +309,12 @@ async fn dump(redis: &Redis) -> BTreeMap<String, Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_batch_then_restarted_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let (kafka, redis) = (Kafka::start(dir.path()), Redis::start());
     let db = database(dir.path(), 20);
     let events = 4_000;
     let cost = enqueue(&db, 0..events, 20);
 
-    let bridge = Bridge::start(dir.path(), "first", "solo", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "first", "solo", &kafka, &redis);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM processed_events") < 200 {
         assert!(
@@ -330,7 +330,7 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
         "the kill came after everything was done ({at_kill}); the test proves nothing"
     );
 
-    let bridge = Bridge::start(dir.path(), "second", "solo", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "second", "solo", &kafka, &redis);
     drained(&db, &redis, events).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exact(&db, &redis, events, cost).await;
@@ -341,9 +341,9 @@ async fn killed_mid_batch_then_restarted_totals_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_then_restarted_totals_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let (mut kafka, redis) = (Kafka::start(dir.path()), Redis::start());
     let db = database(dir.path(), 20);
-    let bridge = Bridge::start(dir.path(), "broker", "solo", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "broker", "solo", &kafka, &redis);
     let mut cost = enqueue(&db, 0..2_000, 20);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while count(&db, "SELECT count(*) FROM processed_events") < 100 {
@@ -353,7 +353,7 @@ async fn broker_killed_mid_stream_then_restarted_totals_exact() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tansu.kill();
+    kafka.kill();
     cost += enqueue(&db, 2_000..3_000, 20);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -380,11 +380,75 @@ async fn broker_killed_mid_stream_then_restarted_totals_exact() {
     }
     let ready = reqwest::get(bridge.url("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503, "not ready without the broker");
-    tansu.restart();
+    kafka.restart();
     drained(&db, &redis, 3_000).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exact(&db, &redis, 3_000, cost).await;
     assert!(bridge.terminate().success());
+}
+
+// A member whose static name another process takes is fenced by Kafka, a fatal error: that bridge stops with a
+// non-zero status and says why, instead of running on without billing; the other one keeps billing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_member_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kafka, redis) = (Kafka::start(dir.path()), Redis::start());
+    let db = database(dir.path(), 20);
+    let held =
+        |b: &Bridge| {
+            let url = b.url("/metrics");
+            async move {
+                let Ok(r) = reqwest::get(url).await else {
+                    return false;
+                };
+                r.text().await.unwrap_or_default().lines().any(|l| {
+                    l.starts_with("billing_bridge_assigned_partitions ") && !l.ends_with(" 0")
+                })
+            }
+        };
+    let mut first = Bridge::start(dir.path(), "first", "twin", &kafka, &redis);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !held(&first).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first bridge got no partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut second = Bridge::start(dir.path(), "second", "twin", &kafka, &redis);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (fenced, survivor) = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break ((status, &first.log), &mut second);
+        }
+        if let Some(status) = second.child.try_wait().unwrap() {
+            break ((status, &second.log), &mut first);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "neither bridge stopped although they share one static member name"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        fenced.0.code(),
+        Some(1),
+        "a fenced bridge exits with status 1"
+    );
+    let log = std::fs::read_to_string(fenced.1).unwrap();
+    assert!(
+        log.contains("the consumer stopped") && log.contains("fatal Kafka consumer error"),
+        "the log says why: {log}"
+    );
+    assert!(
+        survivor.child.try_wait().unwrap().is_none(),
+        "the other bridge runs on"
+    );
+    let events = 500;
+    let cost = enqueue(&db, 0..events, 20);
+    drained(&db, &redis, events).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exact(&db, &redis, events, cost).await;
 }
 
 // Two processes in one group share the partitions; then Redis is flushed and the aggregates come back exactly,
@@ -392,10 +456,10 @@ async fn broker_killed_mid_stream_then_restarted_totals_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_bridges_share_partitions_and_redis_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
-    let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let (kafka, redis) = (Kafka::start(dir.path()), Redis::start());
     let db = database(dir.path(), 20);
-    let a = Bridge::start(dir.path(), "a", "a", &tansu, &redis);
-    let b = Bridge::start(dir.path(), "b", "b", &tansu, &redis);
+    let a = Bridge::start(dir.path(), "a", "a", &kafka, &redis);
+    let b = Bridge::start(dir.path(), "b", "b", &kafka, &redis);
     // Let both join the group before the load arrives.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let events = 3_000;
@@ -502,7 +566,7 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     // The rebuild marked the events: a redelivered one changes nothing.
     let again = event(7, 17);
     rdkafka::producer::FutureProducer::send(
-        &billing_bridge::relay::producer(&tansu.brokers(), 5000).unwrap(),
+        &billing_bridge::relay::producer(&kafka.brokers(), 5000).unwrap(),
         rdkafka::producer::FutureRecord::to("token-metrics")
             .key(&again.key())
             .payload(&again.to_json()),
@@ -556,9 +620,9 @@ async fn sse(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_stream_and_operations() {
     let dir = tempfile::tempdir().unwrap();
-    let (tansu, redis) = (Tansu::start(dir.path()), Redis::start());
+    let (kafka, redis) = (Kafka::start(dir.path()), Redis::start());
     let db = database(dir.path(), 0);
-    let bridge = Bridge::start(dir.path(), "live", "solo", &tansu, &redis);
+    let bridge = Bridge::start(dir.path(), "live", "solo", &kafka, &redis);
 
     assert_eq!(
         reqwest::get(bridge.url("/healthz")).await.unwrap().status(),

@@ -1,10 +1,10 @@
-//! The outbox relay against a real Kafka-protocol broker (Tansu, storing in
-//! SQLite) and a real SQLite outbox: delivery and deletion, the broker
+//! The outbox relay against Apache Kafka (a node of its own, storing in a
+//! temporary directory) and a real SQLite outbox: delivery and deletion, the broker
 //! going away and coming back, and the Redis nudge.
 
 use billing_bridge::config::{RelayConfig, TopicsConfig};
 use billing_bridge::relay::Relay;
-use billing_testkit::{Redis, Tansu};
+use billing_testkit::{Kafka, Redis};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::ClientConfig;
@@ -73,11 +73,11 @@ fn relay(db: &std::path::Path, brokers: &str) -> Relay {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_then_deletes() {
     let dir = tempfile::tempdir().unwrap();
-    let tansu = Tansu::start(dir.path());
+    let kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
     let created = billing_bridge::topics::ensure(
-        &tansu.brokers(),
+        &kafka.brokers(),
         &TopicsConfig {
             partitions: 3,
             ..TopicsConfig::default()
@@ -87,7 +87,7 @@ async fn delivers_then_deletes() {
     .unwrap();
     assert_eq!(created.len(), 6, "{created:?}");
     assert!(
-        billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig::default())
+        billing_bridge::topics::ensure(&kafka.brokers(), &TopicsConfig::default())
             .await
             .unwrap()
             .is_empty(),
@@ -95,12 +95,12 @@ async fn delivers_then_deletes() {
     );
 
     outbox(&db, 0..5, "token-metrics");
-    let r = relay(&db, &tansu.brokers());
+    let r = relay(&db, &kafka.brokers());
     assert_eq!(r.backlog().unwrap(), 5);
     let round = r.round().await.unwrap();
     assert_eq!((round.read, round.delivered, round.failed), (5, 5, 0));
     assert_eq!(r.backlog().unwrap(), 0);
-    let seen = consume(&tansu.brokers(), "token-metrics", 5).await;
+    let seen = consume(&kafka.brokers(), "token-metrics", 5).await;
     assert_eq!(seen.len(), 5);
     assert_eq!(
         seen["ev-4"],
@@ -115,17 +115,17 @@ async fn delivers_then_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_away_and_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut tansu = Tansu::start(dir.path());
+    let mut kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig::default())
+    billing_bridge::topics::ensure(&kafka.brokers(), &TopicsConfig::default())
         .await
         .unwrap();
-    let r = relay(&db, &tansu.brokers());
+    let r = relay(&db, &kafka.brokers());
     outbox(&db, 0..3, "raw-messages");
     assert_eq!(r.round().await.unwrap().delivered, 3);
 
-    tansu.kill();
+    kafka.kill();
     outbox(&db, 3..7, "raw-messages");
     let round = r.round().await.unwrap();
     assert_eq!((round.delivered, round.failed), (0, 4));
@@ -139,7 +139,7 @@ async fn broker_away_and_back() {
     assert_eq!(attempts, 1);
     assert!(err.is_some());
 
-    tansu.restart();
+    kafka.restart();
     let mut delivered = 0;
     for _ in 0..20 {
         delivered += r.round().await.unwrap().delivered;
@@ -156,7 +156,7 @@ async fn broker_away_and_back() {
         (4, 0),
         "last error: {last:?}"
     );
-    let seen = consume(&tansu.brokers(), "raw-messages", 7).await;
+    let seen = consume(&kafka.brokers(), "raw-messages", 7).await;
     assert_eq!(
         seen.keys().cloned().collect::<Vec<_>>(),
         (0..7).map(|i| format!("ev-{i}")).collect::<Vec<_>>(),
@@ -168,14 +168,14 @@ async fn broker_away_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nudge_wakes_the_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let tansu = Tansu::start(dir.path());
+    let kafka = Kafka::start(dir.path());
     let redis = Redis::start();
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(&tansu.brokers(), &TopicsConfig::default())
+    billing_bridge::topics::ensure(&kafka.brokers(), &TopicsConfig::default())
         .await
         .unwrap();
-    let r = std::sync::Arc::new(relay(&db, &tansu.brokers()));
+    let r = std::sync::Arc::new(relay(&db, &kafka.brokers()));
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(billing_bridge::relay::listen_for_nudges(redis.url(), tx));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

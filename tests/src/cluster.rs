@@ -1,11 +1,11 @@
-//! The whole system as separate processes — Tansu, redis-server,
+//! The whole system as separate processes — Kafka, redis-server,
 //! `billing-bridge run` and `billing-host up` with the repository's
 //! spin.toml — each of which can be SIGKILLed and started again, for the
 //! fault runs of `billing-load faults` and the fault test.
 
 use crate::load::Target;
 use crate::{repo_root, ADMIN_KEY};
-use billing_testkit::{free_port, Redis, Tansu};
+use billing_testkit::{free_port, Kafka, Redis};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 pub enum Part {
     Bridge,
     Host,
-    Tansu,
+    Kafka,
     Redis,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Bridge, Part::Host, Part::Tansu, Part::Redis];
+    pub const ALL: [Part; 4] = [Part::Bridge, Part::Host, Part::Kafka, Part::Redis];
 
     pub fn name(self) -> &'static str {
         match self {
             Part::Bridge => "billing-bridge",
             Part::Host => "billing-host",
-            Part::Tansu => "tansu",
+            Part::Kafka => "kafka",
             Part::Redis => "redis-server",
         }
     }
@@ -34,7 +34,7 @@ impl Part {
 
 pub struct Cluster {
     pub dir: PathBuf,
-    pub tansu: Tansu,
+    pub kafka: Kafka,
     pub redis: Redis,
     pub host_port: u16,
     pub bridge_port: u16,
@@ -77,7 +77,7 @@ impl Cluster {
             ),
         )
         .unwrap();
-        let tansu = Tansu::start(dir);
+        let kafka = Kafka::start(dir);
         let redis = Redis::start();
         let bridge_port = free_port();
         std::fs::write(
@@ -99,14 +99,14 @@ check_interval_s = 1
 listen = "127.0.0.1:{bridge_port}"
 "#,
                 db = dir.join("billing.db").display(),
-                brokers = tansu.brokers(),
+                brokers = kafka.brokers(),
                 redis = redis.url(),
             ),
         )
         .unwrap();
         let mut c = Self {
             dir: dir.to_owned(),
-            tansu,
+            kafka,
             redis,
             host_port: free_port(),
             bridge_port,
@@ -170,7 +170,7 @@ listen = "127.0.0.1:{bridge_port}"
         let child = match part {
             Part::Bridge => self.bridge.take(),
             Part::Host => self.host.take(),
-            Part::Tansu => return self.tansu.kill(),
+            Part::Kafka => return self.kafka.kill(),
             Part::Redis => return self.redis.stop(),
         };
         if let Some(mut c) = child {
@@ -181,7 +181,7 @@ listen = "127.0.0.1:{bridge_port}"
 
     pub fn start_part(&mut self, part: Part) {
         match part {
-            Part::Tansu => self.tansu.restart(),
+            Part::Kafka => self.kafka.restart(),
             Part::Redis => self.redis.restart(),
             Part::Bridge => {
                 let child = Command::new(self.bins.join("billing-bridge"))
@@ -355,7 +355,7 @@ pub async fn fault_run(
                     }
                     std::thread::sleep(down);
                     // Storage first, then the services that use it.
-                    for p in [Part::Redis, Part::Tansu, Part::Bridge, Part::Host] {
+                    for p in [Part::Redis, Part::Kafka, Part::Bridge, Part::Host] {
                         if parts.contains(&p) {
                             c.start_part(p);
                         }

@@ -244,10 +244,10 @@ impl Reply {
     }
 }
 
-/// The bridge, in this process, for a [`Stack`]: its own Tansu, the relay
+/// The bridge, in this process, for a [`Stack`]: its own Kafka, the relay
 /// woken by the components' Redis nudges, and one consumer.
 pub struct Bridge {
-    pub tansu: billing_testkit::Tansu,
+    pub kafka: billing_testkit::Kafka,
     stop: tokio::sync::watch::Sender<bool>,
     workers: billing_bridge::workers::Workers,
 }
@@ -255,10 +255,10 @@ pub struct Bridge {
 impl Bridge {
     pub async fn start(stack: &Stack) -> Self {
         use billing_bridge::config::{RelayConfig, TopicsConfig};
-        let tansu = billing_testkit::Tansu::start(stack.dir.path());
+        let kafka = billing_testkit::Kafka::start(stack.dir.path());
         let db = stack.dir.path().join("billing.db");
         billing_bridge::topics::ensure(
-            &tansu.brokers(),
+            &kafka.brokers(),
             &TopicsConfig {
                 partitions: 2,
                 ..TopicsConfig::default()
@@ -287,7 +287,7 @@ impl Bridge {
         };
         let workers = billing_bridge::workers::Workers::spawn(
             &db,
-            &tansu.brokers(),
+            &kafka.brokers(),
             &stack.redis.url(),
             relay,
             settings,
@@ -296,7 +296,7 @@ impl Bridge {
         )
         .unwrap();
         Self {
-            tansu,
+            kafka,
             stop,
             workers,
         }

@@ -1,5 +1,5 @@
 //! The short fault run of `make test`: under light load (three users
-//! chatting, 50 inference events/s), billing-bridge, billing-host, Tansu and
+//! chatting, 50 inference events/s), billing-bridge, billing-host, Apache Kafka and
 //! redis-server are each SIGKILLed once at a random moment and started
 //! again, then all four together; the system drains and every view of the
 //! money — the generator's own records, the SQLite line items, the Redis

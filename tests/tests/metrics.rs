@@ -1,5 +1,5 @@
 //! The metrics component through billing-host, fed by the real bridge
-//! (Tansu, consumers, Redis aggregates): hand-computed figures; users see
+//! (Kafka, consumers, Redis aggregates): hand-computed figures; users see
 //! only their own; the SQLite fallback answers the same numbers when Redis
 //! lacks the aggregates or is down.
 

@@ -1,5 +1,5 @@
 //! The money path end to end: a chat turn and a collected inference event
-//! go through the API, the outbox, a real Kafka-protocol broker (Tansu) and
+//! go through the API, the outbox, Apache Kafka and
 //! the bridge's consumers into line items, and an invoice drafted through
 //! the API totals exactly what the two answers said they cost.
 

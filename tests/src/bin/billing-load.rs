@@ -7,7 +7,7 @@
 //!     against a running system (e.g. `make up`).
 //!
 //!   billing-load faults [--rounds 1] [--outage-s 0] [--seed N] [--users 4] [--events-per-s 100]
-//!     starts its own Tansu, redis-server, billing-bridge and billing-host in
+//!     starts its own Kafka, redis-server, billing-bridge and billing-host in
 //!     a temporary directory and SIGKILLs each of them at random moments
 //!     under load (one at a time, then all together, `--rounds` times), then
 //!     takes the broker away and Redis away for `--outage-s` each; then
@@ -148,7 +148,7 @@ async fn main() {
             });
             let mut steps = schedule(&mut Rng::new(seed), rounds);
             if outage_s > 0 {
-                for p in [Part::Tansu, Part::Redis] {
+                for p in [Part::Kafka, Part::Redis] {
                     steps.push((
                         Duration::from_secs(3),
                         Fault {

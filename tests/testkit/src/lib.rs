@@ -1,5 +1,6 @@
 //! `billing-testkit`: what integration tests need to run real servers of
-//! their own — a free port, and a redis-server that stops when dropped.
+//! their own — a free port, a redis-server and an Apache Kafka node that
+//! stop when dropped.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,38 +31,57 @@ struct Process(Option<Child>);
 
 impl Process {
     fn spawn(cmd: &mut Command, port: u16, what: &str, install_hint: &str) -> Self {
-        Self::spawn_logged(cmd, port, what, install_hint, None)
-    }
-
-    /// Like [`Process::spawn`], appending the server's output to `log`.
-    fn spawn_logged(
-        cmd: &mut Command,
-        port: u16,
-        what: &str,
-        install_hint: &str,
-        log: Option<&std::path::Path>,
-    ) -> Self {
-        let (out, err) = match log.and_then(|p| {
-            std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(p)
-                .ok()
-        }) {
-            Some(f) => (
-                Stdio::from(f.try_clone().expect("log file")),
-                Stdio::from(f),
-            ),
-            None => (Stdio::null(), Stdio::null()),
-        };
         let child = cmd
-            .stdout(out)
-            .stderr(err)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{what} did not start ({e}); {install_hint}"));
         let p = Self(Some(child));
         wait_for_port(port, what);
         p
+    }
+
+    /// Starts `cmd` with its output appended to `log` and waits until a line
+    /// after the first `skip` lines contains `ready`.
+    fn spawn_logged_until(
+        cmd: &mut Command,
+        log: &std::path::Path,
+        skip: usize,
+        ready: &str,
+        timeout: Duration,
+        what: &str,
+        install_hint: &str,
+    ) -> Self {
+        let f = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = cmd
+            .stdout(Stdio::from(f.try_clone().expect("log file")))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} did not start ({e}); {install_hint}"));
+        let mut p = Self(Some(child));
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.lines().skip(skip).any(|l| l.contains(ready)) {
+                return p;
+            }
+            let exited = p.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                p.stop();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                panic!(
+                    "{what} did not start ({}); {install_hint}; its log {}:\n{}",
+                    exited.map_or("timed out".to_string(), |s| s.to_string()),
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn stop(&mut self) {
@@ -119,64 +139,77 @@ impl Redis {
     }
 }
 
-/// The Tansu binary: `$TANSU`, else the one `scripts/ensure-deps.sh tansu`
-/// installs under `~/.cache/llm-billing/tools/bin`, else `tansu` on PATH.
-pub fn tansu_bin() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("TANSU") {
-        return p.into();
+/// `scripts/kafka-broker.sh` of this checkout: found from the directory of
+/// the crate whose tests run (cargo sets `CARGO_MANIFEST_DIR` for them), else
+/// from where this crate was built.
+pub fn kafka_broker_script() -> std::path::PathBuf {
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for start in runtime.iter().chain([&built]) {
+        for dir in start.ancestors() {
+            let script = dir.join("scripts/kafka-broker.sh");
+            if script.is_file() {
+                return script;
+            }
+        }
     }
-    let cached = std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
-        .join(".cache/llm-billing/tools/bin/tansu");
-    if cached.exists() {
-        cached
-    } else {
-        "tansu".into()
-    }
+    panic!(
+        "scripts/kafka-broker.sh not found above {}",
+        built.display()
+    )
 }
 
-/// A Kafka-protocol broker of its own (Tansu) on a free port, storing in a
-/// SQLite file so it can be stopped and started again without losing data.
-pub struct Tansu {
+/// An Apache Kafka node of its own (KRaft, broker and controller in one
+/// process, `scripts/kafka-broker.sh`) on free ports, storing under `dir`
+/// so it can be killed and started again without losing data.
+pub struct Kafka {
     pub port: u16,
+    controller_port: u16,
     dir: std::path::PathBuf,
     process: Process,
 }
 
-impl Tansu {
+impl Kafka {
+    /// Formats a new node's storage in `dir/kafka-<port>` and starts it;
+    /// returns once it serves (a minute at most).
     pub fn start(dir: &std::path::Path) -> Self {
-        let mut t = Self {
-            port: free_port(),
-            dir: dir.to_owned(),
+        let port = free_port();
+        let mut k = Self {
+            port,
+            controller_port: free_port(),
+            dir: dir.join(format!("kafka-{port}")),
             process: Process(None),
         };
-        t.restart();
-        t
+        k.restart();
+        k
     }
 
+    /// `HOST:PORT` for `bootstrap.servers`.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts it again on the same ports and storage, after [`Kafka::kill`].
     pub fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let mut cmd = Command::new(tansu_bin());
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        // Tansu resolves a sqlite:// path against its working directory.
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(&self.dir);
-        let log = self.dir.join("tansu.log");
-        self.process = Process::spawn_logged(
+        std::fs::create_dir_all(&self.dir).expect("the broker's directory");
+        let log = self.dir.join("kafka.log");
+        let lines_before = std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        let mut cmd = Command::new("bash");
+        cmd.arg(kafka_broker_script())
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string())
+            .env("KAFKA_HEAP_OPTS", "-Xms128m -Xmx512m");
+        self.process = Process::spawn_logged_until(
             &mut cmd,
-            self.port,
-            "tansu",
-            "make test installs it: scripts/ensure-deps.sh tansu",
-            Some(&log),
+            &log,
+            lines_before,
+            "Kafka Server started",
+            Duration::from_secs(90),
+            "Apache Kafka",
+            "make test installs it: scripts/ensure-deps.sh kafka",
         );
     }
 

@@ -6,7 +6,7 @@ use billing_bridge::relay;
 use billing_bridge::workers::Workers;
 use billing_core::events::{CloudEvent, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
-use billing_testkit::{Redis, Tansu};
+use billing_testkit::{Kafka, Redis};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use std::path::Path;
@@ -209,14 +209,14 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
     let dir = tempfile::tempdir().unwrap();
     // `--brokers HOST:PORT`: an external broker (a fresh one: the bench's
     // topics and groups must start empty), e.g. the docker-compose Kafka;
-    // else a Tansu of its own.
+    // else an Apache Kafka node of its own.
     let external = super::arg_text("--brokers");
-    let tansu = external.is_none().then(|| Tansu::start(dir.path()));
-    let brokers = external.unwrap_or_else(|| tansu.as_ref().unwrap().brokers());
+    let kafka = external.is_none().then(|| Kafka::start(dir.path()));
+    let brokers = external.unwrap_or_else(|| kafka.as_ref().unwrap().brokers());
     println!(
         "broker: {}",
-        if tansu.is_some() {
-            "Tansu (SQLite storage), started by the bench"
+        if kafka.is_some() {
+            "Apache Kafka (one KRaft node, scripts/kafka-broker.sh), started by the bench"
         } else {
             &brokers
         }

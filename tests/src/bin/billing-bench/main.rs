@@ -18,7 +18,7 @@
 //! token classes per event), rebuilt into Redis by the bridge's own code;
 //! and the SQLite fallback's latency on the same data.
 //! `bridge`: the bridge end to end (outbox → Kafka → consumers → line items
-//! and Redis aggregates) against its own Tansu and redis-server: sustained
+//! and Redis aggregates) against its own Apache Kafka and redis-server: sustained
 //! events/s draining a preloaded outbox, event→billed latency at a fixed
 //! offered load, and the raw produce+consume rate of the same broker in
 //! the same run (the ceiling).
