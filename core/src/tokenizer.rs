@@ -6,10 +6,18 @@
 //! count of the same text, labelled an estimate. The provider's
 //! `count_tokens` endpoint is the exact figure for Claude; callers prefer it
 //! when they can reach it.
+//!
+//! Nothing is built at run time: the vocabularies and the pre-tokenisation
+//! regex are static data made by `build.rs` (from tiktoken-rs, the same
+//! crate the tests compare every count against), so a fresh Spin instance
+//! pays nothing before its first count. Counting is tiktoken's
+//! `encode_ordinary`: split the text with the encoding's regex, then merge
+//! each piece's bytes pair by pair, lowest rank first (tiktoken's
+//! `_byte_pair_merge`).
 
+use regex_automata::dfa::{dense, Automaton};
+use regex_automata::{Anchored, Input};
 use serde::{Deserialize, Serialize};
-use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
-use tiktoken_rs::CoreBPE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,33 +35,233 @@ pub struct TokenCount {
     pub encoding: &'static str,
 }
 
-fn encoding_for(model: &str) -> (&'static CoreBPE, &'static str, CountMethod) {
-    match get_tokenizer(model) {
-        Some(Tokenizer::O200kBase) => (
-            tiktoken_rs::o200k_base_singleton(),
-            "o200k_base",
-            CountMethod::Exact,
-        ),
-        Some(Tokenizer::Cl100kBase) => (
-            tiktoken_rs::cl100k_base_singleton(),
-            "cl100k_base",
-            CountMethod::Exact,
-        ),
-        _ => (
-            tiktoken_rs::cl100k_base_singleton(),
-            "cl100k_base",
-            CountMethod::Estimate,
-        ),
+/// Bytes aligned for a `u32` read (the DFA's transition table needs it).
+#[repr(C)]
+struct Aligned<B: ?Sized> {
+    _align: [u32; 0],
+    bytes: B,
+}
+
+/// One BPE encoding as static data (see build.rs for the layout).
+pub struct Encoding {
+    pub name: &'static str,
+    tokens: &'static [u8],
+    offsets: &'static [u8],
+    table: &'static [u8],
+    dfa: &'static [u8],
+}
+
+macro_rules! encoding {
+    ($name:literal) => {{
+        static DFA: &Aligned<[u8]> = &Aligned {
+            _align: [],
+            bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".dfa")),
+        };
+        Encoding {
+            name: $name,
+            tokens: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".tokens")),
+            offsets: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".offsets")),
+            table: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".table")),
+            dfa: &DFA.bytes,
+        }
+    }};
+}
+
+/// GPT-4, GPT-3.5 and the text-embedding models; the stand-in for Claude.
+pub static CL100K_BASE: Encoding = encoding!("cl100k_base");
+/// GPT-4o, GPT-4.1, o1, o3, o4 and later OpenAI models.
+pub static O200K_BASE: Encoding = encoding!("o200k_base");
+
+/// Which pattern of the DFA matched (build.rs lists them in this order).
+const GIVE_BACK_LAST_CHAR: usize = 1;
+
+fn u32_at(bytes: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+}
+
+/// FNV-1a, 32 bits, as build.rs hashes the table.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
     }
+    h
+}
+
+impl Encoding {
+    /// Number of ordinary tokens.
+    pub fn len(&self) -> usize {
+        self.offsets.len() / 4 - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of token `rank`.
+    pub fn token(&self, rank: u32) -> &'static [u8] {
+        let r = rank as usize;
+        &self.tokens[u32_at(self.offsets, r) as usize..u32_at(self.offsets, r + 1) as usize]
+    }
+
+    /// The rank of `bytes`, if they are a token.
+    pub fn rank(&self, bytes: &[u8]) -> Option<u32> {
+        let mask = self.table.len() / 4 - 1;
+        let mut slot = fnv1a(bytes) as usize & mask;
+        loop {
+            let rank = u32_at(self.table, slot);
+            if rank == u32::MAX {
+                return None;
+            }
+            if self.token(rank) == bytes {
+                return Some(rank);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    fn dfa(&self) -> dense::DFA<&'static [u32]> {
+        // SAFETY: the bytes are what `DFA::to_bytes_little_endian` wrote in
+        // build.rs with this same regex-automata, for this little-endian
+        // target (wasm32 and x86_64 both are); `dfa_data_is_valid` checks
+        // them with the validating `from_bytes`.
+        unsafe { dense::DFA::from_bytes_unchecked(self.dfa) }
+            .expect("build.rs wrote a valid DFA")
+            .0
+    }
+
+    /// The number of tokens `text` encodes to (tiktoken's
+    /// `encode_ordinary(text).len()`: special-token text counts as text).
+    pub fn count(&self, text: &str) -> u64 {
+        let dfa = self.dfa();
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        let mut tokens = 0;
+        let mut parts = Vec::new();
+        while at < bytes.len() {
+            let input = Input::new(bytes).range(at..).anchored(Anchored::Yes);
+            let m = dfa
+                .try_search_fwd(&input)
+                .expect("a DFA without quit bytes never fails")
+                .expect("every character starts a piece");
+            let mut end = m.offset();
+            if m.pattern().as_usize() == GIVE_BACK_LAST_CHAR {
+                end -= text[..end].chars().next_back().map_or(0, char::len_utf8);
+            }
+            tokens += self.count_piece(&bytes[at..end], &mut parts);
+            at = end;
+        }
+        tokens
+    }
+
+    /// Tokens of one piece: one if it is a token, else what merging gives.
+    fn count_piece(&self, piece: &[u8], parts: &mut Vec<(usize, u32)>) -> u64 {
+        if piece.len() == 1 || self.rank(piece).is_some() {
+            return 1;
+        }
+        // parts[i] = (start of part i, rank of part i joined with part i+1).
+        parts.clear();
+        let pair_rank = |parts: &[(usize, u32)], i: usize| -> u32 {
+            if i + 2 < parts.len() {
+                self.rank(&piece[parts[i].0..parts[i + 2].0])
+                    .unwrap_or(u32::MAX)
+            } else {
+                u32::MAX
+            }
+        };
+        for i in 0..piece.len() {
+            parts.push((i, u32::MAX));
+        }
+        parts.push((piece.len(), u32::MAX));
+        for i in 0..parts.len() - 2 {
+            parts[i].1 = pair_rank(parts, i);
+        }
+        loop {
+            let (i, rank) = parts[..parts.len() - 1]
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, p.1))
+                .min_by_key(|&(i, r)| (r, i))
+                .expect("at least one part");
+            if rank == u32::MAX {
+                break;
+            }
+            parts.remove(i + 1);
+            parts[i].1 = pair_rank(parts, i);
+            if i > 0 {
+                parts[i - 1].1 = pair_rank(parts, i - 1);
+            }
+        }
+        (parts.len() - 1) as u64
+    }
+}
+
+/// The encoding OpenAI's tiktoken assigns `model` (its `model.py` table:
+/// exact names, then prefixes), for the two encodings counted here.
+pub fn openai_encoding(model: &str) -> Option<&'static Encoding> {
+    const O200K_NAMES: &[&str] = &["o1", "o3", "gpt-4.1", "chatgpt-4o-latest", "gpt-4o"];
+    const O200K_PREFIXES: &[&str] = &[
+        "o1-",
+        "o3-",
+        "o4-",
+        "gpt-4.1-",
+        "chatgpt-4o-",
+        "gpt-4o-",
+        "ft:gpt-4o",
+    ];
+    const CL100K_NAMES: &[&str] = &[
+        "gpt-4",
+        "gpt-3.5-turbo",
+        "gpt-3.5",
+        "gpt-35-turbo",
+        "davinci-002",
+        "babbage-002",
+        "text-embedding-ada-002",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+    ];
+    const CL100K_PREFIXES: &[&str] = &[
+        "gpt-4-",
+        "gpt-3.5-turbo-",
+        "gpt-35-turbo-",
+        "ft:gpt-4",
+        "ft:gpt-3.5-turbo",
+        "ft:davinci-002",
+        "ft:babbage-002",
+    ];
+    if O200K_NAMES.contains(&model) {
+        return Some(&O200K_BASE);
+    }
+    if CL100K_NAMES.contains(&model) {
+        return Some(&CL100K_BASE);
+    }
+    // The prefixes in tiktoken's order: the first that matches decides
+    // ("ft:gpt-4o" before "ft:gpt-4").
+    let prefixes = O200K_PREFIXES[..6]
+        .iter()
+        .map(|p| (*p, &O200K_BASE))
+        .chain(CL100K_PREFIXES[..3].iter().map(|p| (*p, &CL100K_BASE)))
+        .chain([(O200K_PREFIXES[6], &O200K_BASE)])
+        .chain(CL100K_PREFIXES[3..].iter().map(|p| (*p, &CL100K_BASE)));
+    for (prefix, encoding) in prefixes {
+        if model.starts_with(prefix) {
+            return Some(encoding);
+        }
+    }
+    None
 }
 
 /// Counts the tokens of `text` as `model` would see it.
 pub fn count_text(model: &str, text: &str) -> TokenCount {
-    let (bpe, encoding, method) = encoding_for(model);
+    let (encoding, method) = match openai_encoding(model) {
+        Some(e) => (e, CountMethod::Exact),
+        None => (&CL100K_BASE, CountMethod::Estimate),
+    };
     TokenCount {
-        tokens: bpe.encode_ordinary(text).len() as u64,
+        tokens: encoding.count(text),
         method,
-        encoding,
+        encoding: encoding.name,
     }
 }
 
@@ -77,5 +285,13 @@ mod tests {
         let c = count_text("claude-sonnet-4-5-20250929", "hello world");
         assert_eq!((c.tokens, c.method), (2, CountMethod::Estimate));
         assert_eq!(count_text("claude-haiku-4-5-20251001", "").tokens, 0);
+    }
+
+    // The static DFA data passes regex-automata's own validation (the counter skips it at run time).
+    #[test]
+    fn dfa_data_is_valid() {
+        for e in [&CL100K_BASE, &O200K_BASE] {
+            dense::DFA::from_bytes(e.dfa).unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        }
     }
 }

@@ -6,6 +6,7 @@
 //!
 //!   cargo run --release -p billing-e2e --bin billing-bench -- sqlite [--events 200000] [--batch 500]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- metrics [--line-items 10000000] [--requests 500]
+//!   cargo run --release -p billing-e2e --bin billing-bench -- tokens [--requests 200]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20] [--relay-batch 500] [--consumer-batch 500] [--batch-wait 5]
 //!
 //! `collector`: accepted events/s posting batches of fresh inference events.
@@ -17,6 +18,10 @@
 //! the aggregates of a ledger representing that many line items (three
 //! token classes per event), rebuilt into Redis by the bridge's own code;
 //! and the SQLite fallback's latency on the same data.
+//! `tokens`: `POST /api/tokens/count` latency (p50/p99) for about 2,000 and
+//! 100,000 tokens through billing-host, beside the same count done natively
+//! by billing-core in the same run (the limit); and llm-sim's answer to a
+//! chat turn's request (`POST /sim/v1/messages`), its share of a turn.
 //! `bridge`: the bridge end to end (outbox → Kafka → consumers → line items
 //! and Redis aggregates) against its own Apache Kafka and redis-server: sustained
 //! events/s draining a preloaded outbox, event→billed latency at a fixed
@@ -85,6 +90,7 @@ async fn main() {
         Some("sqlite") => {
             sqlite(arg("--events", 200_000), arg("--batch", 500));
         }
+        Some("tokens") => tokens(arg("--requests", 200) as usize).await,
         Some("bridge") => {
             bridge::run(
                 arg("--events", 20_000) as i64,
@@ -94,7 +100,9 @@ async fn main() {
             .await
         }
         _ => {
-            eprintln!("usage: billing-bench collector|invoice|metrics|sqlite|bridge [options]");
+            eprintln!(
+                "usage: billing-bench collector|invoice|metrics|sqlite|tokens|bridge [options]"
+            );
             std::process::exit(2);
         }
     }
@@ -447,4 +455,80 @@ async fn metrics(line_items: i64, requests: usize) {
             t.elapsed().as_secs_f64() * 1000.0
         );
     }
+}
+
+/// p50 and p99 of `samples`, in ms.
+fn p50_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50).as_secs_f64() * 1e3, at(0.99).as_secs_f64() * 1e3)
+}
+
+async fn tokens(requests: usize) {
+    use billing_core::tokenizer::count_text;
+    let s = Stack::start().await;
+    let client = reqwest::Client::new();
+    let model = "claude-haiku-4-5-20251001";
+    println!("machine: {}", machine());
+    println!("| text | tokens | through billing-host p50 / p99 | inside the component p50 | native p50 / p99 | host p50 / native p50 |");
+    println!("|---|---|---|---|---|---|");
+    let sentence =
+        "The invoice total is rounded to cents once, half to even; 12 línea items, 東京 ✓. ";
+    for (label, repeats, n) in [
+        ("~2,000 tokens", 80, requests),
+        ("~100,000 tokens", 4000, requests / 4),
+    ] {
+        let text = sentence.repeat(repeats);
+        let (mut host, mut inside, mut native) = (Vec::new(), Vec::new(), Vec::new());
+        let mut counted = 0;
+        for _ in 0..n.max(10) {
+            let t = Instant::now();
+            let r = client
+                .post(s.url("/api/tokens/count"))
+                .bearer_auth(ADMIN_KEY)
+                .json(&json!({"model": model, "text": text}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            host.push(t.elapsed());
+            inside.push(Duration::from_millis(v["elapsed_ms"].as_u64().unwrap_or(0)));
+            counted = v["input_tokens"].as_u64().unwrap();
+            let t = Instant::now();
+            let local = count_text(model, &text).tokens;
+            native.push(t.elapsed());
+            // The component adds 4 per request and 3 per message to the text's own count.
+            assert_eq!(local + 7, counted, "the component and billing-core agree");
+        }
+        let ((hp50, hp99), (ip50, _), (np50, np99)) = (
+            p50_p99(&mut host),
+            p50_p99(&mut inside),
+            p50_p99(&mut native),
+        );
+        println!(
+            "| {label} | {counted} | {hp50:.2} / {hp99:.2} ms | {ip50:.0} ms | {np50:.3} / {np99:.3} ms | {:.1}x |",
+            hp50 / np50
+        );
+    }
+    let turn = json!({"model": model, "max_tokens": 400, "messages": [
+        {"role": "user", "content": "How is a cache read priced, and when does the long-context tier apply to a request?"}
+    ]});
+    let mut sim = Vec::new();
+    for _ in 0..requests.max(10) {
+        let t = Instant::now();
+        let r = client
+            .post(s.url("/sim/v1/messages"))
+            .header("x-api-key", "bench")
+            .header("anthropic-version", "2023-06-01")
+            .json(&turn)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        r.bytes().await.unwrap();
+        sim.push(t.elapsed());
+    }
+    let (p50, p99) = p50_p99(&mut sim);
+    println!("llm-sim, one chat turn's request (POST /sim/v1/messages): p50 {p50:.2} ms, p99 {p99:.2} ms over {} requests", sim.len());
 }
