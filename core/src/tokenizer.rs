@@ -16,7 +16,7 @@
 //! `_byte_pair_merge`).
 
 use regex_automata::dfa::{dense, Automaton};
-use regex_automata::{Anchored, Input};
+use regex_automata::Anchored;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,40 @@ pub static O200K_BASE: Encoding = encoding!("o200k_base");
 
 /// Which pattern of the DFA matched (build.rs lists them in this order).
 const GIVE_BACK_LAST_CHAR: usize = 1;
+
+/// The leftmost-first match anchored at `at`: (pattern, end). The DFA is
+/// walked byte by byte (what `try_search_fwd` does, without its set-up per
+/// call, which cost more than the walk for pieces of a few bytes). A DFA
+/// reports a match one byte late: entering a match state on the byte at
+/// `i` means a match ended at `i`.
+fn next_piece(dfa: &dense::DFA<&'static [u32]>, bytes: &[u8], at: usize) -> (usize, usize) {
+    let config = regex_automata::util::start::Config::new()
+        .anchored(Anchored::Yes)
+        .look_behind(at.checked_sub(1).map(|i| bytes[i]));
+    let mut state = dfa
+        .start_state(&config)
+        .expect("an anchored start state exists");
+    let mut found = None;
+    let mut i = at;
+    while i < bytes.len() {
+        state = dfa.next_state(state, bytes[i]);
+        if dfa.is_special_state(state) {
+            if dfa.is_match_state(state) {
+                found = Some((dfa.match_pattern(state, 0).as_usize(), i));
+            } else if dfa.is_dead_state(state) {
+                break;
+            }
+        }
+        i += 1;
+    }
+    if i == bytes.len() {
+        state = dfa.next_eoi_state(state);
+        if dfa.is_match_state(state) {
+            found = Some((dfa.match_pattern(state, 0).as_usize(), i));
+        }
+    }
+    found.expect("every character starts a piece")
+}
 
 fn u32_at(bytes: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
@@ -140,13 +174,8 @@ impl Encoding {
         let mut tokens = 0;
         let mut parts = Vec::new();
         while at < bytes.len() {
-            let input = Input::new(bytes).range(at..).anchored(Anchored::Yes);
-            let m = dfa
-                .try_search_fwd(&input)
-                .expect("a DFA without quit bytes never fails")
-                .expect("every character starts a piece");
-            let mut end = m.offset();
-            if m.pattern().as_usize() == GIVE_BACK_LAST_CHAR {
+            let (pattern, mut end) = next_piece(&dfa, bytes, at);
+            if pattern == GIVE_BACK_LAST_CHAR {
                 end -= text[..end].chars().next_back().map_or(0, char::len_utf8);
             }
             tokens += self.count_piece(&bytes[at..end], &mut parts);

@@ -10,7 +10,7 @@
 use billing_core::money::line_cost;
 use billing_core::tokenizer::{count_text, CountMethod};
 use billing_core::Nanos;
-use billing_fn_common::input::{json_body, MAX_JSON_BYTES};
+use billing_fn_common::input::json_body;
 use billing_fn_common::prices::{model_by_name, price_in_force};
 use billing_fn_common::{clock, json, respond, ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
@@ -40,6 +40,10 @@ struct CountRequest {
 /// Framing tokens per message and per request, as llm-sim counts them.
 const PER_MESSAGE: u64 = 3;
 const PER_REQUEST: u64 = 4;
+/// Largest request body, in bytes: a prompt as long as a long-context
+/// window (2 MiB is about 500,000 tokens of English), the host's own
+/// default body limit; other endpoints keep the 256 KiB JSON limit.
+const MAX_PROMPT_BYTES: usize = 2 << 20;
 
 #[http_component]
 async fn handle(req: Request) -> Response {
@@ -56,7 +60,7 @@ async fn route(req: &Request) -> ApiResult<Response> {
     }
     let (db, _) = billing_fn_common::authenticated(req)?;
     let started = clock::monotonic_ms();
-    let body: CountRequest = json_body(req, MAX_JSON_BYTES)?;
+    let body: CountRequest = json_body(req, MAX_PROMPT_BYTES)?;
     let model = model_by_name(&db, &body.model)?
         .filter(|m| m.active)
         .ok_or_else(|| {

@@ -476,7 +476,7 @@ async fn tokens(requests: usize) {
         "The invoice total is rounded to cents once, half to even; 12 línea items, 東京 ✓. ";
     for (label, repeats, n) in [
         ("~2,000 tokens", 80, requests),
-        ("~100,000 tokens", 4000, requests / 4),
+        ("~100,000 tokens", 4330, requests / 4),
     ] {
         let text = sentence.repeat(repeats);
         let (mut host, mut inside, mut native) = (Vec::new(), Vec::new(), Vec::new());
