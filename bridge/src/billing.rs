@@ -49,36 +49,85 @@ fn price(v: i64) -> Result<PricePerMillion> {
     PricePerMillion::new(v).map_err(|e| anyhow::anyhow!("stored price: {e}"))
 }
 
-/// The token prices of `model` in force at `at`.
-fn token_price_at(
-    tx: &Transaction<'_>,
-    model_id: i64,
-    model: &str,
-    at: Timestamp,
-) -> Result<Option<PriceVersion>> {
-    let row = tx
-        .prepare_cached(
-            "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
-             FROM dim_token_pricing WHERE model_id = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
-        )?
-        .query_row((model_id, at.to_rfc3339()), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, [r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?])))
-        .optional()?;
-    let Some((pricing_id, from, p)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(PriceVersion {
-        pricing_id,
-        model: model.to_owned(),
-        effective_from: Timestamp::parse(&from)
-            .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
-        prices: TokenPrices {
-            input: price(p[0])?,
-            output: price(p[1])?,
-            cache_write_5m: price(p[2])?,
-            cache_write_1h: price(p[3])?,
-            cache_read: price(p[4])?,
-        },
-    }))
+/// Every token price version of `model`, newest first.
+fn token_prices(tx: &Transaction<'_>, model_id: i64, model: &str) -> Result<Vec<PriceVersion>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+         FROM dim_token_pricing WHERE model_id = ?1 ORDER BY effective_from DESC",
+    )?;
+    let rows = stmt.query_map([model_id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            [
+                r.get::<_, i64>(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ],
+        ))
+    })?;
+    let mut versions = Vec::new();
+    for row in rows {
+        let (pricing_id, from, p) = row?;
+        versions.push(PriceVersion {
+            pricing_id,
+            model: model.to_owned(),
+            effective_from: Timestamp::parse(&from)
+                .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
+            prices: TokenPrices {
+                input: price(p[0])?,
+                output: price(p[1])?,
+                cache_write_5m: price(p[2])?,
+                cache_write_1h: price(p[3])?,
+                cache_read: price(p[4])?,
+            },
+        });
+    }
+    Ok(versions)
+}
+
+impl Lookups {
+    fn user_exists(&mut self, tx: &Transaction<'_>, user_id: i64) -> Result<bool> {
+        if let Some(&known) = self.users.get(&user_id) {
+            return Ok(known);
+        }
+        let exists = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM dim_users WHERE user_id = ?1)")?
+            .query_row([user_id], |r| r.get(0))?;
+        self.users.insert(user_id, exists);
+        Ok(exists)
+    }
+
+    fn model_id(&mut self, tx: &Transaction<'_>, model: &str) -> Result<Option<i64>> {
+        if let Some(&known) = self.models.get(model) {
+            return Ok(known);
+        }
+        let id = tx
+            .prepare_cached("SELECT model_id FROM dim_models WHERE model_name = ?1")?
+            .query_row([model], |r| r.get::<_, i64>(0))
+            .optional()?;
+        self.models.insert(model.to_owned(), id);
+        Ok(id)
+    }
+
+    /// The token prices of `model` in force at `at`.
+    fn price_at(
+        &mut self,
+        tx: &Transaction<'_>,
+        model_id: i64,
+        model: &str,
+        at: Timestamp,
+    ) -> Result<Option<&PriceVersion>> {
+        if !self.prices.contains_key(&model_id) {
+            let versions = token_prices(tx, model_id, model)?;
+            self.prices.insert(model_id, versions);
+        }
+        Ok(self.prices[&model_id]
+            .iter()
+            .find(|v| v.effective_from <= at))
+    }
 }
 
 /// Parses a payload as an event of type `T`, or says why it never will be one.
@@ -91,6 +140,18 @@ fn parse<T: EventData>(payload: &[u8]) -> Result<CloudEvent<T>, String> {
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+/// What one batch has already read of the dimension tables: users, model
+/// ids and each model's price versions. Made anew for every batch, which
+/// holds SQLite's write lock for its whole transaction, so it sees exactly
+/// what a query per event would, and a new price is seen by the next batch.
+#[derive(Default)]
+pub struct Lookups {
+    users: std::collections::HashMap<i64, bool>,
+    models: std::collections::HashMap<String, Option<i64>>,
+    /// A model's versions, newest first.
+    prices: std::collections::HashMap<i64, Vec<PriceVersion>>,
 }
 
 /// Where a message was read from, for the ledger.
@@ -182,34 +243,31 @@ struct Priced {
 /// event can never be billed.
 fn price_event(
     tx: &Transaction<'_>,
+    lookups: &mut Lookups,
     user_id: i64,
     model: &str,
     at: Timestamp,
     usage: &Usage,
 ) -> Result<Result<Priced, Outcome>> {
-    if !user_exists(tx, user_id)? {
+    if !lookups.user_exists(tx, user_id)? {
         return Ok(Err(poison(
             "unknown_user",
             format!("there is no user {user_id}"),
         )));
     }
-    let Some(model_id) = tx
-        .prepare_cached("SELECT model_id FROM dim_models WHERE model_name = ?1")?
-        .query_row([model], |r| r.get::<_, i64>(0))
-        .optional()?
-    else {
+    let Some(model_id) = lookups.model_id(tx, model)? else {
         return Ok(Err(poison(
             "unknown_model",
             format!("unknown model `{model}`"),
         )));
     };
-    let Some(version) = token_price_at(tx, model_id, model, at)? else {
+    let Some(version) = lookups.price_at(tx, model_id, model, at)? else {
         return Ok(Err(poison(
             "no_price",
             format!("no price of `{model}` is in force at {at}"),
         )));
     };
-    match quote(&version, usage) {
+    match quote(version, usage) {
         Ok(quote) => Ok(Ok(Priced {
             model_id,
             pricing_id: version.pricing_id,
@@ -219,14 +277,18 @@ fn price_event(
     }
 }
 
-fn user_exists(tx: &Transaction<'_>, user_id: i64) -> Result<bool> {
+/// Whether the thread and the message exist here (one statement for both).
+fn thread_and_message(
+    tx: &Transaction<'_>,
+    thread_id: i64,
+    message_id: i64,
+) -> Result<(bool, bool)> {
     Ok(tx
-        .prepare_cached("SELECT count(*) FROM dim_users WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))?)
-}
-
-fn exists(tx: &Transaction<'_>, sql: &str, id: i64) -> Result<bool> {
-    Ok(tx.prepare_cached(sql)?.query_row([id], |r| r.get(0))?)
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM user_threads WHERE thread_id = ?1),
+                    EXISTS (SELECT 1 FROM user_thread_messages WHERE message_id = ?2)",
+        )?
+        .query_row((thread_id, message_id), |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
 /// One `user_invoice_line_item` per token class with tokens. Returns the rows written.
@@ -281,6 +343,7 @@ fn tokens_of(usage: &Usage) -> [u64; 5] {
 /// (roll back); the caller commits.
 pub fn process(
     tx: &Transaction<'_>,
+    lookups: &mut Lookups,
     topic: &str,
     payload: &[u8],
     origin: Origin,
@@ -311,18 +374,27 @@ pub fn process(
         Kind::Turn => {
             let ev = parse_or_poison!(TokenMetrics);
             seen_before!(ev);
-            bill_turn(tx, &ev, origin)
+            bill_turn(tx, lookups, &ev, origin)
         }
         Kind::Inference => {
             let ev = parse_or_poison!(InferenceEvent);
             seen_before!(ev);
-            bill_inference(tx, &ev, origin)
+            bill_inference(tx, lookups, &ev, origin)
         }
         Kind::Message => {
             let ev = parse_or_poison!(MessageSent);
             seen_before!(ev);
             let d = &ev.data;
-            analytics(tx, kind, &ev, d.model.as_str(), d.thread_id, 0, origin)
+            analytics(
+                tx,
+                lookups,
+                kind,
+                &ev,
+                d.model.as_str(),
+                d.thread_id,
+                0,
+                origin,
+            )
         }
         Kind::Response => {
             let ev = parse_or_poison!(LlmResponse);
@@ -330,6 +402,7 @@ pub fn process(
             let d = &ev.data;
             analytics(
                 tx,
+                lookups,
                 kind,
                 &ev,
                 d.model.as_str(),
@@ -365,8 +438,10 @@ fn fact<T: EventData>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn analytics<T: EventData>(
     tx: &Transaction<'_>,
+    lookups: &mut Lookups,
     kind: Kind,
     ev: &CloudEvent<T>,
     model: &str,
@@ -375,7 +450,7 @@ fn analytics<T: EventData>(
     origin: Origin,
 ) -> Result<Outcome> {
     let user_id = ev.data.user_id();
-    if !user_exists(tx, user_id)? {
+    if !lookups.user_exists(tx, user_id)? {
         return Ok(poison(
             "unknown_user",
             format!("there is no user {user_id}"),
@@ -391,28 +466,22 @@ fn analytics<T: EventData>(
 
 fn bill_turn(
     tx: &Transaction<'_>,
+    lookups: &mut Lookups,
     ev: &CloudEvent<TokenMetrics>,
     origin: Origin,
 ) -> Result<Outcome> {
     let d = &ev.data;
-    let priced = match price_event(tx, d.user_id, d.model.as_str(), ev.time, &d.usage)? {
+    let priced = match price_event(tx, lookups, d.user_id, d.model.as_str(), ev.time, &d.usage)? {
         Ok(p) => p,
         Err(outcome) => return Ok(outcome),
     };
     // The thread and message are referenced when they exist here (they do
     // unless the event came from elsewhere); the bill does not depend on them.
-    let thread = exists(
-        tx,
-        "SELECT count(*) FROM user_threads WHERE thread_id = ?1",
-        d.thread_id,
-    )?
-    .then_some(d.thread_id);
-    let message = exists(
-        tx,
-        "SELECT count(*) FROM user_thread_messages WHERE message_id = ?1",
-        d.message_id,
-    )?
-    .then_some(d.message_id);
+    let (thread, message) = thread_and_message(tx, d.thread_id, d.message_id)?;
+    let (thread, message) = (
+        thread.then_some(d.thread_id),
+        message.then_some(d.message_id),
+    );
     let at = ev.time.to_rfc3339();
     let line_items = insert_token_lines(
         tx,
@@ -439,11 +508,12 @@ fn bill_turn(
 /// force at its time; a resource without a price then is not billed.
 fn bill_inference(
     tx: &Transaction<'_>,
+    lookups: &mut Lookups,
     ev: &CloudEvent<InferenceEvent>,
     origin: Origin,
 ) -> Result<Outcome> {
     let d = &ev.data;
-    let priced = match price_event(tx, d.user_id, d.model.as_str(), ev.time, &d.usage)? {
+    let priced = match price_event(tx, lookups, d.user_id, d.model.as_str(), ev.time, &d.usage)? {
         Ok(p) => p,
         Err(outcome) => return Ok(outcome),
     };

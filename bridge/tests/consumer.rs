@@ -547,3 +547,104 @@ async fn aggregates_are_marked_and_incremented_together() {
         .unwrap();
     assert_eq!(aggs.apply(&[fact("d", 1)]).await.unwrap(), vec![0]);
 }
+
+// A message the database rejects for good (here an api_events row with its identity already there, written by no
+// consumer) is dead-lettered as rejected_by_database; the other messages of its batch are billed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_rejection_spoils_nothing_else() {
+    use billing_core::events::{InferenceEvent, InferenceStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(dir.path());
+    let db = dir.path().join("billing.db");
+    billing_migrations::open_and_migrate(&db).unwrap();
+    billing_bridge::topics::ensure(
+        &kafka.brokers(),
+        &TopicsConfig {
+            partitions: 1,
+            ..TopicsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let event = |id: &str| {
+        CloudEvent::new(
+            id,
+            "/services/batch",
+            Timestamp::parse("2026-03-10T12:00:00Z").unwrap(),
+            None,
+            InferenceEvent {
+                user_id: 2,
+                model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
+                request_id: format!("req-{id}"),
+                status: InferenceStatus::Succeeded,
+                http_status: Some(200),
+                latency_ms: 100,
+                compute_ms: 0,
+                usage: Usage {
+                    input_tokens: 100,
+                    output_tokens: 50,
+                    ..Default::default()
+                },
+            },
+        )
+    };
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, latency_ms, compute_ms,
+             input_tokens, output_tokens, cache_creation_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, occurred_at)
+         SELECT '/services/batch', 'inf-b', event_type_id, 2, model_id, 'elsewhere', 'succeeded', 1, 0, 0, 0, 0, 0, 0, 0, '2026-03-10T12:00:00.000Z'
+         FROM dim_event_types, dim_models WHERE event_type = 'llm-billing.inference' AND model_name = 'claude-haiku-4-5-20251001'",
+        [],
+    )
+    .unwrap();
+    let raw = producer(&kafka.brokers(), 5000).unwrap();
+    for id in ["inf-a", "inf-b", "inf-c"] {
+        raw.send(
+            FutureRecord::to("inference-events")
+                .key("2")
+                .payload(&event(id).to_json()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    }
+    let redis = Redis::start();
+    consume_until(
+        &db,
+        &kafka.brokers(),
+        &redis,
+        "bridge-test-rejection",
+        2,
+        Duration::from_secs(1),
+    )
+    .await;
+    let billed: Vec<String> = conn
+        .prepare("SELECT event_id FROM processed_events ORDER BY event_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(billed, ["inf-a", "inf-c"]);
+    let lines: i64 = conn
+        .query_row("SELECT count(*) FROM user_invoice_line_item", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(lines, 4, "input and output of the two events, once each");
+    let dlq = reader(&kafka.brokers(), "dead-letter");
+    let m = tokio::time::timeout(Duration::from_secs(20), dlq.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    let code = m
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "dlq-code")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(code.as_deref(), Some("rejected_by_database"));
+    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    assert_eq!(v["id"], "inf-b");
+}

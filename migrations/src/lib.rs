@@ -108,6 +108,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0006_outbox_without_unique.sql",
         include_str!("../0006_outbox_without_unique.sql"),
     ),
+    (
+        "0007_unused_line_item_indexes.sql",
+        include_str!("../0007_unused_line_item_indexes.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.
