@@ -127,6 +127,12 @@ impl Aggregates {
         }
     }
 
+    /// Another handle on the same Redis and settings, not yet connected:
+    /// what stays behind while this one is moved into a task.
+    pub fn detached(&self) -> Self {
+        Self::new(&self.url, self.mark_ttl_s)
+    }
+
     async fn conn(&mut self) -> Result<MultiplexedConnection> {
         if let Some(c) = &self.conn {
             return Ok(c.clone());

@@ -30,7 +30,7 @@ pub struct Config {
 pub struct ConsumerConfig {
     /// Kafka consumer group; every bridge process in it shares the partitions. Example: "billing-bridge".
     pub group: String,
-    /// Most messages handled in one SQLite transaction. Example: 500.
+    /// Most messages handled in one SQLite transaction. Example: 2000.
     pub batch_size: usize,
     /// How long a batch waits for more messages after its first, in ms. Example: 5.
     pub batch_wait_ms: u64,
@@ -73,7 +73,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
-    /// Most outbox rows produced per round. Example: 500.
+    /// Most outbox rows produced per round. Example: 2000.
     pub batch_size: usize,
     /// How often the outbox is read when no nudge arrives, in ms. Example: 500.
     pub poll_interval_ms: u64,
@@ -117,7 +117,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         Self {
             group: "billing-bridge".into(),
-            batch_size: 500,
+            batch_size: 2000,
             batch_wait_ms: 5,
             fetch_wait_ms: 500,
             session_timeout_ms: 45_000,
@@ -147,7 +147,7 @@ impl Default for HttpConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            batch_size: 500,
+            batch_size: 2000,
             poll_interval_ms: 500,
             delivery_timeout_ms: 10_000,
             lease_ms: 15_000,

@@ -8,12 +8,14 @@
 //!    good (a constraint) becomes poison without spoiling the batch;
 //! 2. sends poison to `dead-letter` with `dlq-reason`, `dlq-code`,
 //!    `dlq-topic`, `dlq-partition`, `dlq-offset` headers;
-//! 3. applies the facts to the Redis aggregates ([`crate::aggregates`]),
-//!    guarded by each event's mark, which also sends the live notices;
-//! 4. produces a `processed-events` record per event applied now — these
-//!    travel while the next batch is handled;
-//! 5. only once they are delivered stores the batch's offsets (committed
-//!    in the background and on shutdown).
+//! 3. then, in a second stage that runs while the next batch is written
+//!    to SQLite, applies the facts to the Redis aggregates
+//!    ([`crate::aggregates`]), guarded by each event's mark, which also
+//!    sends the live notices, and produces a `processed-events` record per
+//!    event applied now;
+//! 4. only once that stage is done stores the batch's offsets (committed
+//!    in the background and on shutdown). One batch at a time is in the
+//!    second stage, so offsets are stored in order.
 //!
 //! A transient failure at any step (SQLite busy, Redis away, broker away)
 //! is retried with backoff; nothing is skipped. A crash anywhere replays
@@ -301,8 +303,7 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let Some(records) =
-            handle(&batch, conn, &mut producer, brokers, aggregates, &mut stop).await?
+        let Some((facts, items)) = write(&batch, conn, &mut producer, brokers, &mut stop).await?
         else {
             tracing::info!(
                 messages = batch.len(),
@@ -310,37 +311,31 @@ pub async fn run(
             );
             break;
         };
-        // The batch's processed-events records travel while the next batch
-        // is handled; its offsets are stored once they are delivered.
-        let deliveries = records
-            .iter()
-            .map(|(key, payload)| {
-                producer
-                    .send_result(
-                        FutureRecord::to(topics::PROCESSED_EVENTS)
-                            .key(key)
-                            .payload(payload),
-                    )
-                    .ok()
-            })
-            .collect();
+        // At most one batch in its second stage: the previous one's must end
+        // (its offsets stored) before this one's starts.
+        if let Some(previous) = in_flight.take() {
+            if !previous.finish(&consumer, aggregates).await? {
+                break;
+            }
+        }
         let offsets = batch
             .iter()
             .map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
             .collect();
-        if let Some(previous) = in_flight.replace(InFlight {
-            records,
-            deliveries,
-            offsets,
-        }) {
-            if !finish(previous, &consumer, &mut producer, brokers, &mut stop).await? {
-                in_flight = None;
-                break;
-            }
-        }
+        // The second stage (Redis aggregates, then processed-events) runs
+        // while the next batch is written to SQLite.
+        let task = tokio::spawn(announce(
+            std::mem::replace(aggregates, aggregates.detached()),
+            facts,
+            items,
+            producer.clone(),
+            brokers.to_owned(),
+            stop.clone(),
+        ));
+        in_flight = Some(InFlight { task, offsets });
     }
     if let Some(last) = in_flight.take() {
-        finish(last, &consumer, &mut producer, brokers, &mut stop).await?;
+        last.finish(&consumer, aggregates).await?;
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
@@ -348,19 +343,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Takes one batch through every step. Returns false when stopped before
-/// the batch was done (its offsets must not be stored).
-async fn handle(
+/// The first stage of a batch: its SQLite transaction, then its dead
+/// letters. Returns the facts of the events handled (billed now or before)
+/// with their line-item counts, or `None` when stopped first.
+async fn write(
     batch: &[BorrowedMessage<'_>],
     conn: &mut Connection,
     producer: &mut FutureProducer,
     brokers: &str,
-    aggregates: &mut Aggregates,
     stop: &mut watch::Receiver<bool>,
-) -> Result<Option<Vec<(String, String)>>> {
+) -> Result<Option<(Vec<Fact>, Vec<usize>)>> {
     let mut backoff = Duration::from_millis(50);
     let outcomes = loop {
-        match handle_batch(conn, batch) {
+        // SQLite blocks (and may wait for the write lock): the runtime moves
+        // this worker's other tasks (the second stage, the relay) elsewhere.
+        match tokio::task::block_in_place(|| handle_batch(conn, batch)) {
             Ok(o) => break o,
             Err(e) => {
                 metrics().inc("billing_bridge_sqlite_errors_total", String::new(), 1);
@@ -378,18 +375,12 @@ async fn handle(
 
     let mut facts = Vec::new();
     let mut items = Vec::new();
-    for (msg, outcome) in batch.iter().zip(&outcomes) {
+    let mut counted: Vec<((&str, &'static str), u64)> = Vec::new();
+    for (msg, outcome) in batch.iter().zip(outcomes) {
         let outcome_label = match outcome {
             Outcome::Billed { fact, line_items } => {
-                tracing::debug!(
-                    topic = msg.topic(),
-                    line_items,
-                    cost_nanos = fact.cost_nanos,
-                    offset = msg.offset(),
-                    "Handled an event."
-                );
-                facts.push(fact.clone());
-                items.push(*line_items);
+                facts.push(fact);
+                items.push(line_items);
                 "billed"
             }
             Outcome::Duplicate { fact, line_items } => {
@@ -397,13 +388,13 @@ async fn handle(
                     offset = msg.offset(),
                     "Event seen before; its aggregates are checked."
                 );
-                facts.push(fact.clone());
-                items.push(*line_items);
+                facts.push(fact);
+                items.push(line_items);
                 "duplicate"
             }
             Outcome::Poison { code, reason } => {
                 let mut backoff = Duration::from_millis(50);
-                while let Err(e) = dead_letter(producer, msg, code, reason).await {
+                while let Err(e) = dead_letter(producer, msg, code, &reason).await {
                     *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
                     metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
                     tracing::warn!(error = %e, "Dead-letter delivery failed; retrying.");
@@ -427,13 +418,39 @@ async fn handle(
                 "dead_letter"
             }
         };
+        match counted
+            .iter_mut()
+            .find(|(k, _)| *k == (msg.topic(), outcome_label))
+        {
+            Some((_, n)) => *n += 1,
+            None => counted.push(((msg.topic(), outcome_label), 1)),
+        }
+    }
+    // Counted once per batch and label, not once per event under the registry's lock.
+    for ((topic, outcome), n) in counted {
         metrics().inc(
             "billing_bridge_events_total",
-            labels(&[("topic", msg.topic()), ("outcome", outcome_label)]),
-            1,
+            labels(&[("topic", topic), ("outcome", outcome)]),
+            n,
         );
     }
+    Ok(Some((facts, items)))
+}
 
+/// The second stage of a batch: its facts applied to the Redis aggregates
+/// (each guarded by its mark, so a replay adds nothing), then one
+/// `processed-events` record per event applied now, delivered. Returns the
+/// aggregates (moved in for the stage) and whether it finished: false when
+/// stopped first, and then the batch's offsets must not be stored.
+async fn announce(
+    mut aggregates: Aggregates,
+    facts: Vec<Fact>,
+    items: Vec<usize>,
+    mut producer: FutureProducer,
+    brokers: String,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(Aggregates, bool)> {
+    let stop = &mut stop;
     let mut backoff = Duration::from_millis(50);
     let applied = loop {
         match aggregates.apply(&facts).await {
@@ -445,7 +462,7 @@ async fn handle(
                     "Updating the aggregates failed; retrying."
                 );
                 if !back_off(&mut backoff, stop).await {
-                    return Ok(None);
+                    return Ok((aggregates, false));
                 }
             }
         }
@@ -458,7 +475,6 @@ async fn handle(
             );
         }
     }
-
     let records: Vec<(String, String)> = applied
         .iter()
         .filter(|&&i| facts[i].kind.is_billed())
@@ -469,29 +485,64 @@ async fn handle(
             )
         })
         .collect();
-    Ok(Some(records))
+    let deliveries = records
+        .iter()
+        .map(|(key, payload)| {
+            producer
+                .send_result(
+                    FutureRecord::to(topics::PROCESSED_EVENTS)
+                        .key(key)
+                        .payload(payload),
+                )
+                .ok()
+        })
+        .collect();
+    let delivered = deliver(&records, deliveries, &mut producer, &brokers, stop).await?;
+    Ok((aggregates, delivered))
 }
 
-/// A handled batch whose `processed-events` records are on their way.
+/// A batch in its second stage.
 struct InFlight {
-    records: Vec<(String, String)>,
-    /// One per record; `None` when it could not even be queued.
-    deliveries: Vec<Option<rdkafka::producer::DeliveryFuture>>,
+    task: tokio::task::JoinHandle<Result<(Aggregates, bool)>>,
     offsets: Vec<(String, i32, i64)>,
 }
 
-/// Waits for a batch's `processed-events` deliveries (sending again what
-/// failed, with a fresh producer), then stores the batch's offsets.
-/// Returns false when stopped first (the offsets stay unstored).
-async fn finish(
-    batch: InFlight,
-    consumer: &StreamConsumer<LagContext>,
+impl InFlight {
+    /// Waits for the stage, takes the aggregates back, and stores the
+    /// batch's offsets if it finished. Returns whether it did.
+    async fn finish(
+        self,
+        consumer: &StreamConsumer<LagContext>,
+        aggregates: &mut Aggregates,
+    ) -> Result<bool> {
+        let (returned, finished) = self
+            .task
+            .await
+            .context("the aggregates and processed-events stage panicked")??;
+        *aggregates = returned;
+        if finished {
+            for (topic, partition, offset) in &self.offsets {
+                if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
+                    // The partition moved to another member; that member replays it.
+                    tracing::debug!(error = %e, partition, "Offset not stored.");
+                }
+            }
+        }
+        Ok(finished)
+    }
+}
+
+/// Waits for a batch's `processed-events` deliveries, sending again what
+/// failed with a fresh producer. Returns false when stopped first.
+async fn deliver(
+    records: &[(String, String)],
+    deliveries: Vec<Option<rdkafka::producer::DeliveryFuture>>,
     producer: &mut FutureProducer,
     brokers: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool> {
     let mut failed = Vec::new();
-    for (i, delivery) in batch.deliveries.into_iter().enumerate() {
+    for (i, delivery) in deliveries.into_iter().enumerate() {
         let delivered = match delivery {
             Some(d) => matches!(d.await, Ok(Ok(_))),
             None => false,
@@ -512,7 +563,7 @@ async fn finish(
             return Ok(false);
         }
         let sends = failed.iter().map(|&i| {
-            let (key, payload) = &batch.records[i];
+            let (key, payload) = &records[i];
             producer.send(
                 FutureRecord::to(topics::PROCESSED_EVENTS)
                     .key(key)
@@ -527,12 +578,6 @@ async fn finish(
             .filter(|(_, r)| r.is_err())
             .map(|(i, _)| i)
             .collect();
-    }
-    for (topic, partition, offset) in &batch.offsets {
-        if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
-            // The partition moved to another member; that member replays it.
-            tracing::debug!(error = %e, partition, "Offset not stored.");
-        }
     }
     Ok(true)
 }

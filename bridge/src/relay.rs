@@ -96,13 +96,16 @@ impl Relay {
         Ok(taken == 1)
     }
 
-    /// Rows waiting in the outbox.
+    /// Rows waiting in the outbox, as the span of their ids (two index
+    /// look-ups instead of a count that reads every row): exact while rows
+    /// leave in order, an upper bound while failed rows wait between
+    /// delivered ones.
     pub fn backlog(&self) -> Result<i64> {
-        Ok(self
-            .db
-            .lock()
-            .unwrap()
-            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?)
+        Ok(self.db.lock().unwrap().query_row(
+            "SELECT coalesce(max(outbox_id) - min(outbox_id) + 1, 0) FROM outbox",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     fn read(&self) -> Result<Vec<OutboxRow>> {
@@ -121,13 +124,23 @@ impl Relay {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn delete(&self, ids: &[i64]) -> Result<()> {
+    /// Deletes delivered rows. When every row read was delivered, one range
+    /// delete: a read takes the lowest ids, and ids are given in commit
+    /// order (one writer at a time, AUTOINCREMENT), so no row at or below
+    /// the highest id read can have been missed.
+    fn delete(&self, ids: &[i64], all_read: bool) -> Result<()> {
         let mut db = self.db.lock().unwrap();
         let tx = db.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE outbox_id = ?1")?;
-            for id in ids {
-                stmt.execute([id])?;
+        match (all_read, ids.last()) {
+            (true, Some(&last)) => {
+                tx.prepare_cached("DELETE FROM outbox WHERE outbox_id <= ?1")?
+                    .execute([last])?;
+            }
+            _ => {
+                let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE outbox_id = ?1")?;
+                for id in ids {
+                    stmt.execute([id])?;
+                }
             }
         }
         tx.commit()?;
@@ -147,10 +160,13 @@ impl Relay {
 
     /// Produces one batch and deletes what the broker acknowledged.
     pub async fn round(&self) -> Result<Round> {
-        if !self.lease()? {
+        // SQLite blocks (and may wait for the consumers' write lock): the
+        // runtime moves this worker's other tasks elsewhere meanwhile.
+        use tokio::task::block_in_place;
+        if !block_in_place(|| self.lease())? {
             return Ok(Round::default());
         }
-        let rows = self.read()?;
+        let rows = block_in_place(|| self.read())?;
         if rows.is_empty() {
             crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), 0);
             return Ok(Round::default());
@@ -159,7 +175,7 @@ impl Relay {
         let backlog = if rows.len() < self.cfg.batch_size {
             rows.len() as i64
         } else {
-            self.backlog()?
+            block_in_place(|| self.backlog())?
         };
         crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), backlog);
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
@@ -184,10 +200,10 @@ impl Relay {
                 Err((e, _)) => failed.push((row.outbox_id, e.to_string())),
             }
         }
-        self.delete(&delivered)?;
+        block_in_place(|| self.delete(&delivered, failed.is_empty()))?;
         if !failed.is_empty() {
             tracing::warn!(failed = failed.len(), error = %failed[0].1, "The broker did not take some outbox rows; they stay for the next round.");
-            self.note_failures(&failed)?;
+            block_in_place(|| self.note_failures(&failed))?;
             *self.producer.lock().unwrap() = producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
         }
         let m = crate::metrics::global();

@@ -86,14 +86,20 @@ fn start_bridge(db: &Path, brokers: &str, redis: &str, group: &str) -> Running {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let relay = RelayConfig {
         poll_interval_ms: 50,
-        batch_size: super::arg("--relay-batch", 500) as usize,
+        batch_size: super::arg("--relay-batch", RelayConfig::default().batch_size as u64) as usize,
         ..RelayConfig::default()
     };
     let settings = Settings {
         group: group.to_owned(),
-        batch_size: super::arg("--consumer-batch", 500) as usize,
+        batch_size: super::arg(
+            "--consumer-batch",
+            billing_bridge::config::ConsumerConfig::default().batch_size as u64,
+        ) as usize,
         batch_wait_ms: super::arg("--batch-wait", 5),
-        fetch_wait_ms: super::arg("--fetch-wait", 50),
+        fetch_wait_ms: super::arg(
+            "--fetch-wait",
+            billing_bridge::config::ConsumerConfig::default().fetch_wait_ms,
+        ),
         session_timeout_ms: 45_000,
         instance_id: None,
     };
@@ -157,7 +163,11 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
         .set("group.id", "bench-raw")
         .set(
             "fetch.wait.max.ms",
-            super::arg("--fetch-wait", 50).to_string(),
+            super::arg(
+                "--fetch-wait",
+                billing_bridge::config::ConsumerConfig::default().fetch_wait_ms,
+            )
+            .to_string(),
         )
         .set("auto.offset.reset", "earliest")
         .create()
@@ -168,7 +178,9 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
     let produce = tokio::spawn({
         let payload = payload.to_owned();
         async move {
-            for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+            // Up to 10,000 sends in flight: the producer batches them as it
+            // would under load, so this is the broker's rate, not a round trip's.
+            for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
                 let sends = chunk.iter().map(|i| {
                     let key = (i % USERS).to_string();
                     let p = producer.clone();
