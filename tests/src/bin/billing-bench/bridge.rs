@@ -346,4 +346,13 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
         percentile(&lat, 0.99),
         lat.last().unwrap()
     );
+    // The bridge runs in this process, so its peak resident memory is at
+    // most the process's (which also holds the bench's own data).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap_or("?")
+        .trim();
+    println!("peak resident memory of this process (bridge + bench): {peak}");
 }
