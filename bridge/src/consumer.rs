@@ -30,10 +30,9 @@ use billing_core::events::{
     TokenMetrics,
 };
 use billing_core::{Nanos, Timestamp};
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, ClientContext, Statistics};
 use rusqlite::{Connection, TransactionBehavior};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -64,59 +63,6 @@ pub struct Settings {
     pub session_timeout_ms: u64,
     /// Static group membership under this name, if any.
     pub instance_id: Option<String>,
-}
-
-/// Feeds consumer lag per partition into the metrics from librdkafka's statistics.
-pub struct LagContext;
-
-impl ClientContext for LagContext {
-    fn stats(&self, stats: Statistics) {
-        for (topic, t) in &stats.topics {
-            for (partition, p) in &t.partitions {
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics().set(
-                        "billing_bridge_consumer_lag",
-                        labels(&[("topic", topic), ("partition", &partition.to_string())]),
-                        p.consumer_lag,
-                    );
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for LagContext {
-    fn post_rebalance(
-        &self,
-        _: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
-    ) {
-        let list = |tpl: &rdkafka::TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        match rebalance {
-            rdkafka::consumer::Rebalance::Assign(tpl) => {
-                metrics().set(
-                    "billing_bridge_assigned_partitions",
-                    String::new(),
-                    tpl.count() as i64,
-                );
-                tracing::info!(partitions = list(tpl), "Partitions assigned.")
-            }
-            rdkafka::consumer::Rebalance::Revoke(tpl) => {
-                // The eager protocol (range) revokes the whole assignment.
-                metrics().set("billing_bridge_assigned_partitions", String::new(), 0);
-                tracing::info!(partitions = list(tpl), "Partitions revoked.")
-            }
-            rdkafka::consumer::Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "Rebalance failed.")
-            }
-        }
-    }
 }
 
 /// Whether `stop` has been raised.
@@ -244,32 +190,16 @@ pub async fn run(
 ) -> Result<()> {
     // Dead letters and processed-events; replaced after a failed delivery,
     // like the relay's, so a broker that lost its producer state takes it.
-    let mut producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
-    let mut config = ClientConfig::new();
-    if let Some(id) = &settings.instance_id {
-        config.set("group.instance.id", id);
-    }
-    let consumer: StreamConsumer<LagContext> = config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (settings.session_timeout_ms / 3)
-                .clamp(100, 3000)
-                .to_string(),
-        )
-        .create_with_context(LagContext)
-        .context("creating the Kafka consumer")?;
+    let mut producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+    let consumer = crate::kafka::group_consumer(
+        brokers,
+        &crate::kafka::Membership {
+            group: &settings.group,
+            instance_id: settings.instance_id.as_deref(),
+            fetch_wait_ms: settings.fetch_wait_ms,
+            session_timeout_ms: settings.session_timeout_ms,
+        },
+    )?;
     consumer.subscribe(&TOPICS)?;
     let mut in_flight: Option<InFlight> = None;
     loop {
@@ -395,7 +325,7 @@ async fn write(
             Outcome::Poison { code, reason } => {
                 let mut backoff = Duration::from_millis(50);
                 while let Err(e) = dead_letter(producer, msg, code, &reason).await {
-                    *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+                    *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
                     metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
                     tracing::warn!(error = %e, "Dead-letter delivery failed; retrying.");
                     if !back_off(&mut backoff, stop).await {
@@ -512,7 +442,7 @@ impl InFlight {
     /// batch's offsets if it finished. Returns whether it did.
     async fn finish(
         self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &StreamConsumer<crate::kafka::LagContext>,
         aggregates: &mut Aggregates,
     ) -> Result<bool> {
         let (returned, finished) = self
@@ -558,7 +488,7 @@ async fn deliver(
             failed = failed.len(),
             "Producing processed-events failed; retrying."
         );
-        *producer = crate::relay::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+        *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
         if !back_off(&mut backoff, stop).await {
             return Ok(false);
         }
@@ -620,9 +550,4 @@ async fn dead_letter(
     Ok(())
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::now_ms;

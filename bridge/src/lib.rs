@@ -5,6 +5,8 @@
 //! - [`service`]: [`run`] — start-up, the workers, the HTTP side, drain on
 //!   shutdown, and a non-zero end when a worker stops on its own.
 //! - [`config`]: the strict configuration (file and environment).
+//! - [`kafka`]: the Kafka client settings in one place — the idempotent
+//!   producer, the group consumer and its telemetry, the readiness client.
 //! - [`topics`]: creates the topics that are missing, with the configured
 //!   partitions and retention, through the Kafka admin API.
 //! - [`relay`]: the transactional-outbox relay — produces outbox rows in
@@ -24,6 +26,7 @@ pub mod aggregates;
 pub mod billing;
 pub mod config;
 pub mod consumer;
+pub mod kafka;
 pub mod live;
 pub mod metrics;
 pub mod relay;
@@ -33,3 +36,11 @@ pub mod workers;
 
 pub use config::Config;
 pub use service::run;
+
+/// Milliseconds since the Unix epoch, from the system clock (0 before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

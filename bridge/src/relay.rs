@@ -14,7 +14,6 @@ use anyhow::{Context, Result};
 use futures::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::Mutex;
@@ -51,17 +50,7 @@ pub struct Relay {
     holder: String,
 }
 
-/// An idempotent producer: acks from all in-sync replicas, ordered retries.
-pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", delivery_timeout_ms.to_string())
-        .set("linger.ms", "5")
-        .create()
-        .context("creating the Kafka producer")
-}
+pub use crate::kafka::producer;
 
 impl Relay {
     pub fn new(cfg: &Config) -> Result<Self> {
@@ -75,7 +64,7 @@ impl Relay {
             "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_default(),
             std::process::id(),
-            crate::consumer::now_ms()
+            crate::now_ms()
         );
         Ok(Self {
             db: Mutex::new(db),
@@ -88,7 +77,7 @@ impl Relay {
 
     /// Takes or renews the relay lease; false while another process holds it.
     fn lease(&self) -> Result<bool> {
-        let now = crate::consumer::now_ms();
+        let now = crate::now_ms();
         let db = self.db.lock().unwrap();
         let taken = db
             .prepare_cached("UPDATE relay_lease SET holder = ?1, expires_ms = ?2 WHERE lease_id = 1 AND (holder = ?1 OR expires_ms < ?3)")?

@@ -59,12 +59,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     let live = Arc::new(live::Live {
         database: cfg.database.clone(),
         redis_url: cfg.redis_url.clone(),
-        kafka: Arc::new(
-            rdkafka::ClientConfig::new()
-                .set("bootstrap.servers", &cfg.brokers)
-                .create()
-                .context("creating the Kafka client for /readyz")?,
-        ),
+        kafka: Arc::new(crate::kafka::metadata_client(&cfg.brokers)?),
         admin_api_key: cfg.admin_api_key.clone(),
         heartbeat: Duration::from_secs(cfg.http.sse_heartbeat_s),
         notices,
@@ -142,7 +137,7 @@ pub fn consumer_settings(cfg: &Config) -> consumer::Settings {
 async fn keep_aggregates_complete(cfg: Config, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let checked = async {
-            let now = billing_core::Timestamp::from_millis(consumer::now_ms())
+            let now = billing_core::Timestamp::from_millis(crate::now_ms())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             aggregates::ensure_complete(
                 &cfg.database,

@@ -481,29 +481,28 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
             "billing_bridge_events_total{topic=\"token-metrics\"",
         )
     };
-    let (ma, mb) = (
-        reqwest::get(a.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        reqwest::get(b.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
-    // Four topics of four partitions, split between the two members.
-    let (pa, pb) = (
-        sum(&ma, "billing_bridge_assigned_partitions"),
-        sum(&mb, "billing_bridge_assigned_partitions"),
-    );
-    assert!(
-        pa > 0 && pb > 0 && pa + pb == 16,
-        "partitions held: a {pa}, b {pb}"
-    );
+    let page = |b: &Bridge| {
+        let url = b.url("/metrics");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    // Four topics of four partitions, split between the two members (read
+    // until a rebalance in progress, on a loaded machine, has settled).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (ma, mb) = loop {
+        let (ma, mb) = (page(&a).await, page(&b).await);
+        let (pa, pb) = (
+            sum(&ma, "billing_bridge_assigned_partitions"),
+            sum(&mb, "billing_bridge_assigned_partitions"),
+        );
+        if pa > 0 && pb > 0 && pa + pb == 16 {
+            break (ma, mb);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions held: a {pa}, b {pb}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let (ha, hb) = (handled(&ma), handled(&mb));
     assert!(ha > 0 && hb > 0, "both processes consumed: {ha} and {hb}");
     assert!(ha + hb >= events as u64);
