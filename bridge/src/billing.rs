@@ -120,13 +120,13 @@ impl Lookups {
         model: &str,
         at: Timestamp,
     ) -> Result<Option<&PriceVersion>> {
-        if !self.prices.contains_key(&model_id) {
-            let versions = token_prices(tx, model_id, model)?;
-            self.prices.insert(model_id, versions);
-        }
-        Ok(self.prices[&model_id]
-            .iter()
-            .find(|v| v.effective_from <= at))
+        let versions = match self.prices.entry(model_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(token_prices(tx, model_id, model)?)
+            }
+        };
+        Ok(versions.iter().find(|v| v.effective_from <= at))
     }
 }
 
