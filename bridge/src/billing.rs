@@ -49,32 +49,23 @@ fn price(v: i64) -> Result<PricePerMillion> {
     PricePerMillion::new(v).map_err(|e| anyhow::anyhow!("stored price: {e}"))
 }
 
-/// Every token price version of `model`, newest first.
-fn token_prices(tx: &Transaction<'_>, model_id: i64, model: &str) -> Result<Vec<PriceVersion>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
-         FROM dim_token_pricing WHERE model_id = ?1 ORDER BY effective_from DESC",
-    )?;
-    let rows = stmt.query_map([model_id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            [
-                r.get::<_, i64>(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ],
-        ))
-    })?;
-    let mut versions = Vec::new();
-    for row in rows {
-        let (pricing_id, from, p) = row?;
-        versions.push(PriceVersion {
-            pricing_id,
+/// A stored price version as read, parsed only when chosen (so one
+/// unreadable row fails only the events it would price, as a query per
+/// event did).
+struct StoredPrice {
+    pricing_id: i64,
+    /// The canonical text form, which orders as time does.
+    effective_from: String,
+    prices: [i64; 5],
+}
+
+impl StoredPrice {
+    fn parse(&self, model: &str) -> Result<PriceVersion> {
+        let p = &self.prices;
+        Ok(PriceVersion {
+            pricing_id: self.pricing_id,
             model: model.to_owned(),
-            effective_from: Timestamp::parse(&from)
+            effective_from: Timestamp::parse(&self.effective_from)
                 .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
             prices: TokenPrices {
                 input: price(p[0])?,
@@ -83,9 +74,24 @@ fn token_prices(tx: &Transaction<'_>, model_id: i64, model: &str) -> Result<Vec<
                 cache_write_1h: price(p[3])?,
                 cache_read: price(p[4])?,
             },
-        });
+        })
     }
-    Ok(versions)
+}
+
+/// Every token price version of `model`, newest first.
+fn token_prices(tx: &Transaction<'_>, model_id: i64) -> Result<Vec<StoredPrice>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+         FROM dim_token_pricing WHERE model_id = ?1 ORDER BY effective_from DESC",
+    )?;
+    let rows = stmt.query_map([model_id], |r| {
+        Ok(StoredPrice {
+            pricing_id: r.get(0)?,
+            effective_from: r.get(1)?,
+            prices: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 impl Lookups {
@@ -112,21 +118,25 @@ impl Lookups {
         Ok(id)
     }
 
-    /// The token prices of `model` in force at `at`.
+    /// The token prices of `model` in force at `at`: the newest version
+    /// whose start is not after it (the comparison the SQL made before).
     fn price_at(
         &mut self,
         tx: &Transaction<'_>,
         model_id: i64,
         model: &str,
         at: Timestamp,
-    ) -> Result<Option<&PriceVersion>> {
+    ) -> Result<Option<PriceVersion>> {
         let versions = match self.prices.entry(model_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(token_prices(tx, model_id, model)?)
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(token_prices(tx, model_id)?),
         };
-        Ok(versions.iter().find(|v| v.effective_from <= at))
+        let at = at.to_rfc3339();
+        versions
+            .iter()
+            .find(|v| v.effective_from <= at)
+            .map(|v| v.parse(model))
+            .transpose()
     }
 }
 
@@ -151,7 +161,7 @@ pub struct Lookups {
     users: std::collections::HashMap<i64, bool>,
     models: std::collections::HashMap<String, Option<i64>>,
     /// A model's versions, newest first.
-    prices: std::collections::HashMap<i64, Vec<PriceVersion>>,
+    prices: std::collections::HashMap<i64, Vec<StoredPrice>>,
 }
 
 /// Where a message was read from, for the ledger.
@@ -267,7 +277,7 @@ fn price_event(
             format!("no price of `{model}` is in force at {at}"),
         )));
     };
-    match quote(version, usage) {
+    match quote(&version, usage) {
         Ok(quote) => Ok(Ok(Priced {
             model_id,
             pricing_id: version.pricing_id,

@@ -244,7 +244,10 @@ pub async fn run(
         // At most one batch in its second stage: the previous one's must end
         // (its offsets stored) before this one's starts.
         if let Some(previous) = in_flight.take() {
-            if !previous.finish(&consumer, aggregates).await? {
+            if !previous
+                .finish(&consumer, aggregates, &mut producer)
+                .await?
+            {
                 break;
             }
         }
@@ -265,7 +268,7 @@ pub async fn run(
         in_flight = Some(InFlight { task, offsets });
     }
     if let Some(last) = in_flight.take() {
-        last.finish(&consumer, aggregates).await?;
+        last.finish(&consumer, aggregates, &mut producer).await?;
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
@@ -370,8 +373,10 @@ async fn write(
 /// The second stage of a batch: its facts applied to the Redis aggregates
 /// (each guarded by its mark, so a replay adds nothing), then one
 /// `processed-events` record per event applied now, delivered. Returns the
-/// aggregates (moved in for the stage) and whether it finished: false when
-/// stopped first, and then the batch's offsets must not be stored.
+/// aggregates (moved in for the stage), the fresh producer it made if
+/// deliveries failed (as a broker that lost the old one's state needs), and
+/// whether it finished: false when stopped first, and
+/// then the batch's offsets must not be stored.
 async fn announce(
     mut aggregates: Aggregates,
     facts: Vec<Fact>,
@@ -379,7 +384,7 @@ async fn announce(
     mut producer: FutureProducer,
     brokers: String,
     mut stop: watch::Receiver<bool>,
-) -> Result<(Aggregates, bool)> {
+) -> Result<Staged> {
     let stop = &mut stop;
     let mut backoff = Duration::from_millis(50);
     let applied = loop {
@@ -392,7 +397,7 @@ async fn announce(
                     "Updating the aggregates failed; retrying."
                 );
                 if !back_off(&mut backoff, stop).await {
-                    return Ok((aggregates, false));
+                    return Ok((aggregates, None, false));
                 }
             }
         }
@@ -427,29 +432,46 @@ async fn announce(
                 .ok()
         })
         .collect();
-    let delivered = deliver(&records, deliveries, &mut producer, &brokers, stop).await?;
-    Ok((aggregates, delivered))
+    let mut replaced = false;
+    let delivered = deliver(
+        &records,
+        deliveries,
+        &mut producer,
+        &mut replaced,
+        &brokers,
+        stop,
+    )
+    .await?;
+    Ok((aggregates, replaced.then_some(producer), delivered))
 }
+
+/// What a second stage hands back: the aggregates, a fresh producer if it
+/// made one, and whether it finished.
+type Staged = (Aggregates, Option<FutureProducer>, bool);
 
 /// A batch in its second stage.
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<(Aggregates, bool)>>,
+    task: tokio::task::JoinHandle<Result<Staged>>,
     offsets: Vec<(String, i32, i64)>,
 }
 
 impl InFlight {
-    /// Waits for the stage, takes the aggregates back, and stores the
-    /// batch's offsets if it finished. Returns whether it did.
+    /// Waits for the stage, takes the aggregates and the producer back, and
+    /// stores the batch's offsets if it finished. Returns whether it did.
     async fn finish(
         self,
         consumer: &StreamConsumer<crate::kafka::LagContext>,
         aggregates: &mut Aggregates,
+        producer: &mut FutureProducer,
     ) -> Result<bool> {
-        let (returned, finished) = self
+        let (returned, used, finished) = self
             .task
             .await
             .context("the aggregates and processed-events stage panicked")??;
         *aggregates = returned;
+        if let Some(fresh) = used {
+            *producer = fresh;
+        }
         if finished {
             for (topic, partition, offset) in &self.offsets {
                 if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
@@ -463,11 +485,13 @@ impl InFlight {
 }
 
 /// Waits for a batch's `processed-events` deliveries, sending again what
-/// failed with a fresh producer. Returns false when stopped first.
+/// failed with a fresh producer (and then sets `replaced`). Returns false
+/// when stopped first.
 async fn deliver(
     records: &[(String, String)],
     deliveries: Vec<Option<rdkafka::producer::DeliveryFuture>>,
     producer: &mut FutureProducer,
+    replaced: &mut bool,
     brokers: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool> {
@@ -489,6 +513,7 @@ async fn deliver(
             "Producing processed-events failed; retrying."
         );
         *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+        *replaced = true;
         if !back_off(&mut backoff, stop).await {
             return Ok(false);
         }

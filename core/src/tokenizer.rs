@@ -189,6 +189,9 @@ impl Encoding {
         if piece.len() == 1 || self.rank(piece).is_some() {
             return 1;
         }
+        if piece.len() > LONG_PIECE {
+            return self.count_long_piece(piece);
+        }
         // parts[i] = (start of part i, rank of part i joined with part i+1).
         parts.clear();
         let pair_rank = |parts: &[(usize, u32)], i: usize| -> u32 {
@@ -224,7 +227,67 @@ impl Encoding {
         }
         (parts.len() - 1) as u64
     }
+
+    /// The same merges for a long piece in O(n log n): the pairs in a heap
+    /// ordered by (rank, start), which is the order the scan above picks
+    /// them in (lowest rank, leftmost first); a popped pair whose parts
+    /// changed since it was pushed is skipped. Without it, one long run of
+    /// letters (a 2 MiB body allows one) would cost the scan n² steps.
+    fn count_long_piece(&self, piece: &[u8]) -> u64 {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        const NONE: usize = usize::MAX;
+        let n = piece.len();
+        // Parts are kept as a linked list of their start offsets.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        prev[0] = NONE;
+        let mut alive = vec![true; n];
+        let end_of = |next: &[usize], s: usize| if next[s] >= n { n } else { next[s] };
+        let mut heap = BinaryHeap::new();
+        let pair = |next: &[usize], s: usize| -> Option<(u32, usize)> {
+            let mid = end_of(next, s);
+            if mid >= n {
+                return None;
+            }
+            let end = end_of(next, mid);
+            self.rank(&piece[s..end]).map(|r| (r, end))
+        };
+        for s in 0..n {
+            if let Some((rank, end)) = pair(&next, s) {
+                heap.push(Reverse((rank, s, end)));
+            }
+        }
+        let mut parts = n as u64;
+        while let Some(Reverse((_, s, end))) = heap.pop() {
+            let mid = end_of(&next, s);
+            if !alive[s] || mid >= n || end_of(&next, mid) != end {
+                continue;
+            }
+            // Merge the part at `mid` into the one at `s`.
+            alive[mid] = false;
+            next[s] = next[mid];
+            if next[mid] < n {
+                prev[next[mid]] = s;
+            }
+            parts -= 1;
+            if let Some((rank, end)) = pair(&next, s) {
+                heap.push(Reverse((rank, s, end)));
+            }
+            if prev[s] != NONE {
+                let p = prev[s];
+                if let Some((rank, end)) = pair(&next, p) {
+                    heap.push(Reverse((rank, p, end)));
+                }
+            }
+        }
+        parts
+    }
 }
+
+/// Pieces longer than this (bytes) are merged with a heap rather than by
+/// scanning every pair after each merge.
+const LONG_PIECE: usize = 64;
 
 /// The encoding OpenAI's tiktoken assigns `model` (its `model.py` table:
 /// exact names, then prefixes), for the two encodings counted here.

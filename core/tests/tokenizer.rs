@@ -152,6 +152,13 @@ proptest! {
         assert_same(&text);
     }
 
+    // Long pieces (over the 64 bytes where merging switches to a heap) of letters, digits-free punctuation and
+    // whitespace count the same as tiktoken-rs.
+    #[test]
+    fn long_pieces_match(text in "[a-eA-E]{65,500}|[!?.,;]{65,300}|[ \t]{65,200}|[é中ab]{30,200}") {
+        assert_same(&text);
+    }
+
     // Random joins of tricky pieces (contractions, digits, whitespace runs, newlines, slashes, marks, CJK, emoji).
     #[test]
     fn tricky_pieces_match(pieces in prop::collection::vec(prop::sample::select(vec![
