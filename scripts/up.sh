@@ -74,6 +74,7 @@ for _ in $(seq 900); do
     kill -0 "${pids[-1]}" 2>/dev/null || { echo "Apache Kafka failed to start; see $DATA/kafka.log"; tail -5 "$DATA/kafka.log"; exit 1; }
     sleep 0.1
 done
+grep -q "Kafka Server started" "$DATA/kafka.log" || { echo "Apache Kafka did not start within 90 s; see $DATA/kafka.log"; tail -5 "$DATA/kafka.log"; exit 1; }
 
 say "starting billing-bridge (outbox relay, consumers, live updates on port $BRIDGE_PORT)"
 BILLING_DB="$DATA/billing.db" BILLING_KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT" BILLING_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
