@@ -41,6 +41,11 @@ for want in "${@:-wasm redis sqlite3}"; do
                 # the version); fetched again only when that file changes.
                 apt_install java openjdk-17-jre-headless
                 apt_install mvn maven
+                java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+                if [ "${java_major:-0}" -lt 17 ]; then
+                    say "Apache Kafka 4 needs Java 17 or newer; \`java\` here is ${java_major:-unknown} (set PATH or JAVA_HOME to a Java 17+)"
+                    exit 1
+                fi
                 here=$(cd "$(dirname "$0")" && pwd)
                 kafka="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/kafka"
                 want_sum=$(sha256sum "$here/kafka/pom.xml" | cut -d' ' -f1)
