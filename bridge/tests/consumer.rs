@@ -48,6 +48,25 @@ fn enqueue(db: &std::path::Path, ev: &CloudEvent<TokenMetrics>) {
         .unwrap();
 }
 
+/// A Kafka node with the billing topics (`partitions` each) and a migrated
+/// database, in a temporary directory that lives as long as the returned guard.
+async fn broker_and_database(partitions: i32) -> (tempfile::TempDir, Kafka, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = Kafka::start(dir.path());
+    let db = dir.path().join("billing.db");
+    billing_migrations::open_and_migrate(&db).unwrap();
+    billing_bridge::topics::ensure(
+        &kafka.brokers(),
+        &TopicsConfig {
+            partitions,
+            ..TopicsConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    (dir, kafka, db)
+}
+
 /// A consumer of `topic` from its start, in a group of its own.
 fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     let c: StreamConsumer = ClientConfig::new()
@@ -106,19 +125,7 @@ async fn consume_until(
 // The whole path: outbox → Kafka → consumer → line items, with a duplicate and a poison message in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bills_once_and_dead_letters_poison() {
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(dir.path());
-    let db = dir.path().join("billing.db");
-    billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(
-        &kafka.brokers(),
-        &TopicsConfig {
-            partitions: 1,
-            ..TopicsConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_dir, kafka, db) = broker_and_database(1).await;
     let relay = Relay::with(
         &db,
         &kafka.brokers(),
@@ -315,19 +322,7 @@ async fn bills_once_and_dead_letters_poison() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bills_inference_events() {
     use billing_core::events::{InferenceEvent, InferenceStatus};
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(dir.path());
-    let db = dir.path().join("billing.db");
-    billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(
-        &kafka.brokers(),
-        &TopicsConfig {
-            partitions: 2,
-            ..TopicsConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_dir, kafka, db) = broker_and_database(2).await;
     let ev = CloudEvent::new(
         "inf-1",
         "/services/batch",
@@ -553,19 +548,7 @@ async fn aggregates_are_marked_and_incremented_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_rejection_spoils_nothing_else() {
     use billing_core::events::{InferenceEvent, InferenceStatus};
-    let dir = tempfile::tempdir().unwrap();
-    let kafka = Kafka::start(dir.path());
-    let db = dir.path().join("billing.db");
-    billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(
-        &kafka.brokers(),
-        &TopicsConfig {
-            partitions: 1,
-            ..TopicsConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (_dir, kafka, db) = broker_and_database(1).await;
     let event = |id: &str| {
         CloudEvent::new(
             id,
