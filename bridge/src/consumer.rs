@@ -402,7 +402,7 @@ async fn announce(
             }
         }
     };
-    let now = Timestamp::from_millis(now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = Timestamp::from_millis(crate::now_ms()).map_err(|e| anyhow::anyhow!("{e}"))?;
     for &i in &applied {
         if facts[i].kind.is_billed() {
             metrics().observe_latency(
@@ -574,5 +574,3 @@ async fn dead_letter(
         .map_err(|(e, _)| anyhow::anyhow!("dead-letter delivery failed: {e}"))?;
     Ok(())
 }
-
-pub use crate::now_ms;

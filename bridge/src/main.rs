@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use billing_bridge::aggregates;
-use billing_bridge::{consumer, topics, Config};
+use billing_bridge::{topics, Config};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,7 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // A bridge may be rebuilding already (it does when Redis lost its data): wait for it, then rebuild.
             let mut waited = 0;
             let r = loop {
-                let now = billing_core::Timestamp::from_millis(consumer::now_ms())
+                let now = billing_core::Timestamp::from_millis(billing_bridge::now_ms())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 match aggregates::rebuild(
                     &cfg.database,

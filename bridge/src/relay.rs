@@ -50,8 +50,6 @@ pub struct Relay {
     holder: String,
 }
 
-pub use crate::kafka::producer;
-
 impl Relay {
     pub fn new(cfg: &Config) -> Result<Self> {
         Self::with(&cfg.database, &cfg.brokers, cfg.relay.clone())
@@ -69,7 +67,7 @@ impl Relay {
         Ok(Self {
             db: Mutex::new(db),
             brokers: brokers.to_owned(),
-            producer: Mutex::new(producer(brokers, cfg.delivery_timeout_ms)?),
+            producer: Mutex::new(crate::kafka::producer(brokers, cfg.delivery_timeout_ms)?),
             cfg,
             holder,
         })
@@ -193,7 +191,8 @@ impl Relay {
         if !failed.is_empty() {
             tracing::warn!(failed = failed.len(), error = %failed[0].1, "The broker did not take some outbox rows; they stay for the next round.");
             block_in_place(|| self.note_failures(&failed))?;
-            *self.producer.lock().unwrap() = producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
+            *self.producer.lock().unwrap() =
+                crate::kafka::producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
         }
         let m = crate::metrics::global();
         m.inc(

@@ -6,8 +6,9 @@
 use billing_bridge::aggregates::Aggregates;
 use billing_bridge::config::{RelayConfig, TopicsConfig};
 use billing_bridge::consumer::Settings;
-use billing_bridge::relay::{producer, Relay};
-use billing_core::events::{CloudEvent, TokenMetrics};
+use billing_bridge::kafka::producer;
+use billing_bridge::relay::Relay;
+use billing_core::events::{CloudEvent, InferenceEvent, InferenceStatus, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
 use billing_testkit::{Kafka, Redis};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -34,6 +35,31 @@ fn metrics(id: &str, input: u64, output: u64, cache_read: u64) -> CloudEvent<Tok
                 ..Default::default()
             },
             latency_ms: 300,
+        },
+    )
+}
+
+/// A collector's inference event of user 2 on Haiku 4.5 (100 input, 50
+/// output tokens), dated 2026-03-10T12:00Z.
+fn inference(id: &str, latency_ms: u64, compute_ms: u64) -> CloudEvent<InferenceEvent> {
+    CloudEvent::new(
+        id,
+        "/services/batch",
+        Timestamp::parse("2026-03-10T12:00:00Z").unwrap(),
+        None,
+        InferenceEvent {
+            user_id: 2,
+            model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
+            request_id: format!("req-{id}"),
+            status: InferenceStatus::Succeeded,
+            http_status: Some(200),
+            latency_ms,
+            compute_ms,
+            usage: Usage {
+                input_tokens: 100,
+                output_tokens: 50,
+                ..Default::default()
+            },
         },
     )
 }
@@ -321,28 +347,8 @@ async fn bills_once_and_dead_letters_poison() {
 // An inference event from the collector becomes an api_events row, token lines and resource lines, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bills_inference_events() {
-    use billing_core::events::{InferenceEvent, InferenceStatus};
     let (_dir, kafka, db) = broker_and_database(2).await;
-    let ev = CloudEvent::new(
-        "inf-1",
-        "/services/batch",
-        Timestamp::parse("2026-03-10T12:00:00Z").unwrap(),
-        None,
-        InferenceEvent {
-            user_id: 2,
-            model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
-            request_id: "req-1".into(),
-            status: InferenceStatus::Succeeded,
-            http_status: Some(200),
-            latency_ms: 420,
-            compute_ms: 380,
-            usage: Usage {
-                input_tokens: 100,
-                output_tokens: 50,
-                ..Default::default()
-            },
-        },
-    );
+    let ev = inference("inf-1", 420, 380);
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute(
@@ -547,30 +553,7 @@ async fn aggregates_are_marked_and_incremented_together() {
 // consumer) is dead-lettered as rejected_by_database; the other messages of its batch are billed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_rejection_spoils_nothing_else() {
-    use billing_core::events::{InferenceEvent, InferenceStatus};
     let (_dir, kafka, db) = broker_and_database(1).await;
-    let event = |id: &str| {
-        CloudEvent::new(
-            id,
-            "/services/batch",
-            Timestamp::parse("2026-03-10T12:00:00Z").unwrap(),
-            None,
-            InferenceEvent {
-                user_id: 2,
-                model: ModelName::parse("claude-haiku-4-5-20251001").unwrap(),
-                request_id: format!("req-{id}"),
-                status: InferenceStatus::Succeeded,
-                http_status: Some(200),
-                latency_ms: 100,
-                compute_ms: 0,
-                usage: Usage {
-                    input_tokens: 100,
-                    output_tokens: 50,
-                    ..Default::default()
-                },
-            },
-        )
-    };
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute(
         "INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, latency_ms, compute_ms,
@@ -585,7 +568,7 @@ async fn database_rejection_spoils_nothing_else() {
         raw.send(
             FutureRecord::to("inference-events")
                 .key("2")
-                .payload(&event(id).to_json()),
+                .payload(&inference(id, 100, 0).to_json()),
             Duration::from_secs(5),
         )
         .await

@@ -266,7 +266,7 @@ impl Bridge {
         )
         .await
         .unwrap();
-        let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
+        let now = billing_core::Timestamp::from_millis(billing_bridge::now_ms()).unwrap();
         billing_bridge::aggregates::ensure_complete(&db, &stack.redis.url(), 3600, now)
             .await
             .unwrap();

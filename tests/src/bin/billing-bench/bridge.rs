@@ -1,7 +1,7 @@
 //! The bridge benchmark: see `billing-bench bridge` in main.rs.
 
 use billing_bridge::config::{RelayConfig, TopicsConfig};
-use billing_bridge::consumer::{self, Settings};
+use billing_bridge::consumer::Settings;
 use billing_bridge::relay;
 use billing_bridge::workers::Workers;
 use billing_core::events::{CloudEvent, TokenMetrics};
@@ -66,7 +66,7 @@ fn enqueue(
 }
 
 fn now() -> Timestamp {
-    Timestamp::from_millis(consumer::now_ms()).unwrap()
+    Timestamp::from_millis(billing_bridge::now_ms()).unwrap()
 }
 
 fn count(db: &Path, sql: &str) -> i64 {
@@ -173,7 +173,7 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
         .create()
         .unwrap();
     consumer.subscribe(&["bench-raw"]).unwrap();
-    let producer = relay::producer(brokers, 30_000).unwrap();
+    let producer = billing_bridge::kafka::producer(brokers, 30_000).unwrap();
     let started = Instant::now();
     let produce = tokio::spawn({
         let payload = payload.to_owned();

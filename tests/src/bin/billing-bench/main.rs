@@ -366,7 +366,7 @@ async fn metrics(line_items: i64, requests: usize) {
     println!("machine: {}", machine());
     println!("ledger: {events} events (= {line_items} line items of three token classes) over 30 days and {users} users, written in {:.1} s", setup.elapsed().as_secs_f64());
     let t = Instant::now();
-    let now = billing_core::Timestamp::from_millis(billing_bridge::consumer::now_ms()).unwrap();
+    let now = billing_core::Timestamp::from_millis(billing_bridge::now_ms()).unwrap();
     let r = billing_bridge::aggregates::rebuild(
         &s.dir.path().join("billing.db"),
         &s.redis.url(),
