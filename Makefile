@@ -16,6 +16,8 @@ CARGO ?= cargo
 # Central, found by scripts/kafka-broker.sh (and so by the tests) through $KAFKA_LIBS.
 export CACHE_DIR
 export KAFKA_LIBS ?= $(CACHE_DIR)/tools/kafka/libs
+# The Python with genai-prices installed, for the quote's cross-check.
+export GENAI_PRICES_PYTHON ?= $(CACHE_DIR)/tools/genai-prices/bin/python
 SHELL := /bin/bash
 
 .PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host load faults
@@ -46,7 +48,7 @@ test-web: deps target
 	scripts/test-web.sh
 
 deps:
-	scripts/ensure-deps.sh wasm redis sqlite3 kafka compose
+	scripts/ensure-deps.sh wasm redis sqlite3 kafka compose genai-prices
 
 # The `target` symlink into the cache; a real directory is left alone.
 target:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose] [genai-prices]
 #
 # Tools fetched once (Apache Kafka's jars from Maven Central) go to
 # $CACHE_DIR/tools (default ~/.cache/llm-billing/tools), outside the clone,
@@ -13,6 +13,12 @@ as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
         say "need root to run: $*"; return 1
     fi
+}
+
+apt_install_pkg() { # apt_install_pkg PACKAGE (no command to probe)
+    say "installing $1 (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y -q "$1" >/dev/null 2>&1 || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q "$1" >/dev/null; }
 }
 
 apt_install() { # apt_install COMMAND PACKAGE
@@ -56,6 +62,23 @@ for want in "${@:-wasm redis sqlite3}"; do
                     mvn -q -B -Dstyle.color=never -f "$here/kafka/pom.xml" dependency:copy-dependencies \
                         -DincludeScope=runtime -DoutputDirectory="$kafka/libs" >&2
                     echo "$want_sum" > "$kafka/pom.sha256"
+                fi ;;
+            genai-prices)
+                # The pydantic genai-prices catalogue and calculator, in its own
+                # virtualenv, for the quote's cross-check; reinstalled only when
+                # tests/crosscheck/requirements.txt changes.
+                apt_install python3 python3
+                python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install_pkg python3-venv
+                here=$(cd "$(dirname "$0")" && pwd)
+                venv="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/genai-prices"
+                req="$here/../tests/crosscheck/requirements.txt"
+                want_sum=$(sha256sum "$req" | cut -d' ' -f1)
+                if [ "$(cat "$venv/requirements.sha256" 2>/dev/null)" != "$want_sum" ]; then
+                    say "installing genai-prices into $venv (PyPI, once)"
+                    rm -rf "$venv"
+                    python3 -m venv "$venv"
+                    "$venv/bin/pip" install -q -r "$req" >&2
+                    echo "$want_sum" > "$venv/requirements.sha256"
                 fi ;;
             *) say "unknown dependency $w"; exit 2 ;;
         esac

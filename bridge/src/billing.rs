@@ -21,7 +21,7 @@ use anyhow::Result;
 use billing_core::events::{
     CloudEvent, EventData, InferenceEvent, InferenceStatus, LlmResponse, MessageSent, TokenMetrics,
 };
-use billing_core::pricing::{quote, PriceVersion, Quote, TokenPrices};
+use billing_core::pricing::{fee_quantities, quote, PriceVersion, Quote, ResourcePriceVersion};
 use billing_core::{PricePerMillion, Timestamp, Usage};
 use rusqlite::{OptionalExtension, Transaction};
 
@@ -57,31 +57,26 @@ struct StoredPrice {
     /// The canonical text form, which orders as time does.
     effective_from: String,
     prices: [i64; 5],
+    rules: String,
 }
 
 impl StoredPrice {
     fn parse(&self, model: &str) -> Result<PriceVersion> {
-        let p = &self.prices;
-        Ok(PriceVersion {
-            pricing_id: self.pricing_id,
-            model: model.to_owned(),
-            effective_from: Timestamp::parse(&self.effective_from)
-                .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
-            prices: TokenPrices {
-                input: price(p[0])?,
-                output: price(p[1])?,
-                cache_write_5m: price(p[2])?,
-                cache_write_1h: price(p[3])?,
-                cache_read: price(p[4])?,
-            },
-        })
+        PriceVersion::from_stored(
+            self.pricing_id,
+            model,
+            &self.effective_from,
+            self.prices,
+            &self.rules,
+        )
+        .map_err(|e| anyhow::anyhow!("stored price version {}: {e}", self.pricing_id))
     }
 }
 
 /// Every token price version of `model`, newest first.
 fn token_prices(tx: &Transaction<'_>, model_id: i64) -> Result<Vec<StoredPrice>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+        "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, rules
          FROM dim_token_pricing WHERE model_id = ?1 ORDER BY effective_from DESC",
     )?;
     let rows = stmt.query_map([model_id], |r| {
@@ -89,9 +84,33 @@ fn token_prices(tx: &Transaction<'_>, model_id: i64) -> Result<Vec<StoredPrice>>
             pricing_id: r.get(0)?,
             effective_from: r.get(1)?,
             prices: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+            rules: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The version of `resource` in force at `at` (canonical text), if any.
+fn resource_price_at(
+    tx: &Transaction<'_>,
+    resource: &str,
+    at: &str,
+) -> Result<Option<ResourcePriceVersion>> {
+    let row: Option<(i64, String, String, i64)> = tx
+        .prepare_cached("SELECT resource_pricing_id, unit, effective_from, unit_price FROM dim_resource_pricing WHERE resource = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1")?
+        .query_row((resource, at), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?;
+    row.map(|(id, unit, from, unit_price)| {
+        Ok(ResourcePriceVersion {
+            resource_pricing_id: id,
+            resource: resource.to_owned(),
+            unit,
+            effective_from: Timestamp::parse(&from)
+                .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
+            unit_price: price(unit_price)?,
+        })
+    })
+    .transpose()
 }
 
 impl Lookups {
@@ -106,13 +125,24 @@ impl Lookups {
         Ok(exists)
     }
 
-    fn model_id(&mut self, tx: &Transaction<'_>, model: &str) -> Result<Option<i64>> {
+    fn model(&mut self, tx: &Transaction<'_>, model: &str) -> Result<Option<ModelRow>> {
         if let Some(&known) = self.models.get(model) {
             return Ok(known);
         }
+        // A model's own name, else one of its aliases (dim_model_aliases).
         let id = tx
-            .prepare_cached("SELECT model_id FROM dim_models WHERE model_name = ?1")?
-            .query_row([model], |r| r.get::<_, i64>(0))
+            .prepare_cached(
+                "SELECT model_id, context_window, max_output_tokens FROM dim_models WHERE model_name = ?1
+                 UNION ALL SELECT model_id, context_window, max_output_tokens FROM dim_model_aliases JOIN dim_models USING (model_id) WHERE alias = ?1
+                 LIMIT 1",
+            )?
+            .query_row([model], |r| {
+                Ok(ModelRow {
+                    model_id: r.get(0)?,
+                    context_window: r.get::<_, i64>(1)? as u64,
+                    max_output_tokens: r.get::<_, i64>(2)? as u64,
+                })
+            })
             .optional()?;
         self.models.insert(model.to_owned(), id);
         Ok(id)
@@ -124,9 +154,9 @@ impl Lookups {
         &mut self,
         tx: &Transaction<'_>,
         model_id: i64,
-        model: &str,
         at: Timestamp,
     ) -> Result<Option<PriceVersion>> {
+        let name = self.model_names(tx, model_id)?;
         let versions = match self.prices.entry(model_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(token_prices(tx, model_id)?),
@@ -135,8 +165,20 @@ impl Lookups {
         versions
             .iter()
             .find(|v| v.effective_from <= at)
-            .map(|v| v.parse(model))
+            .map(|v| v.parse(&name))
             .transpose()
+    }
+
+    /// The model's own name (what an alias stands for).
+    fn model_names(&mut self, tx: &Transaction<'_>, model_id: i64) -> Result<String> {
+        if let Some(name) = self.names.get(&model_id) {
+            return Ok(name.clone());
+        }
+        let name: String = tx
+            .prepare_cached("SELECT model_name FROM dim_models WHERE model_id = ?1")?
+            .query_row([model_id], |r| r.get(0))?;
+        self.names.insert(model_id, name.clone());
+        Ok(name)
     }
 }
 
@@ -159,9 +201,19 @@ fn parse<T: EventData>(payload: &[u8]) -> Result<CloudEvent<T>, String> {
 #[derive(Default)]
 pub struct Lookups {
     users: std::collections::HashMap<i64, bool>,
-    models: std::collections::HashMap<String, Option<i64>>,
+    models: std::collections::HashMap<String, Option<ModelRow>>,
     /// A model's versions, newest first.
     prices: std::collections::HashMap<i64, Vec<StoredPrice>>,
+    /// A model's own name by id.
+    names: std::collections::HashMap<i64, String>,
+}
+
+/// What pricing needs of a model row.
+#[derive(Debug, Clone, Copy)]
+struct ModelRow {
+    model_id: i64,
+    context_window: u64,
+    max_output_tokens: u64,
 }
 
 /// Where a message was read from, for the ledger.
@@ -265,19 +317,40 @@ fn price_event(
             format!("there is no user {user_id}"),
         )));
     }
-    let Some(model_id) = lookups.model_id(tx, model)? else {
+    let Some(row) = lookups.model(tx, model)? else {
         return Ok(Err(poison(
             "unknown_model",
             format!("unknown model `{model}`"),
         )));
     };
-    let Some(version) = lookups.price_at(tx, model_id, model, at)? else {
+    let model_id = row.model_id;
+    // The collector refuses these at ingest; an event written to the topic
+    // some other way is stopped here, before it reaches any sum.
+    if let Err(e) =
+        billing_core::usage::check_limits(usage, row.context_window, row.max_output_tokens)
+    {
+        return Ok(Err(poison("invalid_usage", e.to_string())));
+    }
+    let Some(version) = lookups.price_at(tx, model_id, at)? else {
         return Ok(Err(poison(
             "no_price",
             format!("no price of `{model}` is in force at {at}"),
         )));
     };
-    match quote(&version, usage) {
+    let at_text = at.to_rfc3339();
+    let mut fees = Vec::new();
+    for (resource, _) in fee_quantities(usage) {
+        match resource_price_at(tx, resource, &at_text)? {
+            Some(v) => fees.push(v),
+            None => {
+                return Ok(Err(poison(
+                    "no_price",
+                    format!("no price of `{resource}` is in force at {at}"),
+                )))
+            }
+        }
+    }
+    match quote(&version, &fees, usage) {
         Ok(quote) => Ok(Ok(Priced {
             model_id,
             pricing_id: version.pricing_id,
@@ -328,6 +401,36 @@ fn insert_token_lines(
             line.tokens as i64,
             line.unit_price.micros(),
             line.cost.0,
+            at,
+        ])?;
+    }
+    Ok(written)
+}
+
+/// One `resource_invoice_line_item` per server-tool fee of the quote. Returns the rows written.
+fn insert_fee_lines(
+    tx: &Transaction<'_>,
+    ev: (&str, &str, i64),
+    api_event_id: Option<i64>,
+    p: &Priced,
+    at: &str,
+) -> Result<usize> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO resource_invoice_line_item (source, event_id, user_id, api_event_id, resource_pricing_id, resource, quantity, unit_price, cost_nanos, occurred_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, resource) DO NOTHING",
+    )?;
+    let mut written = 0;
+    for f in &p.quote.fees {
+        written += stmt.execute(rusqlite::params![
+            ev.0,
+            ev.1,
+            ev.2,
+            api_event_id,
+            f.resource_pricing_id,
+            f.resource,
+            f.quantity as i64,
+            f.unit_price.micros(),
+            f.cost.0,
             at,
         ])?;
     }
@@ -493,18 +596,19 @@ fn bill_turn(
         message.then_some(d.message_id),
     );
     let at = ev.time.to_rfc3339();
-    let line_items = insert_token_lines(
-        tx,
-        (&ev.source, &ev.id, d.user_id),
-        thread,
-        message,
-        &priced,
-        &at,
-    )?;
+    let line_items =
+        insert_token_lines(
+            tx,
+            (&ev.source, &ev.id, d.user_id),
+            thread,
+            message,
+            &priced,
+            &at,
+        )? + insert_fee_lines(tx, (&ev.source, &ev.id, d.user_id), None, &priced, &at)?;
     let fact = fact(
         Kind::Turn,
         ev,
-        d.model.as_str(),
+        &priced.quote.model,
         Some(d.thread_id),
         d.latency_ms,
         priced.quote.total.0,
@@ -527,11 +631,37 @@ fn bill_inference(
         Ok(p) => p,
         Err(outcome) => return Ok(outcome),
     };
+    let at = ev.time.to_rfc3339();
+    // Priced before anything is written, so an event that cannot be priced
+    // leaves no rows behind.
+    let mut resources = Vec::new();
+    let mut cost = priced.quote.total;
+    for (resource, quantity) in [("inference_request", 1u64), ("compute_time", d.compute_ms)] {
+        if quantity == 0 {
+            continue;
+        }
+        let Some(version) = resource_price_at(tx, resource, &at)? else {
+            tracing::warn!(
+                resource,
+                at,
+                "No resource price in force; the resource is not billed."
+            );
+            continue;
+        };
+        let line = billing_core::money::line_cost(quantity, version.unit_price)
+            .and_then(|c| cost.checked_add(c).map(|total| (c, total)));
+        match line {
+            Ok((c, total)) => {
+                cost = total;
+                resources.push((version, quantity, c));
+            }
+            Err(e) => return Ok(poison("invalid_usage", e.to_string())),
+        }
+    }
     let tokens = tokens_of(&d.usage);
     let event_type_id: i64 = tx
         .prepare_cached("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1")?
         .query_row([InferenceEvent::TYPE], |r| r.get(0))?;
-    let at = ev.time.to_rfc3339();
     let api_event_id: i64 = tx
         .prepare_cached(
             "INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, http_status, latency_ms, compute_ms,
@@ -555,40 +685,28 @@ fn bill_inference(
         None,
         &priced,
         &at,
+    )? + insert_fee_lines(
+        tx,
+        (&ev.source, &ev.id, d.user_id),
+        Some(api_event_id),
+        &priced,
+        &at,
     )?;
-    let mut cost = priced.quote.total.0;
-    for (resource, quantity) in [("inference_request", 1u64), ("compute_time", d.compute_ms)] {
-        if quantity == 0 {
-            continue;
-        }
-        let in_force: Option<(i64, i64)> = tx
-            .prepare_cached("SELECT resource_pricing_id, unit_price FROM dim_resource_pricing WHERE resource = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1")?
-            .query_row((resource, &at), |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let Some((resource_pricing_id, unit_price)) = in_force else {
-            tracing::warn!(
-                resource,
-                at,
-                "No resource price in force; the resource is not billed."
-            );
-            continue;
-        };
-        let line_cost = billing_core::money::line_cost(quantity, price(unit_price)?)?;
-        cost += line_cost.0;
+    for r in &resources {
         line_items += tx
             .prepare_cached(
                 "INSERT INTO resource_invoice_line_item (source, event_id, user_id, api_event_id, resource_pricing_id, resource, quantity, unit_price, cost_nanos, occurred_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, resource) DO NOTHING",
             )?
-            .execute(rusqlite::params![ev.source, ev.id, d.user_id, api_event_id, resource_pricing_id, resource, quantity as i64, unit_price, line_cost.0, at])?;
+            .execute(rusqlite::params![ev.source, ev.id, d.user_id, api_event_id, r.0.resource_pricing_id, r.0.resource, r.1 as i64, r.0.unit_price.micros(), r.2.0, at])?;
     }
     let fact = fact(
         Kind::Inference,
         ev,
-        d.model.as_str(),
+        &priced.quote.model,
         None,
         d.latency_ms,
-        cost,
+        cost.0,
         tokens,
     );
     record(tx, &fact, origin)?;

@@ -251,7 +251,10 @@ impl Changes {
         }
         let fields = self.incr.get_mut(key).expect("inserted above");
         match fields.get_mut(field) {
-            Some(v) => *v += by,
+            // Saturates rather than wraps or panics: ingest bounds every
+            // event far below this, so a saturated figure means bad data
+            // slipped in, and billing for others goes on.
+            Some(v) => *v = v.saturating_add(by),
             None => {
                 fields.insert(field.to_owned(), by);
             }
@@ -311,10 +314,11 @@ impl Changes {
                     .or_default()
                     .insert(user.clone());
                 if billed {
-                    *self
+                    let score = self
                         .zincr
                         .entry((top_key(res, &bucket), user.clone()))
-                        .or_default() += f.cost_nanos;
+                        .or_default();
+                    *score = score.saturating_add(f.cost_nanos);
                 }
             }
             for prefix in &prefixes[..dims] {

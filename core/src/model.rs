@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// A provider's model identifier, e.g. `claude-sonnet-4-5-20250929`.
 ///
-/// 1 to 128 characters of ASCII letters, digits and `.` `_` `-` `:` `/`,
-/// starting with a letter or digit.
+/// 1 to 128 characters of ASCII letters, digits and `.` `_` `-` `:` `/` `@`,
+/// starting with a letter or digit (`@` for Vertex AI ids such as
+/// `claude-sonnet-4-5@20250929`, `:` for Bedrock's `…-v1:0`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ModelName(String);
@@ -31,10 +32,10 @@ impl ModelName {
         }
         if let Some(c) = s
             .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || ".-_:/".contains(*c)))
+            .find(|c| !(c.is_ascii_alphanumeric() || ".-_:/@".contains(*c)))
         {
             return bad(format!(
-                "`{s}` contains `{c}`; only letters, digits and . _ - : / are allowed"
+                "`{s}` contains `{c}`; only letters, digits and . _ - : / @ are allowed"
             ));
         }
         Ok(Self(s.to_owned()))

@@ -58,10 +58,11 @@ struct ResourceEvent {
 fn run_pricing(input: &str) -> Value {
     let case: PricingCase = serde_json::from_str(input).expect("pricing case parses");
     let book = PriceBook::new(case.prices).expect("price book");
+    let no_fees = ResourcePriceBook::new([]).expect("resource book");
     let results: Vec<Value> = case
         .quotes
         .iter()
-        .map(|q| match book.quote(&q.model, &q.usage, q.at) {
+        .map(|q| match book.quote(&q.model, &q.usage, q.at, &no_fees) {
             Ok(quote) => json!({ "quote": quote, "total_display": quote.total.display_usd() }),
             Err(e) => json!({ "error": e.to_string() }),
         })
@@ -79,7 +80,7 @@ fn run_invoice(input: &str) -> Value {
     let mut next_id = 1;
     for ev in &case.token_events {
         let quote = book
-            .quote(&ev.model, &ev.usage, ev.at)
+            .quote(&ev.model, &ev.usage, ev.at, &rbook)
             .expect("event priced");
         for line in quote.lines.iter().filter(|l| l.tokens > 0) {
             items.push(LineItem {

@@ -112,6 +112,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0007_unused_line_item_indexes.sql",
         include_str!("../0007_unused_line_item_indexes.sql"),
     ),
+    (
+        "0008_price_rules_and_catalogue.sql",
+        include_str!("../0008_price_rules_and_catalogue.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -31,7 +31,8 @@ fn second_run_is_a_no_op() {
             "0004_idempotent_turns.sql",
             "0005_drafts_by_reference.sql",
             "0006_outbox_without_unique.sql",
-            "0007_unused_line_item_indexes.sql"
+            "0007_unused_line_item_indexes.sql",
+            "0008_price_rules_and_catalogue.sql"
         ]
     );
     let mode: String = conn
@@ -195,7 +196,7 @@ fn seed_is_consistent() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(families, ["haiku", "opus", "sonnet"]);
+    assert_eq!(families, ["fable", "haiku", "mythos", "opus", "sonnet"]);
     let unpriced: i64 = conn
         .query_row("SELECT count(*) FROM dim_models m WHERE NOT EXISTS (SELECT 1 FROM dim_token_pricing p WHERE p.model_id = m.model_id)", [], |r| r.get(0))
         .unwrap();

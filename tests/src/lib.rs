@@ -46,7 +46,10 @@ impl Stack {
         Self::start_with(&[]).await
     }
 
-    /// Starts with extra application variables (`("NAME", "value")` for `SPIN_VARIABLE_NAME`).
+    /// Starts with extra application variables (`("NAME", "value")` for
+    /// `SPIN_VARIABLE_NAME`; later lines of the .env win). The collector's
+    /// horizon is 100 years here, so tests may use fixed historical dates;
+    /// the horizon itself is tested with `COLLECTOR_HORIZON_DAYS` set.
     pub async fn start_with(vars: &[(&str, &str)]) -> Self {
         build_components();
         let dir = tempfile::tempdir().unwrap();
@@ -55,7 +58,7 @@ impl Stack {
         let redis = Redis::start();
         std::fs::write(
             dir.path().join(".env"),
-            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\nSPIN_VARIABLE_PROVIDER_RETRY_BASE_MS=5\n", redis.url())
+            format!("SPIN_VARIABLE_ADMIN_API_KEY={ADMIN_KEY}\nSPIN_VARIABLE_REDIS_URL={}\nSPIN_VARIABLE_PROVIDER_RETRY_BASE_MS=5\nSPIN_VARIABLE_COLLECTOR_HORIZON_DAYS=36500\n", redis.url())
                 + vars.iter().map(|(k, v)| format!("SPIN_VARIABLE_{k}={v}\n")).collect::<String>().as_str(),
         )
         .unwrap();

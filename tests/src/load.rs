@@ -115,6 +115,8 @@ impl Prices {
             effective_from: serde_json::from_value(v["effective_from"].clone())
                 .map_err(|e| e.to_string())?,
             prices: serde_json::from_value::<TokenPrices>(prices).map_err(|e| e.to_string())?,
+            rules: serde_json::from_value(v.get("rules").cloned().unwrap_or(json!({})))
+                .map_err(|e| e.to_string())?,
         };
         let r = get_json(
             http,
@@ -134,7 +136,7 @@ impl Prices {
     }
 
     fn inference_cost(&self, usage: &Usage, compute_ms: u64) -> i64 {
-        let mut c = quote(&self.model, usage).expect("valid usage").total.0;
+        let mut c = quote(&self.model, &[], usage).expect("valid usage").total.0;
         for (resource, q) in [("inference_request", 1), ("compute_time", compute_ms)] {
             if let Some(v) = self.resources.get(resource) {
                 c += resource_cost(v, q).expect("in range").0;
@@ -303,7 +305,7 @@ async fn chat(
             "cache_creation_input_tokens": r["usage"]["cache_write_5m"].as_u64().unwrap_or(0) + r["usage"]["cache_write_1h"].as_u64().unwrap_or(0),
         }))
         .map_err(|e| format!("usage of a turn: {e}: {}", r["usage"]))?;
-        let mine = quote(&prices.model, &usage)
+        let mine = quote(&prices.model, &[], &usage)
             .map_err(|e| e.to_string())?
             .total
             .0;

@@ -177,3 +177,104 @@ async fn caps_and_rate_limit() {
     assert_eq!(r.retry_after.as_deref(), Some("1"));
     assert!(s.count("outbox") <= 3, "refused requests store nothing");
 }
+
+/// `now` plus `ms`, in the canonical text form.
+fn now_plus(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    billing_core::Timestamp::from_millis(now + ms)
+        .unwrap()
+        .to_rfc3339()
+}
+
+// The ingest edge refuses, naming the field: a time ahead, past the horizon, or before the model's first price; counts beyond the model's limits; the system's own source. An alias and SDK nulls are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_edge_refusals() {
+    let s = Stack::start_with(&[("COLLECTOR_HORIZON_DAYS", "35")]).await;
+    let (uid, key) = s.user("Reporter", "reporter@example.com").await;
+    let at = |id: &str, time: String| {
+        let mut e = event(id, uid);
+        e["time"] = json!(time);
+        e
+    };
+    let ahead = at("a1", now_plus(10 * 60 * 1000));
+    let old = at("a2", now_plus(-40 * 86_400_000));
+    let mut wide = at("a4", now_plus(-60_000));
+    wide["data"]["usage"] =
+        json!({"input_tokens": 150000, "cache_read_input_tokens": 60000, "output_tokens": 10});
+    let mut long_out = at("a5", now_plus(-60_000));
+    long_out["data"]["usage"] = json!({"input_tokens": 10, "output_tokens": 64001});
+    let mut reserved = at("a6", now_plus(-60_000));
+    reserved["source"] = json!("/functions/messages");
+    let r = post(
+        &s,
+        &key,
+        BATCH,
+        &json!([ahead, old, wide, long_out, reserved]),
+    )
+    .await;
+    r.problem(400);
+    let errs: Vec<(i64, String, String)> = r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_i64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let fields: Vec<(i64, &str)> = errs.iter().map(|e| (e.0, e.1.as_str())).collect();
+    assert_eq!(
+        fields,
+        [
+            (0, "time"),
+            (1, "time"),
+            (2, "data.usage.input_tokens"),
+            (3, "data.usage.output_tokens"),
+            (4, "source")
+        ],
+        "{errs:?}"
+    );
+    assert!(errs[0].2.contains("5 minutes ahead"), "{errs:?}");
+    assert!(errs[1].2.contains("35-day horizon"), "{errs:?}");
+    assert!(errs[2].2.contains("context window of 200000"), "{errs:?}");
+    assert_eq!(s.count("outbox"), 0);
+
+    // An alias and the Python SDK's nulls are accepted and stored under the event as sent.
+    let mut ok = at("a7", now_plus(-60_000));
+    ok["data"]["model"] = json!("claude-haiku-4-5");
+    ok["data"]["usage"] = json!({"input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": null, "cache_read_input_tokens": null, "cache_creation": null, "server_tool_use": null});
+    let r = post(&s, &key, BATCH, &json!([ok])).await;
+    assert_eq!(
+        (r.status, r.body["accepted"].as_i64()),
+        (202, Some(1)),
+        "{:?}",
+        r.body
+    );
+}
+
+// An event dated before its model's first price is refused at ingest (not dead-lettered later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_first_price_refused() {
+    let s = Stack::start().await;
+    let (uid, key) = s.user("Reporter", "reporter@example.com").await;
+    let mut e = event("p1", uid);
+    e["data"]["model"] = json!("claude-haiku-5-5");
+    e["time"] = json!("2026-10-13T23:59:59Z");
+    let r = post(&s, &key, BATCH, &json!([e])).await;
+    r.problem(400);
+    assert_eq!(r.body["errors"][0]["field"], "time");
+    assert!(
+        r.body["errors"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("first price starts 2026-10-14"),
+        "{:?}",
+        r.body
+    );
+}

@@ -39,7 +39,7 @@ async fn models_and_quote() {
     let (_, key) = s.user("Quoter", "quoter@example.com").await;
     let models = s.call("GET", "/api/models", Some(&key), None).await;
     let items = models.body["items"].as_array().unwrap();
-    assert_eq!(items.len(), 7);
+    assert_eq!(items.len(), 20);
     let opus3 = items
         .iter()
         .find(|m| m["model"] == "claude-3-opus-20240229")
@@ -276,7 +276,10 @@ async fn resource_prices() {
         .iter()
         .map(|i| i["resource"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["compute_time", "inference_request"]);
+    assert_eq!(
+        names,
+        ["compute_time", "inference_request", "web_search_request"]
+    );
     let body = |from: String, price: i64| json!({"resource": "inference_request", "unit": "request", "effective_from": from, "unit_price": price});
     assert_eq!(
         s.call(
@@ -322,4 +325,88 @@ async fn resource_prices() {
         )
         .await;
     assert_eq!(later.body["items"][1]["in_force"]["unit_price"], 50_000_000);
+}
+
+// The quote prices every dimension through billing-core's one function: an alias, the long-context tier, batch, a web-search fee, SDK nulls; bad input names its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quote_every_dimension() {
+    let s = Stack::start().await;
+    let (_, key) = s.user("Quoter", "quoter@example.com").await;
+    let quote = |body: serde_json::Value| {
+        let s = &s;
+        let key = key.clone();
+        async move {
+            s.call("POST", "/api/price/quote", Some(&key), Some(body))
+                .await
+        }
+    };
+    // 260,000 prompt tokens > 200,000: all at $6 / $0.60 / $22.50 per million.
+    let q = quote(json!({"model": "claude-sonnet-4-5", "at": "2026-06-01T00:00:00Z",
+        "provider_usage": {"input_tokens": 210000, "cache_read_input_tokens": 50000, "output_tokens": 2000}})).await;
+    assert_eq!(q.status, 200, "{:?}", q.body);
+    assert_eq!(q.body["model"], "claude-sonnet-4-5-20250929");
+    assert_eq!(q.body["tier_above_prompt_tokens"], 200000);
+    assert_eq!(q.body["total_nanos"], 1_335_000_000i64);
+    // Batch halves the tokens, not the searches: 1,000 × $0.05 + 100 × $0.25 per million + 2 × $0.01.
+    let q = quote(json!({"model": "claude-haiku-5-5", "at": "2026-11-01T00:00:00Z",
+        "provider_usage": {"input_tokens": 1000, "output_tokens": 100, "service_tier": "batch", "server_tool_use": {"web_search_requests": 2}}})).await;
+    assert_eq!(q.status, 200, "{:?}", q.body);
+    assert_eq!(q.body["total_nanos"], 20_075_000);
+    assert_eq!(q.body["modifiers"][0]["value"], "batch");
+    assert_eq!(q.body["fees"][0]["cost_nanos"], 20_000_000);
+    // The Python SDK's model_dump(): nulls are absent fields.
+    let q = quote(json!({"model": "claude-haiku-4-5-20251001", "at": "2026-11-01T00:00:00Z",
+        "provider_usage": {"input_tokens": 12, "output_tokens": 6, "cache_creation_input_tokens": null, "cache_read_input_tokens": null, "cache_creation": null, "server_tool_use": null, "service_tier": null}})).await;
+    assert_eq!(q.body["total_nanos"], 42_000, "{:?}", q.body);
+    let both = quote(json!({"model": "claude-haiku-4-5", "usage": {}, "provider_usage": {}})).await;
+    both.problem(422);
+    assert_eq!(both.body["errors"][0]["field"], "usage");
+    let bad = quote(json!({"model": "claude-haiku-4-5", "provider_usage": {"speed": 3}})).await;
+    bad.problem(422);
+    assert_eq!(bad.body["errors"][0]["field"], "provider_usage.speed");
+}
+
+// A new version may carry tiers and modifiers; rules that cannot apply unambiguously are refused, naming the field, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_with_rules() {
+    let s = Stack::start().await;
+    let prices = json!({"input": 1000000, "output": 5000000, "cache_write_5m": 1250000, "cache_write_1h": 2000000, "cache_read": 100000});
+    let tier = |above: i64| json!({"above_prompt_tokens": above, "prices": prices});
+    let before = s.count("dim_token_pricing");
+    let r = s
+        .call(
+            "POST",
+            "/api/pricing",
+            Some(ADMIN_KEY),
+            Some(
+                json!({"model": "claude-haiku-4-5-20251001", "effective_from": future(2),
+        "prices": prices, "rules": {"tiers": [tier(200000), tier(100000)]}}),
+            ),
+        )
+        .await;
+    r.problem(422);
+    assert_eq!(
+        r.body["errors"][0]["field"],
+        "rules.tiers[1].above_prompt_tokens"
+    );
+    let r = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({"model": "claude-haiku-4-5-20251001", "effective_from": future(2),
+        "prices": prices, "rules": {"modifiers": [{"attribute": "service_tier", "value": "batch", "multiplier": "0"}]}}))).await;
+    r.problem(422);
+    assert_eq!(s.count("dim_token_pricing"), before);
+    let r = s.call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({"model": "claude-haiku-4-5-20251001", "effective_from": future(2),
+        "prices": prices, "rules": {"tiers": [tier(100000)], "modifiers": [{"attribute": "speed", "value": "fast", "multiplier": "6"}]}}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let h = s
+        .call(
+            "GET",
+            "/api/pricing?model=claude-haiku-4-5-20251001",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    let history = h.body["items"][0]["history"].as_array().unwrap();
+    assert_eq!(
+        history.last().unwrap()["rules"]["modifiers"][0]["multiplier"],
+        "6"
+    );
 }

@@ -15,18 +15,29 @@
 //!   counted in Redis; without Redis there is no limit).
 //! - A user's key may report only that user's events; an admin's key any
 //!   user's (a service reporting for its users).
+//! - Refused, naming the field: a `time` more than 5 minutes ahead, older
+//!   than the horizon (`collector_horizon_days`, default 35), or before the
+//!   model's first price; counts beyond the model's context window or
+//!   output limit; a source under `/functions/` (the system's own components).
+//! - `model` may be an alias (undated id, cloud-provider id); it is billed
+//!   as the model it names.
 
 use billing_core::events::{schema_uri, CloudEvent, EventData, InferenceEvent};
-use billing_core::FieldError;
+use billing_core::{FieldError, Timestamp};
 use billing_fn_common::cache::Cache;
 use billing_fn_common::db::{col, text, Value as Sql};
 use billing_fn_common::{auth, json, respond, ApiError, ApiResult, Caller, Db};
+use billing_fn_common::{clock, prices};
 use serde_json::{json, Value};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 use std::collections::HashSet;
 
 const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// How far ahead of the server's clock an event's `time` may be (clock skew).
+const MAX_AHEAD_MS: i64 = 5 * 60 * 1000;
+/// Sources the system's own components use; clients may not send them.
+pub const RESERVED_SOURCE_PREFIX: &str = "/functions/";
 /// Rows per multi-row INSERT, under SQLite's limit on bound parameters.
 const ROWS_PER_INSERT: usize = 1000;
 
@@ -215,11 +226,31 @@ fn check(
         "SELECT user_id AS k FROM dim_users WHERE user_id IN",
         users.iter().map(|u| Sql::Integer(*u)).collect(),
     )?;
-    let known_models = existing(
-        db,
-        "SELECT model_name AS k FROM dim_models WHERE model_name IN",
-        models.iter().map(|m| text(m.clone())).collect(),
-    )?;
+    // Each model named (by its own name or an alias) with its limits and
+    // the start of its first price.
+    let mut known_models = std::collections::HashMap::new();
+    for name in &models {
+        if let Some(m) = prices::model_by_name(db, name)? {
+            let first = db
+                .query(
+                    "SELECT min(effective_from) AS f FROM dim_token_pricing WHERE model_id = ?1",
+                    &[Sql::Integer(m.model_id)],
+                )?
+                .rows()
+                .next()
+                .and_then(|r| billing_fn_common::db::col_opt::<&str>(&r, "f").map(str::to_owned))
+                .and_then(|f| Timestamp::parse(&f).ok());
+            known_models.insert(name.clone(), (m, first));
+        }
+    }
+    let now = clock::now();
+    let ahead = Timestamp::from_millis(now.millis() + MAX_AHEAD_MS).expect("in range");
+    let horizon_days = setting("collector_horizon_days", 35);
+    // A horizon reaching before the earliest representable instant bounds nothing.
+    let horizon = now
+        .millis()
+        .checked_sub((horizon_days as i64).saturating_mul(86_400_000))
+        .and_then(|ms| Timestamp::from_millis(ms).ok());
     for (i, ev) in &events {
         let uid = ev.data.user_id;
         if !caller.is_admin() && uid != caller.user_id {
@@ -236,14 +267,69 @@ fn check(
                 FieldError::new("data.user_id", format!("there is no user {uid}")),
             ));
         }
-        if !known_models.contains(ev.data.model.as_str()) {
+        if ev.source.starts_with(RESERVED_SOURCE_PREFIX) {
             errors.push((
+                *i,
+                FieldError::new(
+                    "source",
+                    format!("`{}` is reserved for the system's own events (sources starting with {RESERVED_SOURCE_PREFIX})", ev.source),
+                ),
+            ));
+        }
+        if ev.time > ahead {
+            errors.push((
+                *i,
+                FieldError::new(
+                    "time",
+                    format!(
+                        "{} is more than 5 minutes ahead of the server's clock ({now})",
+                        ev.time
+                    ),
+                ),
+            ));
+        } else if let Some(horizon) = horizon.filter(|h| ev.time < *h) {
+            errors.push((
+                *i,
+                FieldError::new(
+                    "time",
+                    format!("{} is older than the {horizon_days}-day horizon ({horizon}); such late events are not billed", ev.time),
+                ),
+            ));
+        }
+        match known_models.get(ev.data.model.as_str()) {
+            None => errors.push((
                 *i,
                 FieldError::new(
                     "data.model",
                     format!("`{}` is not a known model", ev.data.model),
                 ),
-            ));
+            )),
+            Some((m, first)) => {
+                if first.is_none_or(|f| ev.time < f) {
+                    errors.push((
+                        *i,
+                        FieldError::new(
+                            "time",
+                            format!(
+                                "no price of `{}` is in force at {}{}",
+                                m.name,
+                                ev.time,
+                                first
+                                    .map(|f| format!(" (its first price starts {f})"))
+                                    .unwrap_or_default()
+                            ),
+                        ),
+                    ));
+                }
+                if let Err(mut e) = billing_core::usage::check_limits(
+                    &ev.data.usage,
+                    m.context_window,
+                    m.max_output_tokens,
+                ) {
+                    e.field = format!("data.{}", e.field);
+                    errors.push((*i, e));
+                }
+            }
         }
     }
     if !errors.is_empty() {

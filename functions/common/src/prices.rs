@@ -3,32 +3,39 @@
 use crate::cache::Cache;
 use crate::db::{col, int, text, Db};
 use crate::problem::{ApiError, ApiResult};
-use billing_core::pricing::PriceBook;
-use billing_core::pricing::{PriceVersion, TokenPrices};
-use billing_core::{PricePerMillion, Timestamp};
+use billing_core::pricing::{fee_quantities, quote, PriceBook, PriceVersion, ResourcePriceVersion};
+use billing_core::{BillingError, PricePerMillion, Timestamp};
 
-/// A model row: id, name, provider, active.
+/// A model row: id, its own name (an alias resolves to it), provider,
+/// active, and the limits a request to it cannot exceed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     pub model_id: i64,
     pub name: String,
     pub provider: String,
     pub active: bool,
+    pub context_window: u64,
+    pub max_output_tokens: u64,
 }
 
+const SELECT_MODEL: &str =
+    "SELECT model_id, model_name, provider, is_active, context_window, max_output_tokens FROM dim_models";
+
+/// The model named `name`, by its own name or one of its aliases.
 pub fn model_by_name(db: &Db, name: &str) -> ApiResult<Option<Model>> {
     let r = db.query(
-        "SELECT model_id, model_name, provider, is_active FROM dim_models WHERE model_name = ?1",
+        &format!(
+            "{SELECT_MODEL} WHERE model_name = ?1
+             UNION ALL {SELECT_MODEL} WHERE model_id = (SELECT model_id FROM dim_model_aliases WHERE alias = ?1)
+             LIMIT 1"
+        ),
         &[text(name)],
     )?;
     read_model(&r)
 }
 
 pub fn model_by_id(db: &Db, id: i64) -> ApiResult<Option<Model>> {
-    let r = db.query(
-        "SELECT model_id, model_name, provider, is_active FROM dim_models WHERE model_id = ?1",
-        &[int(id)],
-    )?;
+    let r = db.query(&format!("{SELECT_MODEL} WHERE model_id = ?1"), &[int(id)])?;
     read_model(&r)
 }
 
@@ -41,14 +48,70 @@ fn read_model(r: &spin_sdk::sqlite::QueryResult) -> ApiResult<Option<Model>> {
                 name: col::<&str>(&row, "model_name")?.to_owned(),
                 provider: col::<&str>(&row, "provider")?.to_owned(),
                 active: col::<i64>(&row, "is_active")? == 1,
+                context_window: col::<i64>(&row, "context_window")? as u64,
+                max_output_tokens: col::<i64>(&row, "max_output_tokens")? as u64,
             })
         })
         .transpose()
 }
 
-fn price(v: i64) -> ApiResult<PricePerMillion> {
-    PricePerMillion::new(v)
-        .map_err(|e| ApiError::Internal(format!("a stored price is invalid: {e}")))
+/// The version of `resource` in force at `at`.
+pub fn resource_price_in_force(
+    db: &Db,
+    resource: &str,
+    at: Timestamp,
+) -> ApiResult<Option<ResourcePriceVersion>> {
+    let r = db.query(
+        "SELECT resource_pricing_id, unit, effective_from, unit_price FROM dim_resource_pricing
+         WHERE resource = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1",
+        &[text(resource), text(at.to_rfc3339())],
+    )?;
+    let version = r
+        .rows()
+        .next()
+        .map(|row| {
+            Ok(ResourcePriceVersion {
+                resource_pricing_id: col(&row, "resource_pricing_id")?,
+                resource: resource.to_owned(),
+                unit: col::<&str>(&row, "unit")?.to_owned(),
+                effective_from: Timestamp::parse(col(&row, "effective_from")?)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
+                unit_price: PricePerMillion::new(col(&row, "unit_price")?)
+                    .map_err(|e| ApiError::Internal(format!("a stored price is invalid: {e}")))?,
+            })
+        })
+        .transpose();
+    version
+}
+
+/// Prices `usage` of `model` at `at` with billing-core's one price function:
+/// the token version and the server-tool fee prices in force then.
+/// `Ok(None)` when no token price is in force; a fee without a price is
+/// [`ApiError`] from [`BillingError::NoResourcePriceInForce`].
+pub fn quote_at(
+    db: &Db,
+    cache: &Cache,
+    model: &Model,
+    usage: &billing_core::Usage,
+    at: Timestamp,
+) -> ApiResult<Option<billing_core::pricing::Quote>> {
+    let Some(version) = price_in_force_cached(db, cache, model, at)? else {
+        return Ok(None);
+    };
+    let mut fees = Vec::new();
+    for (resource, _) in fee_quantities(usage) {
+        match resource_price_in_force(db, resource, at)? {
+            Some(v) => fees.push(v),
+            None => {
+                return Err(BillingError::NoResourcePriceInForce {
+                    resource: resource.to_owned(),
+                    at,
+                }
+                .into())
+            }
+        }
+    }
+    Ok(Some(quote(&version, &fees, usage)?))
 }
 
 /// The version of `model`'s prices in force at `at`.
@@ -60,25 +123,26 @@ pub fn price_in_force(db: &Db, model: &Model, at: Timestamp) -> ApiResult<Option
     Ok(read_versions(&r, model)?.pop())
 }
 
-const SELECT_VERSIONS: &str = "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price
+const SELECT_VERSIONS: &str = "SELECT pricing_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, rules
      FROM dim_token_pricing WHERE model_id = ?1";
 
 fn read_versions(r: &spin_sdk::sqlite::QueryResult, model: &Model) -> ApiResult<Vec<PriceVersion>> {
     r.rows()
         .map(|row| {
-            Ok(PriceVersion {
-                pricing_id: col(&row, "pricing_id")?,
-                model: model.name.clone(),
-                effective_from: Timestamp::parse(col(&row, "effective_from")?)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?,
-                prices: TokenPrices {
-                    input: price(col(&row, "input_price")?)?,
-                    output: price(col(&row, "output_price")?)?,
-                    cache_write_5m: price(col(&row, "cache_write_5m_price")?)?,
-                    cache_write_1h: price(col(&row, "cache_write_1h_price")?)?,
-                    cache_read: price(col(&row, "cache_read_price")?)?,
-                },
-            })
+            PriceVersion::from_stored(
+                col(&row, "pricing_id")?,
+                &model.name,
+                col(&row, "effective_from")?,
+                [
+                    col(&row, "input_price")?,
+                    col(&row, "output_price")?,
+                    col(&row, "cache_write_5m_price")?,
+                    col(&row, "cache_write_1h_price")?,
+                    col(&row, "cache_read_price")?,
+                ],
+                col(&row, "rules")?,
+            )
+            .map_err(|e| ApiError::Internal(format!("a stored price version is invalid: {e}")))
         })
         .collect()
 }

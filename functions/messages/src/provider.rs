@@ -309,25 +309,9 @@ pub async fn openai(settings: &Settings, model: &str, turns: &[Turn]) -> Result<
             request_id: request_id(r),
         };
         let v: Value = serde_json::from_slice(r.body()).map_err(|e| malformed(&e.to_string()))?;
-        let prompt = v
-            .pointer("/usage/prompt_tokens")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| malformed("no usage.prompt_tokens"))?;
-        let cached = v
-            .pointer("/usage/prompt_tokens_details/cached_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-            .min(prompt);
-        let output = v
-            .pointer("/usage/completion_tokens")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| malformed("no usage.completion_tokens"))?;
-        let usage = Usage {
-            input_tokens: prompt - cached,
-            output_tokens: output,
-            cache_read_input_tokens: cached,
-            ..Default::default()
-        };
+        // billing-core reads OpenAI's shape (cached tokens inside the
+        // prompt) and the response's service_tier.
+        let usage = Usage::from_response_json(&v).map_err(|e| malformed(&e.to_string()))?;
         let text = v
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)

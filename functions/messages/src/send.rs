@@ -10,12 +10,13 @@
 
 use crate::provider::{self, Settings, Turn};
 use billing_core::events::{CloudEvent, EventData, LlmResponse, MessageSent, TokenMetrics};
-use billing_core::pricing::quote;
 use billing_core::{ModelName, Usage};
 use billing_fn_common::cache::Cache;
 use billing_fn_common::db::{col, int, opt_text, text};
 use billing_fn_common::input::{json_body, text_field};
-use billing_fn_common::prices::{model_by_id_cached, model_by_name_cached, price_in_force_cached};
+use billing_fn_common::prices::{
+    model_by_id_cached, model_by_name_cached, price_in_force_cached, quote_at,
+};
 use billing_fn_common::{clock, json, ApiError, ApiResult, Caller, Db};
 use serde::Deserialize;
 use serde_json::json;
@@ -170,8 +171,9 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
             })?,
     };
     let model_name = ModelName::parse(&model.name)?;
-    let started_at = clock::now();
-    let price = price_in_force_cached(db, &cache, &model, started_at)?.ok_or_else(|| {
+    // Refuse before paying the provider when the model cannot be billed now;
+    // the turn itself is priced at the answer's time, below.
+    price_in_force_cached(db, &cache, &model, clock::now())?.ok_or_else(|| {
         ApiError::invalid(
             "model",
             format!(
@@ -210,7 +212,11 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
             return Err(e);
         }
     };
-    let q = quote(&price, &reply.usage)?;
+    // Priced once, at the answer's time: the instant the token-metrics event
+    // carries, so the cost shown here is the cost the bridge invoices.
+    let q = quote_at(db, &cache, &model, &reply.usage, now)?.ok_or_else(|| {
+        ApiError::Internal(format!("`{}` has no price in force at {now}", model.name))
+    })?;
     let classes = reply.usage.by_class();
 
     let body = db.transaction(|db| {
@@ -248,7 +254,7 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
                 int(thread_id),
                 int(caller.user_id),
                 int(model.model_id),
-                int(price.pricing_id),
+                int(q.pricing_id),
                 int(u.input_tokens as i64),
                 int(u.output_tokens as i64),
                 int(u.cache_creation_input_tokens as i64),
@@ -279,14 +285,14 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
             stop_reason: reply.stop_reason.clone(),
             latency_ms,
             content: reply.text.clone(),
-            usage: reply.usage,
+            usage: reply.usage.clone(),
         });
         let metrics = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject, TokenMetrics {
             user_id: caller.user_id,
             thread_id,
             message_id: answer_id,
             model: model_name.clone(),
-            usage: reply.usage,
+            usage: reply.usage.clone(),
             latency_ms,
         });
         outbox(db, &sent)?;
@@ -354,5 +360,14 @@ fn cost_json(q: &billing_core::pricing::Quote) -> serde_json::Value {
             )
         })
         .collect();
-    json!({ "nanos": q.total, "display": q.total.display_usd(), "pricing_id": q.pricing_id, "by_class": by_class })
+    let fees: Vec<serde_json::Value> = q
+        .fees
+        .iter()
+        .map(|f| json!({"resource": f.resource, "quantity": f.quantity, "unit_price": f.unit_price, "nanos": f.cost}))
+        .collect();
+    json!({
+        "nanos": q.total, "display": q.total.display_usd(), "pricing_id": q.pricing_id, "by_class": by_class,
+        "prompt_tokens": q.prompt_tokens, "tier_above_prompt_tokens": q.tier_above_prompt_tokens,
+        "modifiers": q.modifiers, "fees": fees,
+    })
 }

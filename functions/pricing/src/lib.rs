@@ -13,7 +13,8 @@
 //!   same for resources (per request, per millisecond of compute, …).
 
 use billing_core::pricing::{
-    check_new_version, quote, History, PriceBook, ResourcePriceVersion, TokenPrices,
+    check_new_version, History, PriceBook, PriceRules, PriceVersion, ResourcePriceVersion,
+    TokenPrices,
 };
 use billing_core::usage::CacheCreation;
 use billing_core::{PricePerMillion, Timestamp, Usage};
@@ -69,6 +70,8 @@ fn all_models(db: &Db) -> ApiResult<Vec<(Model, Value)>> {
                 name: col::<&str>(&row, "model_name")?.to_owned(),
                 provider: col::<&str>(&row, "provider")?.to_owned(),
                 active: col::<i64>(&row, "is_active")? == 1,
+                context_window: col::<i64>(&row, "context_window")? as u64,
+                max_output_tokens: col::<i64>(&row, "max_output_tokens")? as u64,
             };
             let v = json!({
                 "model_id": m.model_id, "model": m.name, "display_name": col::<&str>(&row, "display_name")?,
@@ -89,12 +92,24 @@ fn prices_json(p: &TokenPrices) -> Value {
     })
 }
 
+/// A version as the API shows it: id, start, base rates, and its tiers and
+/// modifiers (`rules`, omitted when there are none).
+fn version_json(v: &PriceVersion) -> Value {
+    let mut j = json!({"pricing_id": v.pricing_id, "effective_from": v.effective_from, "prices": prices_json(&v.prices)});
+    if !v.rules.is_empty() {
+        j["rules"] = json!(v.rules);
+    }
+    j
+}
+
 fn models(db: &Db) -> ApiResult<Response> {
     let now = clock::now();
     let items = all_models(db)?
         .into_iter()
         .map(|(m, mut v)| {
-            v["price_now"] = prices::price_in_force(db, &m, now)?.map(|p| json!({"pricing_id": p.pricing_id, "effective_from": p.effective_from, "prices": prices_json(&p.prices)})).unwrap_or(Value::Null);
+            v["price_now"] = prices::price_in_force(db, &m, now)?
+                .map(|p| version_json(&p))
+                .unwrap_or(Value::Null);
             Ok(v)
         })
         .collect::<ApiResult<Vec<_>>>()?;
@@ -116,8 +131,8 @@ fn pricing(db: &Db, req: &Request) -> ApiResult<Response> {
         items.push(json!({
             "model": m.name,
             "active": m.active,
-            "in_force": in_force.map(|v| json!({"pricing_id": v.pricing_id, "effective_from": v.effective_from, "prices": prices_json(&v.prices)})),
-            "history": versions.iter().map(|v| json!({"pricing_id": v.pricing_id, "effective_from": v.effective_from, "prices": prices_json(&v.prices)})).collect::<Vec<_>>(),
+            "in_force": in_force.map(version_json),
+            "history": versions.iter().map(version_json).collect::<Vec<_>>(),
         }));
     }
     if let Some(o) = only {
@@ -161,6 +176,9 @@ struct NewVersion {
     model: String,
     effective_from: String,
     prices: serde_json::Map<String, Value>,
+    /// Tiers and modifiers (billing-core's `PriceRules`); none when absent.
+    #[serde(default)]
+    rules: Option<Value>,
 }
 
 fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
@@ -202,6 +220,14 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         get("cache_write_1h"),
         get("cache_read"),
     );
+    let rules = match body.rules {
+        None | Some(Value::Null) => Some(PriceRules::default()),
+        Some(v) => p.check(
+            serde_json::from_value::<PriceRules>(v)
+                .map_err(|e| ApiError::invalid("rules", e.to_string()))
+                .and_then(|r| r.validate().map(|()| r).map_err(ApiError::from)),
+        ),
+    };
     if let (Some(m), Some(from)) = (&model, from) {
         let existing: Vec<Timestamp> = prices::price_versions(db, m)?
             .iter()
@@ -217,11 +243,14 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     let (Some(i), Some(o), Some(w5), Some(w1), Some(r)) = prices else {
         unreachable!("checked")
     };
+    let rules = rules.expect("checked");
+    let rules_json =
+        serde_json::to_string(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
     let id = db
         .scalar_i64(
-            "INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING pricing_id",
-            &[int(model.model_id), text(from.to_rfc3339()), int(i.micros()), int(o.micros()), int(w5.micros()), int(w1.micros()), int(r.micros()), int(caller.user_id)],
+            "INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, rules, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING pricing_id",
+            &[int(model.model_id), text(from.to_rfc3339()), int(i.micros()), int(o.micros()), int(w5.micros()), int(w1.micros()), int(r.micros()), text(rules_json), int(caller.user_id)],
         )?
         .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
     prices::invalidate(&Cache::open(), &model);
@@ -232,17 +261,29 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         cache_write_1h: w1,
         cache_read: r,
     };
-    Ok(json(
-        201,
-        &json!({"pricing_id": id, "model": model.name, "effective_from": from, "prices": prices_json(&tp)}),
-    ))
+    let v = PriceVersion {
+        pricing_id: id,
+        model: model.name.clone(),
+        effective_from: from,
+        prices: tp,
+        rules,
+    };
+    let mut body = version_json(&v);
+    body["model"] = json!(model.name);
+    Ok(json(201, &body))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct QuoteRequest {
     model: String,
-    usage: ClassUsage,
+    /// Tokens per class; or `provider_usage`, not both.
+    #[serde(default)]
+    usage: Option<ClassUsage>,
+    /// A usage object as a provider returns it (Anthropic's or OpenAI's,
+    /// with `service_tier`, `inference_geo`, `speed`, `server_tool_use`).
+    #[serde(default)]
+    provider_usage: Option<Value>,
     #[serde(default)]
     at: Option<String>,
 }
@@ -272,32 +313,45 @@ fn quote_usage(db: &Db, req: &Request) -> ApiResult<Response> {
     let model = model_by_name(db, &body.model)?.ok_or_else(|| {
         ApiError::invalid("model", format!("`{}` is not a known model", body.model))
     })?;
-    let u = &body.usage;
-    let usage = Usage {
-        input_tokens: u.input,
-        output_tokens: u.output,
-        cache_creation_input_tokens: u
-            .cache_write_5m
-            .checked_add(u.cache_write_1h)
-            .ok_or_else(|| ApiError::invalid("usage", "too many tokens"))?,
-        cache_creation: Some(CacheCreation {
-            ephemeral_5m_input_tokens: u.cache_write_5m,
-            ephemeral_1h_input_tokens: u.cache_write_1h,
-        }),
-        cache_read_input_tokens: u.cache_read,
+    let usage = match (&body.usage, &body.provider_usage) {
+        (Some(u), None) => Usage {
+            input_tokens: u.input,
+            output_tokens: u.output,
+            cache_creation_input_tokens: u
+                .cache_write_5m
+                .checked_add(u.cache_write_1h)
+                .ok_or_else(|| ApiError::invalid("usage", "too many tokens"))?,
+            cache_creation: Some(CacheCreation {
+                ephemeral_5m_input_tokens: u.cache_write_5m,
+                ephemeral_1h_input_tokens: u.cache_write_1h,
+            }),
+            cache_read_input_tokens: u.cache_read,
+            ..Usage::default()
+        },
+        (None, Some(v)) => Usage::from_api_json(v).map_err(|e| {
+            ApiError::invalid(e.field.replacen("usage", "provider_usage", 1), e.reason)
+        })?,
+        _ => {
+            return Err(ApiError::invalid(
+                "usage",
+                "give exactly one of usage (tokens per class) and provider_usage (a provider's usage object)",
+            ))
+        }
     };
-    let version = prices::price_in_force(db, &model, at)?.ok_or_else(|| {
+    usage.validate()?;
+    let q = prices::quote_at(db, &Cache::open(), &model, &usage, at)?.ok_or_else(|| {
         ApiError::invalid(
             "at",
             format!("`{}` has no price in force at {at}", model.name),
         )
     })?;
-    let q = quote(&version, &usage)?;
     Ok(json(
         200,
         &json!({
-            "model": model.name, "at": at, "pricing_id": q.pricing_id, "effective_from": q.effective_from,
+            "model": model.name, "requested_model": body.model, "at": at, "pricing_id": q.pricing_id, "effective_from": q.effective_from,
+            "prompt_tokens": q.prompt_tokens, "tier_above_prompt_tokens": q.tier_above_prompt_tokens, "modifiers": q.modifiers,
             "lines": q.lines.iter().map(|l| json!({"token_class": l.class, "tokens": l.tokens, "unit_price": l.unit_price, "cost_nanos": l.cost, "cost": l.cost.display_usd()})).collect::<Vec<_>>(),
+            "fees": q.fees.iter().map(|f| json!({"resource": f.resource, "resource_pricing_id": f.resource_pricing_id, "quantity": f.quantity, "unit_price": f.unit_price, "cost_nanos": f.cost, "cost": f.cost.display_usd()})).collect::<Vec<_>>(),
             "total_nanos": q.total, "total": q.total.display_usd(),
         }),
     ))
