@@ -21,7 +21,9 @@ use anyhow::Result;
 use billing_core::events::{
     CloudEvent, EventData, InferenceEvent, InferenceStatus, LlmResponse, MessageSent, TokenMetrics,
 };
-use billing_core::pricing::{fee_quantities, quote, PriceVersion, Quote, ResourcePriceVersion};
+use billing_core::pricing::{
+    fee_quantities, quote, FeeLine, PriceVersion, Quote, ResourcePriceVersion,
+};
 use billing_core::{PricePerMillion, Timestamp, Usage};
 use rusqlite::{OptionalExtension, Transaction};
 
@@ -49,27 +51,33 @@ fn price(v: i64) -> Result<PricePerMillion> {
     PricePerMillion::new(v).map_err(|e| anyhow::anyhow!("stored price: {e}"))
 }
 
-/// A stored price version as read, parsed only when chosen (so one
-/// unreadable row fails only the events it would price, as a query per
-/// event did).
+/// A stored price version as read, parsed when first chosen and then kept
+/// for the batch (so one unreadable row fails only the events it would
+/// price, as a query per event did, and its rules' JSON is parsed once).
 struct StoredPrice {
     pricing_id: i64,
     /// The canonical text form, which orders as time does.
     effective_from: String,
     prices: [i64; 5],
     rules: String,
+    parsed: std::cell::OnceCell<Result<PriceVersion, String>>,
 }
 
 impl StoredPrice {
     fn parse(&self, model: &str) -> Result<PriceVersion> {
-        PriceVersion::from_stored(
-            self.pricing_id,
-            model,
-            &self.effective_from,
-            self.prices,
-            &self.rules,
-        )
-        .map_err(|e| anyhow::anyhow!("stored price version {}: {e}", self.pricing_id))
+        self.parsed
+            .get_or_init(|| {
+                PriceVersion::from_stored(
+                    self.pricing_id,
+                    model,
+                    &self.effective_from,
+                    self.prices,
+                    &self.rules,
+                )
+                .map_err(|e| format!("stored price version {}: {e}", self.pricing_id))
+            })
+            .clone()
+            .map_err(anyhow::Error::msg)
     }
 }
 
@@ -85,6 +93,7 @@ fn token_prices(tx: &Transaction<'_>, model_id: i64) -> Result<Vec<StoredPrice>>
             effective_from: r.get(1)?,
             prices: [r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
             rules: r.get(7)?,
+            parsed: std::cell::OnceCell::new(),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -126,25 +135,26 @@ impl Lookups {
     }
 
     fn model(&mut self, tx: &Transaction<'_>, model: &str) -> Result<Option<ModelRow>> {
-        if let Some(&known) = self.models.get(model) {
-            return Ok(known);
+        if let Some(known) = self.models.get(model) {
+            return Ok(known.clone());
         }
         // A model's own name, else one of its aliases (dim_model_aliases).
         let id = tx
             .prepare_cached(
-                "SELECT model_id, context_window, max_output_tokens FROM dim_models WHERE model_name = ?1
-                 UNION ALL SELECT model_id, context_window, max_output_tokens FROM dim_model_aliases JOIN dim_models USING (model_id) WHERE alias = ?1
+                "SELECT model_id, model_name, context_window, max_output_tokens FROM dim_models WHERE model_name = ?1
+                 UNION ALL SELECT model_id, model_name, context_window, max_output_tokens FROM dim_model_aliases JOIN dim_models USING (model_id) WHERE alias = ?1
                  LIMIT 1",
             )?
             .query_row([model], |r| {
                 Ok(ModelRow {
                     model_id: r.get(0)?,
-                    context_window: r.get::<_, i64>(1)? as u64,
-                    max_output_tokens: r.get::<_, i64>(2)? as u64,
+                    name: r.get(1)?,
+                    context_window: r.get::<_, i64>(2)? as u64,
+                    max_output_tokens: r.get::<_, i64>(3)? as u64,
                 })
             })
             .optional()?;
-        self.models.insert(model.to_owned(), id);
+        self.models.insert(model.to_owned(), id.clone());
         Ok(id)
     }
 
@@ -154,9 +164,9 @@ impl Lookups {
         &mut self,
         tx: &Transaction<'_>,
         model_id: i64,
+        name: &str,
         at: Timestamp,
     ) -> Result<Option<PriceVersion>> {
-        let name = self.model_names(tx, model_id)?;
         let versions = match self.prices.entry(model_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(token_prices(tx, model_id)?),
@@ -165,20 +175,8 @@ impl Lookups {
         versions
             .iter()
             .find(|v| v.effective_from <= at)
-            .map(|v| v.parse(&name))
+            .map(|v| v.parse(name))
             .transpose()
-    }
-
-    /// The model's own name (what an alias stands for).
-    fn model_names(&mut self, tx: &Transaction<'_>, model_id: i64) -> Result<String> {
-        if let Some(name) = self.names.get(&model_id) {
-            return Ok(name.clone());
-        }
-        let name: String = tx
-            .prepare_cached("SELECT model_name FROM dim_models WHERE model_id = ?1")?
-            .query_row([model_id], |r| r.get(0))?;
-        self.names.insert(model_id, name.clone());
-        Ok(name)
     }
 }
 
@@ -204,14 +202,14 @@ pub struct Lookups {
     models: std::collections::HashMap<String, Option<ModelRow>>,
     /// A model's versions, newest first.
     prices: std::collections::HashMap<i64, Vec<StoredPrice>>,
-    /// A model's own name by id.
-    names: std::collections::HashMap<i64, String>,
 }
 
 /// What pricing needs of a model row.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ModelRow {
     model_id: i64,
+    /// The model's own name (what an alias stands for).
+    name: String,
     context_window: u64,
     max_output_tokens: u64,
 }
@@ -331,7 +329,7 @@ fn price_event(
     {
         return Ok(Err(poison("invalid_usage", e.to_string())));
     }
-    let Some(version) = lookups.price_at(tx, model_id, at)? else {
+    let Some(version) = lookups.price_at(tx, model_id, &row.name, at)? else {
         return Ok(Err(poison(
             "no_price",
             format!("no price of `{model}` is in force at {at}"),
@@ -407,12 +405,13 @@ fn insert_token_lines(
     Ok(written)
 }
 
-/// One `resource_invoice_line_item` per server-tool fee of the quote. Returns the rows written.
-fn insert_fee_lines(
+/// One `resource_invoice_line_item` per line: a quote's server-tool fees,
+/// an inference event's request and compute time. Returns the rows written.
+fn insert_resource_lines(
     tx: &Transaction<'_>,
     ev: (&str, &str, i64),
     api_event_id: Option<i64>,
-    p: &Priced,
+    lines: &[FeeLine],
     at: &str,
 ) -> Result<usize> {
     let mut stmt = tx.prepare_cached(
@@ -420,7 +419,7 @@ fn insert_fee_lines(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, resource) DO NOTHING",
     )?;
     let mut written = 0;
-    for f in &p.quote.fees {
+    for f in lines {
         written += stmt.execute(rusqlite::params![
             ev.0,
             ev.1,
@@ -596,15 +595,20 @@ fn bill_turn(
         message.then_some(d.message_id),
     );
     let at = ev.time.to_rfc3339();
-    let line_items =
-        insert_token_lines(
-            tx,
-            (&ev.source, &ev.id, d.user_id),
-            thread,
-            message,
-            &priced,
-            &at,
-        )? + insert_fee_lines(tx, (&ev.source, &ev.id, d.user_id), None, &priced, &at)?;
+    let line_items = insert_token_lines(
+        tx,
+        (&ev.source, &ev.id, d.user_id),
+        thread,
+        message,
+        &priced,
+        &at,
+    )? + insert_resource_lines(
+        tx,
+        (&ev.source, &ev.id, d.user_id),
+        None,
+        &priced.quote.fees,
+        &at,
+    )?;
     let fact = fact(
         Kind::Turn,
         ev,
@@ -653,7 +657,13 @@ fn bill_inference(
         match line {
             Ok((c, total)) => {
                 cost = total;
-                resources.push((version, quantity, c));
+                resources.push(FeeLine {
+                    resource: resource.to_owned(),
+                    resource_pricing_id: version.resource_pricing_id,
+                    quantity,
+                    unit_price: version.unit_price,
+                    cost: c,
+                });
             }
             Err(e) => return Ok(poison("invalid_usage", e.to_string())),
         }
@@ -685,21 +695,15 @@ fn bill_inference(
         None,
         &priced,
         &at,
-    )? + insert_fee_lines(
+    )?;
+    resources.extend(priced.quote.fees.iter().cloned());
+    line_items += insert_resource_lines(
         tx,
         (&ev.source, &ev.id, d.user_id),
         Some(api_event_id),
-        &priced,
+        &resources,
         &at,
     )?;
-    for r in &resources {
-        line_items += tx
-            .prepare_cached(
-                "INSERT INTO resource_invoice_line_item (source, event_id, user_id, api_event_id, resource_pricing_id, resource, quantity, unit_price, cost_nanos, occurred_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (source, event_id, resource) DO NOTHING",
-            )?
-            .execute(rusqlite::params![ev.source, ev.id, d.user_id, api_event_id, r.0.resource_pricing_id, r.0.resource, r.1 as i64, r.0.unit_price.micros(), r.2.0, at])?;
-    }
     let fact = fact(
         Kind::Inference,
         ev,

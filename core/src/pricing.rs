@@ -239,8 +239,7 @@ impl PriceRules {
                     ),
                 ));
             }
-            let probe = serde_json::json!({ m.attribute.as_str(): m.value });
-            Usage::from_api_json(&probe)
+            crate::usage::check_label(&m.value, &m.attribute)
                 .map_err(|e| FieldError::new(format!("rules.modifiers[{i}].value"), e.reason))?;
             if self.modifiers[..i]
                 .iter()

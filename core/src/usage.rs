@@ -453,7 +453,8 @@ fn label(v: Option<&Value>, name: &str) -> Result<Option<String>, FieldError> {
     }
 }
 
-fn check_label(s: &str, name: &str) -> Result<(), FieldError> {
+/// Checks a modifier attribute's value (1 to 32 of `a-z 0-9 _ -`).
+pub(crate) fn check_label(s: &str, name: &str) -> Result<(), FieldError> {
     if s.is_empty()
         || s.len() > 32
         || !s

@@ -14,6 +14,22 @@ fn event(id: &str, user: i64) -> Value {
     })
 }
 
+/// A 400's errors as (index, field, reason).
+fn errors(r: &billing_e2e::Reply) -> Vec<(i64, String, String)> {
+    r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_i64().unwrap(),
+                e["field"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
 async fn post(s: &Stack, key: &str, ct: &str, body: &Value) -> billing_e2e::Reply {
     s.call_raw(
         "POST",
@@ -54,17 +70,7 @@ async fn validation_matrix() {
     ]);
     let r = post(&s, &key, BATCH, &batch).await;
     assert!(r.problem(400).contains("nothing was stored"));
-    let errs: Vec<(i64, String)> = r.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["index"].as_i64().unwrap(),
-                e["field"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let errs: Vec<(i64, String)> = errors(&r).into_iter().map(|(i, f, _)| (i, f)).collect();
     let indexes: Vec<i64> = errs.iter().map(|e| e.0).collect();
     assert_eq!(indexes, [1, 2, 3, 4, 5, 6], "{errs:?}");
     assert_eq!(errs[0].1, "specversion");
@@ -216,18 +222,7 @@ async fn ingest_edge_refusals() {
     )
     .await;
     r.problem(400);
-    let errs: Vec<(i64, String, String)> = r.body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["index"].as_i64().unwrap(),
-                e["field"].as_str().unwrap().to_owned(),
-                e["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let errs = errors(&r);
     let fields: Vec<(i64, &str)> = errs.iter().map(|e| (e.0, e.1.as_str())).collect();
     assert_eq!(
         fields,

@@ -1,0 +1,105 @@
+//! `billing::process` on a migrated SQLite file, one message at a time: the
+//! price dimensions reach the rows (an alias billed as its model, a batch
+//! discount, a web-search fee line) and a usage beyond the model's limits
+//! is poison that writes nothing.
+
+use billing_bridge::billing::{process, Lookups, Origin, Outcome};
+use billing_core::events::{CloudEvent, TokenMetrics};
+use billing_core::{ModelName, Timestamp, Usage};
+
+fn turn(id: &str, model: &str, usage: serde_json::Value) -> Vec<u8> {
+    CloudEvent::new(
+        id.to_owned(),
+        "/test/dimensions",
+        Timestamp::parse("2026-11-01T00:00:00Z").unwrap(),
+        None,
+        TokenMetrics {
+            user_id: 2,
+            thread_id: 1,
+            message_id: 1,
+            model: ModelName::parse(model).unwrap(),
+            usage: serde_json::from_value::<Usage>(usage).unwrap(),
+            latency_ms: 100,
+        },
+    )
+    .to_json()
+    .into_bytes()
+}
+
+fn run(conn: &mut rusqlite::Connection, payload: &[u8]) -> Outcome {
+    let tx = conn.transaction().unwrap();
+    let out = process(
+        &tx,
+        &mut Lookups::default(),
+        "token-metrics",
+        payload,
+        Origin {
+            partition: 0,
+            offset: 0,
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    out
+}
+
+// An alias, batch and three web searches: billed as the dated model at half the token rates plus $0.03 on a fee line.
+#[test]
+fn dimensions_reach_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut conn, _) = billing_migrations::open_and_migrate(&dir.path().join("b.db")).unwrap();
+    let out = run(
+        &mut conn,
+        &turn(
+            "t1",
+            "claude-haiku-4-5",
+            serde_json::json!({"input_tokens": 1000, "output_tokens": 200,
+            "service_tier": "batch", "server_tool_use": {"web_search_requests": 3}}),
+        ),
+    );
+    let Outcome::Billed { fact, line_items } = out else {
+        panic!("not billed: {out:?}")
+    };
+    // 1,000 × $0.50 + 200 × $2.50 per million + 3 × $0.01
+    assert_eq!(fact.cost_nanos, 500_000 + 500_000 + 30_000_000);
+    assert_eq!(fact.model, "claude-haiku-4-5-20251001");
+    assert_eq!(line_items, 3);
+    let fee: (String, i64, i64) = conn
+        .query_row("SELECT resource, quantity, cost_nanos FROM resource_invoice_line_item WHERE event_id = 't1'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(fee, ("web_search_request".to_owned(), 3, 30_000_000));
+    let tokens: i64 = conn
+        .query_row(
+            "SELECT sum(cost_nanos) FROM user_invoice_line_item WHERE event_id = 't1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tokens, 1_000_000);
+}
+
+// A prompt beyond Haiku 4.5's 200,000-token window is poison naming the field, and nothing is written.
+#[test]
+fn beyond_the_window_is_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut conn, _) = billing_migrations::open_and_migrate(&dir.path().join("b.db")).unwrap();
+    let out = run(
+        &mut conn,
+        &turn(
+            "t2",
+            "claude-haiku-4-5-20251001",
+            serde_json::json!({"input_tokens": 150000, "cache_read_input_tokens": 60000, "output_tokens": 1}),
+        ),
+    );
+    let Outcome::Poison { code, reason } = out else {
+        panic!("billed: {out:?}")
+    };
+    assert_eq!(code, "invalid_usage");
+    assert!(reason.contains("usage.input_tokens"), "{reason}");
+    let rows: i64 = conn
+        .query_row("SELECT (SELECT count(*) FROM user_invoice_line_item) + (SELECT count(*) FROM processed_events)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}
