@@ -19,7 +19,8 @@
 
 use anyhow::Result;
 use billing_core::events::{
-    CloudEvent, EventData, InferenceEvent, InferenceStatus, LlmResponse, MessageSent, TokenMetrics,
+    customer_source, CloudEvent, EventData, InferenceEvent, InferenceStatus, LlmResponse,
+    MessageSent, TokenMetrics,
 };
 use billing_core::pricing::{
     fee_quantities, quote, FeeLine, PriceVersion, Quote, ResourcePriceVersion,
@@ -34,8 +35,13 @@ pub use billing_core::aggregates::{Fact, Kind};
 pub enum Outcome {
     /// Handled now: its fact and the line items written.
     Billed { fact: Fact, line_items: usize },
-    /// Handled before: nothing changed; the fact as it was recorded and its line items.
-    Duplicate { fact: Fact, line_items: usize },
+    /// Handled before: nothing changed; the fact as it was recorded, its
+    /// line items, and where it was first consumed (its topic is the fact's).
+    Duplicate {
+        fact: Fact,
+        line_items: usize,
+        first: Origin,
+    },
     /// Can never be handled: a short code (the dead-letter metric's label) and why.
     Poison { code: &'static str, reason: String },
 }
@@ -215,21 +221,32 @@ struct ModelRow {
 }
 
 /// Where a message was read from, for the ledger.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Origin {
     pub partition: i32,
     pub offset: i64,
 }
 
-/// The recorded fact of (`kind`, `source`, `id`), if the event was handled before.
-pub fn recorded(tx: &Transaction<'_>, kind: Kind, source: &str, id: &str) -> Result<Option<Fact>> {
+/// The recorded fact of (`kind`, `source`, `id`) and where it was first
+/// consumed, if the event was handled before.
+pub fn recorded(
+    tx: &Transaction<'_>,
+    kind: Kind,
+    source: &str,
+    id: &str,
+) -> Result<Option<(Fact, Origin)>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT user_id, model, thread_id, occurred_at, latency_ms, cost_nanos, input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens
+        "SELECT user_id, model, thread_id, occurred_at, latency_ms, cost_nanos, input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens,
+                partition, kafka_offset
          FROM processed_events WHERE consumer = ?1 AND source = ?2 AND event_id = ?3",
     )?;
     let row = stmt
         .query_row((kind.topic(), source, id), |r| {
-            fact_from_row(r, kind, source.to_owned(), id.to_owned(), 0)
+            let origin = Origin {
+                partition: r.get(11)?,
+                offset: r.get(12)?,
+            };
+            Ok(fact_from_row(r, kind, source.to_owned(), id.to_owned(), 0)?.map(|f| (f, origin)))
         })
         .optional()?;
     row.transpose()
@@ -476,9 +493,13 @@ pub fn process(
     }
     macro_rules! seen_before {
         ($ev:expr) => {
-            if let Some(fact) = recorded(tx, kind, &$ev.source, &$ev.id)? {
+            if let Some((fact, first)) = recorded(tx, kind, &$ev.source, &$ev.id)? {
                 let line_items = line_items_of(tx, &$ev.source, &$ev.id)?;
-                return Ok(Outcome::Duplicate { fact, line_items });
+                return Ok(Outcome::Duplicate {
+                    fact,
+                    line_items,
+                    first,
+                });
             }
         };
     }
@@ -489,7 +510,9 @@ pub fn process(
             bill_turn(tx, lookups, &ev, origin)
         }
         Kind::Inference => {
-            let ev = parse_or_poison!(InferenceEvent);
+            let mut ev = parse_or_poison!(InferenceEvent);
+            // A customer's (source, id) is unique only within that customer.
+            ev.source = customer_source(ev.data.user_id, &ev.source);
             seen_before!(ev);
             bill_inference(tx, lookups, &ev, origin)
         }

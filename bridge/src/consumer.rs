@@ -12,10 +12,15 @@
 //!    to SQLite, applies the facts to the Redis aggregates
 //!    ([`crate::aggregates`]), guarded by each event's mark, which also
 //!    sends the live notices, and produces a `processed-events` record per
-//!    event applied now;
+//!    billed event of the stage (a replay produces them again: no record is
+//!    lost when the bridge dies between Redis and the broker);
 //! 4. only once that stage is done stores the batch's offsets (committed
-//!    in the background and on shutdown). One batch at a time is in the
-//!    second stage, so offsets are stored in order.
+//!    in the background and on shutdown) and raises its partitions'
+//!    watermarks (`aggregated_offsets`, written with the next batch). One
+//!    batch at a time is in the second stage, so offsets are stored in
+//!    order. A redelivered event first consumed at or below its
+//!    partition's watermark skips the second stage, whatever its age; one
+//!    above it runs it again, its mark guarding the aggregates.
 //!
 //! A transient failure at any step (SQLite busy, Redis away, broker away)
 //! is retried with backoff; nothing is skipped. A crash anywhere replays
@@ -88,19 +93,45 @@ async fn back_off(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) -> b
 /// statements and a sub-journal per event); only if the database rejects a
 /// message is it rolled back and run again message by message in
 /// savepoints, so that one message's rejection spoils nothing else.
-fn handle_batch(conn: &mut Connection, batch: &[BorrowedMessage<'_>]) -> Result<Vec<Outcome>> {
-    match run_batch(conn, batch, false) {
-        Err(e) if is_constraint(&e) => run_batch(conn, batch, true),
+fn handle_batch(
+    conn: &mut Connection,
+    batch: &[BorrowedMessage<'_>],
+    aggregated: &Watermarks,
+) -> Result<(Vec<Outcome>, Watermarks)> {
+    match run_batch(conn, batch, aggregated, false) {
+        Err(e) if is_constraint(&e) => run_batch(conn, batch, aggregated, true),
         other => other,
     }
+}
+
+/// How far each (topic, partition) is known to be in the Redis aggregates
+/// with its `processed-events` records delivered: the highest offset of a
+/// batch whose second stage finished (table `aggregated_offsets`).
+pub type Watermarks = std::collections::BTreeMap<(String, i32), i64>;
+
+/// Raises the stored watermarks to `done` and reads them all back.
+fn sync_watermarks(tx: &rusqlite::Transaction<'_>, done: &Watermarks) -> Result<Watermarks> {
+    let mut raise = tx.prepare_cached(
+        "INSERT INTO aggregated_offsets (topic, partition, kafka_offset) VALUES (?1, ?2, ?3)
+         ON CONFLICT (topic, partition) DO UPDATE SET kafka_offset = max(kafka_offset, excluded.kafka_offset)",
+    )?;
+    for ((topic, partition), offset) in done {
+        raise.execute((topic, partition, offset))?;
+    }
+    let mut read =
+        tx.prepare_cached("SELECT topic, partition, kafka_offset FROM aggregated_offsets")?;
+    let rows = read.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn run_batch(
     conn: &mut Connection,
     batch: &[BorrowedMessage<'_>],
+    aggregated: &Watermarks,
     savepoints: bool,
-) -> Result<Vec<Outcome>> {
+) -> Result<(Vec<Outcome>, Watermarks)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let watermarks = sync_watermarks(&tx, aggregated)?;
     let mut lookups = billing::Lookups::default();
     let mut out = Vec::with_capacity(batch.len());
     for msg in batch {
@@ -136,7 +167,7 @@ fn run_batch(
         }
     }
     tx.commit()?;
-    Ok(out)
+    Ok((out, watermarks))
 }
 
 fn is_constraint(e: &anyhow::Error) -> bool {
@@ -202,6 +233,8 @@ pub async fn run(
     )?;
     consumer.subscribe(&TOPICS)?;
     let mut in_flight: Option<InFlight> = None;
+    // Watermarks of finished second stages, stored with the next batch.
+    let mut aggregated = Watermarks::new();
     loop {
         let first = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -233,7 +266,8 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let Some((facts, items)) = write(&batch, conn, &mut producer, brokers, &mut stop).await?
+        let Some((facts, items)) =
+            write(&batch, &aggregated, conn, &mut producer, brokers, &mut stop).await?
         else {
             tracing::info!(
                 messages = batch.len(),
@@ -243,9 +277,10 @@ pub async fn run(
         };
         // At most one batch in its second stage: the previous one's must end
         // (its offsets stored) before this one's starts.
+        aggregated.clear();
         if let Some(previous) = in_flight.take() {
             if !previous
-                .finish(&consumer, aggregates, &mut producer)
+                .finish(&consumer, aggregates, &mut producer, &mut aggregated)
                 .await?
             {
                 break;
@@ -268,7 +303,22 @@ pub async fn run(
         in_flight = Some(InFlight { task, offsets });
     }
     if let Some(last) = in_flight.take() {
-        last.finish(&consumer, aggregates, &mut producer).await?;
+        last.finish(&consumer, aggregates, &mut producer, &mut aggregated)
+            .await?;
+    }
+    if !aggregated.is_empty() {
+        // Best effort: without it, the marks still guard a redelivery.
+        let stored = tokio::task::block_in_place(|| -> Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            sync_watermarks(&tx, &aggregated)?;
+            Ok(tx.commit()?)
+        });
+        if let Err(e) = stored {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "Watermarks not stored at shutdown."
+            );
+        }
     }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
@@ -281,16 +331,17 @@ pub async fn run(
 /// with their line-item counts, or `None` when stopped first.
 async fn write(
     batch: &[BorrowedMessage<'_>],
+    aggregated: &Watermarks,
     conn: &mut Connection,
     producer: &mut FutureProducer,
     brokers: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<(Vec<Fact>, Vec<usize>)>> {
     let mut backoff = Duration::from_millis(50);
-    let outcomes = loop {
+    let (outcomes, watermarks) = loop {
         // SQLite blocks (and may wait for the write lock): the runtime moves
         // this worker's other tasks (the second stage, the relay) elsewhere.
-        match tokio::task::block_in_place(|| handle_batch(conn, batch)) {
+        match tokio::task::block_in_place(|| handle_batch(conn, batch, aggregated)) {
             Ok(o) => break o,
             Err(e) => {
                 metrics().inc("billing_bridge_sqlite_errors_total", String::new(), 1);
@@ -316,13 +367,24 @@ async fn write(
                 items.push(line_items);
                 "billed"
             }
-            Outcome::Duplicate { fact, line_items } => {
-                tracing::debug!(
-                    offset = msg.offset(),
-                    "Event seen before; its aggregates are checked."
-                );
-                facts.push(fact);
-                items.push(line_items);
+            Outcome::Duplicate {
+                fact,
+                line_items,
+                first,
+            } => {
+                // First consumed at or below its partition's watermark: its
+                // aggregates and processed-events record are done, however
+                // long ago (the marks may have expired). Otherwise its
+                // second stage may have been cut short: run it again, the
+                // marks guarding the aggregates.
+                let settled = watermarks
+                    .get(&(fact.kind.topic().to_owned(), first.partition))
+                    .is_some_and(|&w| first.offset <= w);
+                tracing::debug!(offset = msg.offset(), settled, "Event seen before.");
+                if !settled {
+                    facts.push(fact);
+                    items.push(line_items);
+                }
                 "duplicate"
             }
             Outcome::Poison { code, reason } => {
@@ -372,7 +434,7 @@ async fn write(
 
 /// The second stage of a batch: its facts applied to the Redis aggregates
 /// (each guarded by its mark, so a replay adds nothing), then one
-/// `processed-events` record per event applied now, delivered. Returns the
+/// `processed-events` record per billed event of the stage, delivered. Returns the
 /// aggregates (moved in for the stage), the fresh producer it made if
 /// deliveries failed (as a broker that lost the old one's state needs), and
 /// whether it finished: false when stopped first, and
@@ -410,15 +472,15 @@ async fn announce(
             );
         }
     }
-    let records: Vec<(String, String)> = applied
+    // A record for every billed fact of the stage, applied now or before:
+    // a stage cut short between Redis and the broker left some undelivered,
+    // and the replay cannot tell which. A record may thus repeat; its id
+    // (derived from the event's) lets readers drop the repeat.
+    let records: Vec<(String, String)> = facts
         .iter()
-        .filter(|&&i| facts[i].kind.is_billed())
-        .map(|&i| {
-            (
-                facts[i].user_id.to_string(),
-                processed_event(&facts[i], items[i], now).to_json(),
-            )
-        })
+        .zip(&items)
+        .filter(|(f, _)| f.kind.is_billed())
+        .map(|(f, &n)| (f.user_id.to_string(), processed_event(f, n, now).to_json()))
         .collect();
     let deliveries = records
         .iter()
@@ -463,6 +525,7 @@ impl InFlight {
         consumer: &StreamConsumer<crate::kafka::LagContext>,
         aggregates: &mut Aggregates,
         producer: &mut FutureProducer,
+        aggregated: &mut Watermarks,
     ) -> Result<bool> {
         let (returned, used, finished) = self
             .task
@@ -474,6 +537,10 @@ impl InFlight {
         }
         if finished {
             for (topic, partition, offset) in &self.offsets {
+                let w = aggregated
+                    .entry((topic.clone(), *partition))
+                    .or_insert(*offset);
+                *w = (*w).max(*offset);
                 if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
                     // The partition moved to another member; that member replays it.
                     tracing::debug!(error = %e, partition, "Offset not stored.");

@@ -315,23 +315,26 @@ async fn bills_once_and_dead_letters_poison() {
     );
     assert_eq!(header("dlq-code"), "invalid_event");
 
-    // One processed-events record per billed event, naming the original.
+    // A processed-events record per billed event, naming the original. The redelivered m1 may send its record
+    // again (its first batch's second stage was not known to be done); a repeat carries the same id.
     let processed = reader(&kafka.brokers(), "processed-events");
-    let mut originals = Vec::new();
+    let mut originals = std::collections::BTreeMap::new();
     while originals.len() < 2 {
         let m = tokio::time::timeout(Duration::from_secs(20), processed.recv())
             .await
             .expect("processed-events records")
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        originals.push((
+        let original = (
             v["data"]["original_id"].as_str().unwrap().to_owned(),
             v["data"]["cost"].as_i64().unwrap(),
-        ));
+        );
+        let id = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(id, format!("token-metrics:{}", original.0));
+        originals.insert(id, original);
     }
-    originals.sort();
     assert_eq!(
-        originals,
+        originals.into_values().collect::<Vec<_>>(),
         vec![("m1".to_string(), 11_100_000), ("m2".to_string(), 330_000)]
     );
     assert_eq!(
@@ -558,7 +561,7 @@ async fn database_rejection_spoils_nothing_else() {
     conn.execute(
         "INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, latency_ms, compute_ms,
              input_tokens, output_tokens, cache_creation_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, occurred_at)
-         SELECT '/services/batch', 'inf-b', event_type_id, 2, model_id, 'elsewhere', 'succeeded', 1, 0, 0, 0, 0, 0, 0, 0, '2026-03-10T12:00:00.000Z'
+         SELECT '/users/2:/services/batch', 'inf-b', event_type_id, 2, model_id, 'elsewhere', 'succeeded', 1, 0, 0, 0, 0, 0, 0, 0, '2026-03-10T12:00:00.000Z'
          FROM dim_event_types, dim_models WHERE event_type = 'llm-billing.inference' AND model_name = 'claude-haiku-4-5-20251001'",
         [],
     )
@@ -613,4 +616,107 @@ async fn database_rejection_spoils_nothing_else() {
     assert_eq!(code.as_deref(), Some("rejected_by_database"));
     let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
     assert_eq!(v["id"], "inf-b");
+}
+
+/// `billing:agg:h:2026-03-10T12`'s request count (the events the dashboard counts that hour).
+async fn requests_counted(redis: &Redis) -> Option<i64> {
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("HGET")
+        .arg("billing:agg:h:2026-03-10T12")
+        .arg("*|requests")
+        .query_async(&mut r)
+        .await
+        .unwrap()
+}
+
+// A redelivery counts once in the dashboard however late it comes (its mark expired: the partition's watermark
+// says it was applied), and a replay whose second stage was cut short sends its processed-events record again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_redelivery_counts_once_and_records_are_not_lost() {
+    let (_dir, kafka, db) = broker_and_database(1).await;
+    let redis = Redis::start();
+    let raw = producer(&kafka.brokers(), 5000).unwrap();
+    let ev = inference("late-1", 100, 0);
+    let deliver = || async {
+        raw.send(
+            FutureRecord::to("inference-events")
+                .key("2")
+                .payload(&ev.to_json()),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+    };
+    let group = "bridge-test-late";
+    let brokers = kafka.brokers();
+    let consume = || consume_until(&db, &brokers, &redis, group, 1, Duration::from_secs(2));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let watermark = || -> Option<i64> {
+        conn.query_row(
+            "SELECT kafka_offset FROM aggregated_offsets WHERE topic = 'inference-events' AND partition = 0",
+            [],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+
+    deliver().await;
+    consume().await;
+    assert_eq!(requests_counted(&redis).await, Some(1));
+    assert_eq!(
+        watermark(),
+        Some(0),
+        "the finished batch raised its partition's watermark"
+    );
+
+    // As if the bridge died after Redis and before the broker took the record: no watermark.
+    conn.execute("DELETE FROM aggregated_offsets", []).unwrap();
+    deliver().await;
+    consume().await;
+    assert_eq!(
+        requests_counted(&redis).await,
+        Some(1),
+        "the mark kept the replay out"
+    );
+    assert_eq!(watermark(), Some(1));
+
+    // Its mark expired (older than the marks' TTL): the watermark alone keeps it out.
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("billing:seen:*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(!marks.is_empty());
+    let _: i64 = redis::cmd("DEL")
+        .arg(&marks)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    deliver().await;
+    consume().await;
+    assert_eq!(
+        requests_counted(&redis).await,
+        Some(1),
+        "counted once, however late"
+    );
+    assert_eq!(watermark(), Some(2));
+
+    // processed-events: the first record, and the replay's again (same id); none for the settled copy.
+    let records = reader(&kafka.brokers(), "processed-events");
+    let mut ids = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), records.recv()).await {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+        assert_eq!(v["data"]["original_source"], "/users/2:/services/batch");
+    }
+    assert_eq!(ids, ["inference-events:late-1", "inference-events:late-1"]);
 }

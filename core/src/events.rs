@@ -418,6 +418,20 @@ pub enum InferenceStatus {
     Failed,
 }
 
+/// The ledger's source of a customer's event: `/users/{user_id}:{source}`.
+///
+/// CloudEvents makes (source, id) unique per producer; our producers are
+/// customers, who do not coordinate, so two of them may send the same pair
+/// and both must be billed. The ledger (processed events, line items,
+/// `api_events`, the dashboard's marks, `processed-events` records) keys a
+/// collected event by this scoped source with its id: the same customer's
+/// same (source, id) is a duplicate, another customer's is not. The map is
+/// one-to-one (the user id ends at the first `:`) and never yields a
+/// system source (those start with `/functions/`, which clients may not use).
+pub fn customer_source(user_id: i64, source: &str) -> String {
+    format!("/users/{user_id}:{source}")
+}
+
 /// One call to an inference API made outside the chat (batch jobs, other
 /// services), collected by the `collector` component, on `inference-events`.
 /// Billed per token class and per resource (requests, compute time).

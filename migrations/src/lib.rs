@@ -116,6 +116,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0008_price_rules_and_catalogue.sql",
         include_str!("../0008_price_rules_and_catalogue.sql"),
     ),
+    (
+        "0009_customer_scoped_identity.sql",
+        include_str!("../0009_customer_scoped_identity.sql"),
+    ),
+    (
+        "0010_idempotency_claims.sql",
+        include_str!("../0010_idempotency_claims.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

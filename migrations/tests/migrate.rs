@@ -32,7 +32,9 @@ fn second_run_is_a_no_op() {
             "0005_drafts_by_reference.sql",
             "0006_outbox_without_unique.sql",
             "0007_unused_line_item_indexes.sql",
-            "0008_price_rules_and_catalogue.sql"
+            "0008_price_rules_and_catalogue.sql",
+            "0009_customer_scoped_identity.sql",
+            "0010_idempotency_claims.sql"
         ]
     );
     let mode: String = conn
@@ -306,4 +308,74 @@ fn outbox_rebuild_keeps_rows_and_ids() {
     assert!(billing_migrations::foreign_key_violations(&conn)
         .unwrap()
         .is_empty());
+}
+
+// 0009 scopes a collected event's identity to its customer: collected
+// events get their user (from the ledger or the outbox), the ledger's rows
+// of inference events are renamed to the customer-scoped source (a chat
+// turn's are not), and each partition's watermark starts at its highest
+// consumed offset.
+#[test]
+fn customer_scoped_identity_renames_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    let all = embedded();
+    let before: Vec<Migration> = all
+        .iter()
+        .filter(|m| m.file.as_str() < "0009")
+        .cloned()
+        .collect();
+    migrate(&mut conn, &before).unwrap();
+    conn.execute_batch(
+        "INSERT INTO collected_events (source, event_id) VALUES ('/svc', 'billed'), ('/svc', 'queued'), ('/svc', 'lost');
+         INSERT INTO outbox (topic, event_key, source, event_id, payload)
+             VALUES ('inference-events', '3', '/svc', 'queued', '{\"data\": {\"user_id\": 3}}');
+         INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, latency_ms, compute_ms,
+             input_tokens, output_tokens, cache_creation_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, occurred_at)
+             SELECT '/svc', 'billed', event_type_id, 2, 1, 'r', 'succeeded', 1, 0, 1, 0, 0, 0, 0, 0, '2026-03-10T12:00:00.000Z'
+             FROM dim_event_types WHERE event_type = 'llm-billing.inference';
+         INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset, user_id)
+             VALUES ('inference-events', '/svc', 'billed', 'inference-events', 1, 41, 2),
+                    ('token-metrics', '/functions/messages', 'm-1', 'token-metrics', 0, 7, 2),
+                    ('token-metrics', '/functions/messages', 'm-2', 'token-metrics', 0, 9, 2);
+         INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
+             VALUES ('/svc', 'billed', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z'),
+                    ('/functions/messages', 'm-1', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z');",
+    )
+    .unwrap();
+    migrate(&mut conn, &all).unwrap();
+    let rows = |sql: &str| -> Vec<String> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        rows("SELECT user_id || ' ' || source || ' ' || event_id FROM collected_events ORDER BY event_id"),
+        ["2 /svc billed", "0 /svc lost", "3 /svc queued"]
+    );
+    assert_eq!(
+        rows("SELECT source || ' ' || event_id FROM processed_events ORDER BY event_id"),
+        [
+            "/users/2:/svc billed",
+            "/functions/messages m-1",
+            "/functions/messages m-2"
+        ]
+    );
+    assert_eq!(rows("SELECT source FROM api_events"), ["/users/2:/svc"]);
+    assert_eq!(
+        rows("SELECT source FROM user_invoice_line_item ORDER BY line_item_id"),
+        ["/users/2:/svc", "/functions/messages"]
+    );
+    assert_eq!(
+        rows("SELECT topic || ' ' || partition || ' ' || kafka_offset FROM aggregated_offsets ORDER BY topic"),
+        ["inference-events 1 41", "token-metrics 0 9"]
+    );
+    assert_eq!(
+        billing_core::events::customer_source(2, "/svc"),
+        "/users/2:/svc",
+        "the migration names rows as billing-core does"
+    );
 }

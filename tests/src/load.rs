@@ -411,7 +411,14 @@ async fn events(
         for (user, id, cost) in costs {
             *b.expected_nanos.entry(user).or_default() += cost;
             *b.events.entry(user).or_default() += 1;
-            b.sent.insert((EVENT_SOURCE.into(), id), answered);
+            // Keyed as the ledger keys a customer's event.
+            b.sent.insert(
+                (
+                    billing_core::events::customer_source(user, EVENT_SOURCE),
+                    id,
+                ),
+                answered,
+            );
         }
     }
     Ok(())

@@ -531,3 +531,66 @@ async fn idempotent_retry() {
     );
     assert_eq!(s.count("message_tokens"), 3);
 }
+
+// One Idempotency-Key sent twice at once reaches the model once: the second request finds the key claimed and gets
+// 409 with retry-after; retried after the first is answered, it replays that answer. A failed call releases the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retry_pays_the_model_once() {
+    let s = Stack::start().await;
+    let (_, key) = s.user("Impatient", "impatient@example.com").await;
+    let tid = thread(&s, &key).await;
+    let path = format!("/api/threads/{tid}/messages");
+    let ask = json!({"content": "Only once, please"});
+    let headers = [
+        ("idempotency-key", "same-turn"),
+        ("x-sim-latency-ms", "1500"),
+        ("x-sim-fail-key", "concurrent-idem"),
+    ];
+    let first = s.call_with("POST", &path, &key, &headers, ask.clone());
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        s.call_with("POST", &path, &key, &headers, ask.clone())
+            .await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert!(
+        second.problem(409).contains("being answered now"),
+        "{:?}",
+        second.body
+    );
+    let wait: u64 = second.retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&wait), "retry-after {wait}");
+    let calls = s
+        .call("GET", "/sim/v1/calls?key=concurrent-idem", None, None)
+        .await;
+    assert_eq!(calls.body["calls"], 1, "the provider was called once");
+
+    let retried = s
+        .call_with("POST", &path, &key, &headers, ask.clone())
+        .await;
+    assert_eq!(retried.status, 201);
+    assert_eq!(retried.body, first.body, "the retry replays the answer");
+    assert_eq!(
+        (s.count("message_tokens"), s.count("idempotency_claims")),
+        (1, 0)
+    );
+
+    // A failed call bills nothing and leaves the key free: the retry calls the model.
+    let failing = [
+        ("idempotency-key", "fails-first"),
+        ("x-sim-fail", "400"),
+        ("x-sim-fail-times", "1"),
+        ("x-sim-fail-key", "idem-fail"),
+    ];
+    let failed = s
+        .call_with("POST", &path, &key, &failing, ask.clone())
+        .await;
+    assert!(failed.status >= 400, "{:?}", failed.body);
+    let ok = s.call_with("POST", &path, &key, &failing, ask).await;
+    assert_eq!(ok.status, 201, "{:?}", ok.body);
+    assert_eq!(
+        (s.count("message_tokens"), s.count("idempotency_claims")),
+        (2, 0)
+    );
+}

@@ -273,3 +273,86 @@ async fn before_first_price_refused() {
         r.body
     );
 }
+
+// Identity is the customer's: two customers' same (source, id) are both billed; one customer's retry is a duplicate; the same id with other content is 409 naming it, and nothing of that batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_scoped_to_the_customer() {
+    let s = Stack::start().await;
+    let bridge = billing_e2e::Bridge::start(&s).await;
+    let (a, key_a) = s.user("Tenant A", "tenant-a@example.com").await;
+    let (b, key_b) = s.user("Tenant B", "tenant-b@example.com").await;
+    for (uid, key) in [(a, &key_a), (b, &key_b)] {
+        let r = post(&s, key, BATCH, &json!([event("shared-1", uid)])).await;
+        assert_eq!(
+            r.body,
+            json!({"accepted": 1, "duplicates": 0}),
+            "user {uid}"
+        );
+    }
+    let retry = post(&s, &key_a, BATCH, &json!([event("shared-1", a)])).await;
+    assert_eq!(retry.body, json!({"accepted": 0, "duplicates": 1}));
+
+    let mut changed = event("shared-1", a);
+    changed["data"]["usage"]["output_tokens"] = json!(51);
+    let before = s.count("collected_events");
+    let r = post(
+        &s,
+        &key_a,
+        BATCH,
+        &json!([event("fresh-1", a), changed.clone()]),
+    )
+    .await;
+    let detail = r.problem(409);
+    assert!(
+        detail.contains("event 1")
+            && detail.contains("`shared-1`")
+            && detail.contains("other content"),
+        "{detail}"
+    );
+    assert_eq!(
+        s.count("collected_events"),
+        before,
+        "nothing of the batch stored"
+    );
+    // Inside one batch too.
+    let mut other = event("twice", a);
+    other["data"]["latency_ms"] = json!(421);
+    let r = post(&s, &key_a, BATCH, &json!([event("twice", a), other])).await;
+    assert!(r.problem(409).contains("event 0 of this batch"));
+
+    bridge.wait_for(&s, 2).await;
+    bridge.stop().await;
+    let db = s.db();
+    let billed = |uid: i64| -> (i64, i64) {
+        db.query_row(
+            "SELECT count(*), coalesce(sum(cost_nanos), 0) FROM user_invoice_line_item WHERE user_id = ?1",
+            [uid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let (lines_a, cost_a) = billed(a);
+    assert!(
+        lines_a == 2 && cost_a > 0,
+        "A billed: {lines_a} lines, {cost_a}"
+    );
+    assert_eq!(
+        billed(b),
+        (lines_a, cost_a),
+        "B billed the same event the same"
+    );
+    let sources: Vec<String> = db
+        .prepare("SELECT source FROM api_events ORDER BY user_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        sources,
+        [
+            billing_core::events::customer_source(a, "/services/batch-runner"),
+            billing_core::events::customer_source(b, "/services/batch-runner")
+        ]
+    );
+}

@@ -410,3 +410,201 @@ async fn version_with_rules() {
         "6"
     );
 }
+
+// The catalogue kept by an admin: a new model with its first price (in the past: no invoice can hold it), an alias
+// billed as the model, a retirement the chat honours while collected events are still priced; every refusal names
+// its field and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_models_aliases_retirement() {
+    let s = Stack::start().await;
+    let (_, key) = s.user("Catalogue reader", "reader@example.com").await;
+    let new_model = json!({
+        "model": "claude-test-9-20261101", "display_name": "Claude Test 9", "provider": "anthropic",
+        "family": "test", "context_window": 200000, "max_output_tokens": 64000,
+        "released_at": "2026-11-01T00:00:00Z", "effective_from": "2026-11-01T00:00:00Z",
+        "prices": {"input": 2000000, "output": 8000000, "cache_write_5m": 2500000, "cache_write_1h": 4000000, "cache_read": 200000},
+        "rules": {"modifiers": [{"attribute": "service_tier", "value": "batch", "multiplier": "0.5"}]}
+    });
+    let models_before = s.count("dim_models");
+    s.call("POST", "/api/models", Some(&key), Some(new_model.clone()))
+        .await
+        .problem(403);
+    let mut bad = new_model.clone();
+    bad["model"] = json!("claude-sonnet-4-5-20250929");
+    bad["provider"] = json!("acme");
+    bad["max_output_tokens"] = json!(300000);
+    bad["prices"]["output"] = json!(-1);
+    let r = s
+        .call("POST", "/api/models", Some(ADMIN_KEY), Some(bad))
+        .await;
+    r.problem(422);
+    let fields: Vec<&str> = r.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["model", "provider", "max_output_tokens", "prices.output"],
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        s.count("dim_models"),
+        models_before,
+        "a refusal changes nothing"
+    );
+
+    let made = s
+        .call("POST", "/api/models", Some(ADMIN_KEY), Some(new_model))
+        .await;
+    assert_eq!(made.status, 201, "{:?}", made.body);
+    assert_eq!(
+        (
+            made.body["active"].clone(),
+            made.body["price"]["effective_from"].clone()
+        ),
+        (json!(true), json!("2026-11-01T00:00:00.000Z"))
+    );
+
+    // Aliases: of the model's own name only, never a name taken, never a model without a price.
+    for (alias, model, field) in [
+        ("claude-test-9-20261101", "claude-test-9-20261101", "alias"),
+        ("claude-haiku-4-5", "claude-test-9-20261101", "alias"),
+        ("claude-test-9-latest", "claude-haiku-4-5", "model"),
+        ("claude-test-9-latest", "no-such-model", "model"),
+    ] {
+        let r = s
+            .call(
+                "POST",
+                "/api/models/aliases",
+                Some(ADMIN_KEY),
+                Some(json!({"alias": alias, "model": model})),
+            )
+            .await;
+        r.problem(422);
+        assert_eq!(
+            r.body["errors"][0]["field"], field,
+            "{alias} → {model}: {:?}",
+            r.body
+        );
+    }
+    let aliased = s
+        .call(
+            "POST",
+            "/api/models/aliases",
+            Some(ADMIN_KEY),
+            Some(json!({"alias": "claude-test-9", "model": "claude-test-9-20261101"})),
+        )
+        .await;
+    assert_eq!(aliased.status, 201, "{:?}", aliased.body);
+    let quote = |model: &'static str| {
+        let s = &s;
+        let key = key.clone();
+        async move {
+            s.call("POST", "/api/price/quote", Some(&key), Some(json!({
+                "model": model, "at": "2026-11-15T00:00:00Z",
+                "provider_usage": {"input_tokens": 1000, "output_tokens": 500, "service_tier": "batch"}
+            })))
+            .await
+        }
+    };
+    let by_alias = quote("claude-test-9").await;
+    // Batch halves both rates: 1,000 × 1,000 + 500 × 4,000 nano-USD.
+    assert_eq!(
+        by_alias.body["total_nanos"], 3_000_000,
+        "{:?}",
+        by_alias.body
+    );
+    assert_eq!(by_alias.body["model"], "claude-test-9-20261101");
+    assert_eq!(
+        quote("claude-test-9-20261101").await.body["total_nanos"],
+        3_000_000
+    );
+    let listed = s.call("GET", "/api/models", Some(&key), None).await;
+    let item = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "claude-test-9-20261101")
+        .unwrap()
+        .clone();
+    assert_eq!(item["aliases"], json!(["claude-test-9"]));
+    let all = s.call("GET", "/api/models/aliases", Some(&key), None).await;
+    assert!(all.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["alias"] == "claude-test-9"));
+
+    // Retired: the chat refuses it, a quote (and so the collector's events) still prices it.
+    let retired = s
+        .call(
+            "PATCH",
+            "/api/models/claude-test-9",
+            Some(ADMIN_KEY),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert_eq!(
+        (retired.status, retired.body["active"].clone()),
+        (200, json!(false)),
+        "{:?}",
+        retired.body
+    );
+    assert!(retired.body["retired_at"].is_string());
+    let t = s
+        .call(
+            "POST",
+            "/api/threads",
+            Some(&key),
+            Some(json!({"title": "Old model"})),
+        )
+        .await;
+    let turn = s
+        .call(
+            "POST",
+            &format!("/api/threads/{}/messages", t.body["thread_id"]),
+            Some(&key),
+            Some(json!({"content": "hi", "model": "claude-test-9"})),
+        )
+        .await;
+    assert!(
+        turn.problem(422).contains("not an active model"),
+        "{:?}",
+        turn.body
+    );
+    assert_eq!(quote("claude-test-9").await.body["total_nanos"], 3_000_000);
+    let back = s
+        .call(
+            "PATCH",
+            "/api/models/claude-test-9-20261101",
+            Some(ADMIN_KEY),
+            Some(json!({"active": true})),
+        )
+        .await;
+    assert_eq!(
+        (back.body["active"].clone(), back.body["retired_at"].clone()),
+        (json!(true), json!(null))
+    );
+
+    let gone = s
+        .call(
+            "DELETE",
+            "/api/models/aliases/claude-test-9",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, 204);
+    quote("claude-test-9").await.problem(422);
+    s.call(
+        "DELETE",
+        "/api/models/aliases/claude-test-9",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await
+    .problem(404);
+}

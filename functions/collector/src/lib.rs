@@ -4,10 +4,13 @@
 //!
 //! - Validation is all-or-nothing: a 400 lists every bad event by index,
 //!   field and reason, and nothing is stored.
-//! - An event whose (source, id) was accepted before — in an earlier
-//!   request or earlier in the same batch — is a duplicate: counted, not
-//!   stored again. The answer is 202 {accepted, duplicates} either way, so a
-//!   client may always retry.
+//! - Identity is the customer's: an event whose user sent the same
+//!   (source, id) with the same content before — in an earlier request or
+//!   earlier in the same batch — is a duplicate: counted, not stored again.
+//!   The answer is 202 {accepted, duplicates} either way, so a client may
+//!   always retry. The same (source, id) with other content is 409 naming
+//!   the event it collides with, and nothing is stored. Another customer's
+//!   (source, id) is theirs: both are billed.
 //! - Accepted events enter the outbox (topic inference-events, key = user
 //!   id) in one transaction per batch; the bridge bills them.
 //! - Caps: `collector_max_batch` events per request and the body size (413);
@@ -359,46 +362,80 @@ fn existing(db: &Db, sql: &str, params: Vec<Sql>) -> ApiResult<HashSet<String>> 
     Ok(found)
 }
 
+/// An event's identity: its user's (source, id).
+type Identity<'a> = (i64, &'a str, &'a str);
+
+fn identity(e: &CloudEvent<InferenceEvent>) -> Identity<'_> {
+    (e.data.user_id, e.source.as_str(), e.id.as_str())
+}
+
 /// Stores the new events in one transaction; returns (accepted, duplicates).
+///
+/// An event is a duplicate when its user sent the same (source, id) with
+/// the same content before (in an earlier request or earlier in this
+/// batch): a retry. The same identity with other content is 409, naming
+/// the event it collides with, and nothing of the batch is stored.
 ///
 /// Everything that does not depend on which events are new — the outbox
 /// rows' values, the statements' text — is made before the transaction:
-/// the write lock is held only for the two INSERTs, so concurrent batches
+/// the write lock is held only for the INSERTs, so concurrent batches
 /// queue for as short a time as possible.
 fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, usize)> {
+    let payloads: Vec<String> = events.iter().map(|e| e.to_json()).collect();
+    let hashes: Vec<String> = payloads.iter().map(|p| auth::sha256_hex(p)).collect();
     // Duplicates inside the batch keep their first occurrence.
-    let mut seen = HashSet::new();
-    let unique: Vec<&CloudEvent<InferenceEvent>> = events
-        .iter()
-        .filter(|e| seen.insert((e.source.as_str(), e.id.as_str())))
-        .collect();
-    struct Chunk<'a> {
+    let mut first: std::collections::HashMap<Identity, usize> = std::collections::HashMap::new();
+    let mut conflicts = Vec::new();
+    let mut unique = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        match first.entry(identity(e)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+                unique.push(i);
+            }
+            std::collections::hash_map::Entry::Occupied(o) if hashes[*o.get()] != hashes[i] => {
+                conflicts.push(format!(
+                    "event {i} (source `{}`, id `{}`) has the identity of event {} of this batch with other content",
+                    e.source, e.id, o.get()
+                ));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(reused(conflicts));
+    }
+    struct Chunk {
         dedup_sql: String,
         dedup: Vec<Sql>,
-        events: Vec<&'a CloudEvent<InferenceEvent>>,
-        /// Five values per event, in the order of `events`.
+        /// Indexes into `events`, in the order of `rows`.
+        events: Vec<usize>,
+        /// Five values per event.
         rows: Vec<[Sql; 5]>,
     }
     let chunks: Vec<Chunk> = unique
-        .chunks(ROWS_PER_INSERT / 2)
+        .chunks(ROWS_PER_INSERT / 4)
         .map(|chunk| {
-            let mut dedup = Vec::with_capacity(chunk.len() * 2);
+            let mut dedup = Vec::with_capacity(chunk.len() * 4);
             let mut rows = Vec::with_capacity(chunk.len());
-            for e in chunk {
+            for &i in chunk {
+                let e = &events[i];
+                dedup.push(Sql::Integer(e.data.user_id));
                 dedup.push(text(e.source.clone()));
                 dedup.push(text(e.id.clone()));
+                dedup.push(text(hashes[i].clone()));
                 rows.push([
                     text(InferenceEvent::TOPIC),
                     text(e.key()),
                     text(e.source.clone()),
                     text(e.id.clone()),
-                    text(e.to_json()),
+                    text(payloads[i].clone()),
                 ]);
             }
             Chunk {
                 dedup_sql: format!(
-                    "INSERT INTO collected_events (source, event_id) VALUES {} ON CONFLICT DO NOTHING RETURNING source, event_id",
-                    placeholders(chunk.len(), 2)
+                    "INSERT INTO collected_events (user_id, source, event_id, payload_sha256) VALUES {} ON CONFLICT DO NOTHING RETURNING user_id, source, event_id",
+                    placeholders(chunk.len(), 4)
                 ),
                 dedup,
                 events: chunk.to_vec(),
@@ -408,19 +445,31 @@ fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, us
         .collect();
     let accepted = db.transaction(move |db| {
         let mut accepted = 0;
+        let mut conflicts = Vec::new();
         for chunk in chunks {
             let inserted = db.query(&chunk.dedup_sql, &chunk.dedup)?;
-            let new: HashSet<(&str, &str)> = inserted
+            let new: HashSet<Identity> = inserted
                 .rows()
-                .map(|r| Ok((col::<&str>(&r, "source")?, col::<&str>(&r, "event_id")?)))
+                .map(|r| {
+                    Ok((
+                        col::<i64>(&r, "user_id")?,
+                        col::<&str>(&r, "source")?,
+                        col::<&str>(&r, "event_id")?,
+                    ))
+                })
                 .collect::<ApiResult<_>>()?;
-            let fresh: Vec<Sql> = chunk
-                .events
-                .iter()
-                .zip(chunk.rows)
-                .filter(|(e, _)| new.contains(&(e.source.as_str(), e.id.as_str())))
-                .flat_map(|(_, row)| row)
-                .collect();
+            let mut fresh: Vec<Sql> = Vec::with_capacity(chunk.rows.len() * 5);
+            for (&i, row) in chunk.events.iter().zip(chunk.rows) {
+                let e = &events[i];
+                if new.contains(&identity(e)) {
+                    fresh.extend(row);
+                } else if let Some(accepted_at) = collides(db, e, &hashes[i])? {
+                    conflicts.push(format!(
+                        "event {i} (source `{}`, id `{}`) has the identity of an event you sent at {accepted_at} with other content",
+                        e.source, e.id
+                    ));
+                }
+            }
             let n = fresh.len() / 5;
             if n == 0 {
                 continue;
@@ -434,9 +483,37 @@ fn store(db: &Db, events: &[CloudEvent<InferenceEvent>]) -> ApiResult<(usize, us
             )?;
             accepted += n;
         }
+        if !conflicts.is_empty() {
+            return Err(reused(conflicts));
+        }
         Ok(accepted)
     })?;
     Ok((accepted, events.len() - accepted))
+}
+
+/// When the stored event of `e`'s identity has other content: the time it
+/// was accepted. Events stored before hashes were kept count as the same.
+fn collides(db: &Db, e: &CloudEvent<InferenceEvent>, hash: &str) -> ApiResult<Option<String>> {
+    let r = db.query(
+        "SELECT payload_sha256, accepted_at FROM collected_events WHERE user_id = ?1 AND source = ?2 AND event_id = ?3",
+        &[Sql::Integer(e.data.user_id), text(e.source.clone()), text(e.id.clone())],
+    )?;
+    let Some(row) = r.rows().next() else {
+        return Ok(None);
+    };
+    let stored = billing_fn_common::db::col_opt::<&str>(&row, "payload_sha256");
+    Ok(match stored {
+        Some(h) if h != hash => Some(col::<&str>(&row, "accepted_at")?.to_owned()),
+        _ => None,
+    })
+}
+
+/// 409: an id reused for another event; the batch is refused whole.
+fn reused(conflicts: Vec<String>) -> ApiError {
+    ApiError::Conflict(format!(
+        "{}; nothing of this batch was stored. A retry must resend the event unchanged; another event needs its own id",
+        conflicts.join("; ")
+    ))
 }
 
 /// `(?1, ?2), (?3, ?4), …`: `rows` groups of `width` numbered parameters.

@@ -215,6 +215,11 @@ pub fn price_in_force_cached(
     Ok(book.at(&model.name, at).cloned())
 }
 
+/// Drops what `name` (a model's name or an alias) was cached as.
+pub fn invalidate_name(cache: &Cache, name: &str) {
+    cache.del(&[model_key(name)]);
+}
+
 /// Drops the cached model and prices after a change.
 pub fn invalidate(cache: &Cache, model: &Model) {
     cache.del(&[

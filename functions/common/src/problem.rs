@@ -19,6 +19,12 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed(String),
     Conflict(String),
+    /// 409 with `retry-after`: the same request is being handled now
+    /// (an Idempotency-Key claimed by a request still in flight).
+    InProgress {
+        detail: String,
+        retry_after_s: u64,
+    },
     PayloadTooLarge(String),
     UnsupportedMediaType(String),
     RateLimited {
@@ -49,7 +55,7 @@ impl ApiError {
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
-            ApiError::Conflict(_) => 409,
+            ApiError::Conflict(_) | ApiError::InProgress { .. } => 409,
             ApiError::PayloadTooLarge(_) => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::RateLimited { .. } => 429,
@@ -68,6 +74,7 @@ impl ApiError {
             ApiError::NotFound(_) => ("not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             ApiError::Conflict(_) => ("conflict", "Conflict"),
+            ApiError::InProgress { .. } => ("in-progress", "The same request is in progress"),
             ApiError::PayloadTooLarge(_) => ("payload-too-large", "Request too large"),
             ApiError::UnsupportedMediaType(_) => {
                 ("unsupported-media-type", "Unsupported media type")
@@ -105,7 +112,9 @@ impl ApiError {
             | ApiError::PayloadTooLarge(d)
             | ApiError::UnsupportedMediaType(d)
             | ApiError::Internal(d) => d.clone(),
-            ApiError::Upstream { detail, .. } => detail.clone(),
+            ApiError::Upstream { detail, .. } | ApiError::InProgress { detail, .. } => {
+                detail.clone()
+            }
         }
     }
 
@@ -137,7 +146,9 @@ impl ApiError {
         let mut b = Response::builder();
         b.status(status)
             .header("content-type", "application/problem+json");
-        if let ApiError::RateLimited { retry_after_s } = &self {
+        if let ApiError::RateLimited { retry_after_s }
+        | ApiError::InProgress { retry_after_s, .. } = &self
+        {
             b.header("retry-after", retry_after_s.to_string());
         }
         if let ApiError::Unauthorized(_) = &self {

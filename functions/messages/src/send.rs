@@ -4,9 +4,13 @@
 //! characters, unique per user) is stored with its answer in the turn's own
 //! transaction; the same key again answers the stored 201 body (header
 //! `idempotent-replayed: true`) without calling the model or billing again.
-//! The key reused for another request is refused (422); two requests with
-//! one key at once: the second to commit is refused (409) and a retry
-//! replays the first.
+//! The key reused for another request is refused (422). The key is claimed
+//! before the model is called (table `idempotency_claims`, in the same
+//! transaction as the look for a stored answer): a second request with the
+//! key while the first is in flight gets 409 with `retry-after` and never
+//! reaches the model; once the first is answered, a retry replays it. A
+//! failed call releases the claim; the claim of a request whose process
+//! died expires after `idempotency_claim_s` (default 300) seconds.
 
 use crate::provider::{self, Settings, Turn};
 use billing_core::events::{CloudEvent, EventData, LlmResponse, MessageSent, TokenMetrics};
@@ -89,32 +93,79 @@ fn request_hash(thread_id: i64, body: &NewMessage) -> String {
     billing_fn_common::auth::sha256_hex(&json!([thread_id, body.content, body.model]).to_string())
 }
 
-/// The stored answer of an earlier request with this key, if any; a key
-/// reused for a different request is refused.
-fn replay(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Option<Response>> {
-    let r = db.query(
-        "SELECT request_hash, response FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2",
-        &[int(user_id), text(key)],
-    )?;
-    let Some(row) = r.rows().next() else {
-        return Ok(None);
-    };
-    if col::<&str>(&row, "request_hash")? != hash {
-        return Err(ApiError::invalid(
+/// The stored answer of an earlier request with this key, or the key
+/// claimed for this request (`None`): one transaction, so a request that
+/// finishes meanwhile is either seen here or sees this claim. A key reused
+/// for a different request is 422; a key whose request is in flight is 409
+/// with `retry-after` (the seconds its claim has left).
+fn replay_or_claim(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Option<Response>> {
+    let lease_ms = spin_sdk::variables::get("idempotency_claim_s")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(300)
+        .clamp(1, 86_400)
+        * 1000;
+    let now_ms = clock::now().millis();
+    let reused = || {
+        ApiError::invalid(
             "Idempotency-Key",
             format!(
                 "`{key}` was already used for a different request; use a new key for a new message"
             ),
-        ));
-    }
-    Ok(Some(
-        Response::builder()
-            .status(201)
-            .header("content-type", "application/json")
-            .header("idempotent-replayed", "true")
-            .body(col::<&str>(&row, "response")?.as_bytes().to_vec())
-            .build(),
-    ))
+        )
+    };
+    db.transaction(|db| {
+        let r = db.query(
+            "SELECT request_hash, response FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2",
+            &[int(user_id), text(key)],
+        )?;
+        if let Some(row) = r.rows().next() {
+            if col::<&str>(&row, "request_hash")? != hash {
+                return Err(reused());
+            }
+            return Ok(Some(
+                Response::builder()
+                    .status(201)
+                    .header("content-type", "application/json")
+                    .header("idempotent-replayed", "true")
+                    .body(col::<&str>(&row, "response")?.as_bytes().to_vec())
+                    .build(),
+            ));
+        }
+        let r = db.query(
+            "SELECT request_hash, expires_ms FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2",
+            &[int(user_id), text(key)],
+        )?;
+        if let Some(row) = r.rows().next() {
+            let expires_ms = col::<i64>(&row, "expires_ms")?;
+            if expires_ms > now_ms {
+                if col::<&str>(&row, "request_hash")? != hash {
+                    return Err(reused());
+                }
+                return Err(ApiError::InProgress {
+                    detail: format!(
+                        "a request with Idempotency-Key `{key}` is being answered now; retry to get its answer"
+                    ),
+                    retry_after_s: ((expires_ms - now_ms) as u64).div_ceil(1000).min(5),
+                });
+            }
+        }
+        db.exec(
+            "INSERT INTO idempotency_claims (user_id, idempotency_key, request_hash, expires_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id, idempotency_key) DO UPDATE SET request_hash = excluded.request_hash, expires_ms = excluded.expires_ms,
+                 claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            &[int(user_id), text(key), text(hash), int(now_ms + lease_ms)],
+        )?;
+        Ok(None)
+    })
+}
+
+/// Gives up a claim that led to no answer (the call failed): a retry may call the model.
+fn release(db: &Db, user_id: i64, key: &str) {
+    let _ = db.exec(
+        "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2",
+        &[int(user_id), text(key)],
+    );
 }
 
 fn event_id() -> ApiResult<String> {
@@ -147,15 +198,45 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
     let idem = match idempotency_key(req)? {
         Some(k) => {
             let hash = request_hash(thread_id, &body);
-            if let Some(stored) = replay(db, caller.user_id, &k, &hash)? {
+            if let Some(stored) = replay_or_claim(db, caller.user_id, &k, &hash)? {
                 return Ok(stored);
             }
             Some((k, hash))
         }
         None => None,
     };
+    let answered = answer(
+        db,
+        caller,
+        req,
+        thread_id,
+        thread_model,
+        content,
+        body.model,
+        &idem,
+    )
+    .await;
+    if let (Err(_), Some((key, _))) = (&answered, &idem) {
+        release(db, caller.user_id, key);
+    }
+    answered
+}
+
+/// The turn after its key (if any) is claimed: the model called, the turn
+/// stored and billed with the key's answer in one transaction.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    db: &Db,
+    caller: &Caller,
+    req: &Request,
+    thread_id: i64,
+    thread_model: i64,
+    content: String,
+    asked_model: Option<String>,
+    idem: &Option<(String, String)>,
+) -> ApiResult<Response> {
     let cache = Cache::open();
-    let model = match &body.model {
+    let model = match &asked_model {
         Some(name) => model_by_name_cached(db, &cache, name)?
             .filter(|m| m.active)
             .ok_or_else(|| {
@@ -315,9 +396,10 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
             "provider_attempts": reply.attempts,
             "events": [sent.id, response.id, metrics.id],
         });
-        if let Some((key, hash)) = &idem {
+        if let Some((key, hash)) = idem {
             // Inside the write transaction: a request with the same key that
-            // committed first is seen here, and this one bills nothing.
+            // committed first (one that took over this request's expired
+            // claim) is seen here, and this one bills nothing.
             if db.scalar_i64("SELECT 1 FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2", &[int(caller.user_id), text(key.clone())])?.is_some() {
                 return Err(ApiError::Conflict(format!(
                     "another request with Idempotency-Key `{key}` was answered meanwhile; retry to get its answer"
@@ -326,6 +408,10 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
             db.exec(
                 "INSERT INTO idempotent_turns (user_id, idempotency_key, thread_id, request_hash, response) VALUES (?1, ?2, ?3, ?4, ?5)",
                 &[int(caller.user_id), text(key.clone()), int(thread_id), text(hash.clone()), text(body.to_string())],
+            )?;
+            db.exec(
+                "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2",
+                &[int(caller.user_id), text(key.clone())],
             )?;
         }
         Ok(body)

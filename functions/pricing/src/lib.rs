@@ -1,6 +1,8 @@
 //! `pricing`: models, effective-dated prices and quotes.
 //!
-//! - `GET /api/models`: every model, active and retired, with its price now.
+//! - `GET /api/models`: every model, active and retired, with its price now
+//!   and its aliases. Adding models and aliases, retiring models:
+//!   [`catalogue`].
 //! - `GET /api/pricing` (`?at=`, `?model=`): the version in force at `at`
 //!   (default now) per model, and each model's history.
 //! - `POST /api/pricing` (admin): a new version for a model. It may not
@@ -29,6 +31,8 @@ use serde_json::{json, Value};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
+mod catalogue;
+
 #[http_component]
 fn handle(req: Request) -> Response {
     respond(route(&req))
@@ -39,18 +43,31 @@ fn route(req: &Request) -> ApiResult<Response> {
     let segs = input::segments(req);
     match (req.method(), segs.as_slice()) {
         (Method::Get, ["api", "models"]) => models(&db),
+        (Method::Post, ["api", "models"]) => catalogue::new_model(&db, &caller, req),
+        (Method::Get, ["api", "models", "aliases"]) => catalogue::aliases(&db),
+        (Method::Post, ["api", "models", "aliases"]) => catalogue::new_alias(&db, &caller, req),
+        (Method::Delete, ["api", "models", "aliases", alias]) => {
+            catalogue::delete_alias(&db, &caller, alias)
+        }
+        (Method::Patch, ["api", "models", name]) => {
+            catalogue::change_model(&db, &caller, req, name)
+        }
         (Method::Get, ["api", "pricing"]) => pricing(&db, req),
         (Method::Post, ["api", "pricing"]) => new_version(&db, &caller, req),
         (Method::Post, ["api", "price", "quote"]) => quote_usage(&db, req),
         (Method::Get, ["api", "resource-pricing"]) => resource_pricing(&db, req),
         (Method::Post, ["api", "resource-pricing"]) => new_resource_version(&db, &caller, req),
-        (_, ["api", "models" | "pricing" | "resource-pricing"] | ["api", "price", "quote"]) => {
-            Err(ApiError::MethodNotAllowed(format!(
-                "{} is not allowed on {}",
-                req.method(),
-                req.path()
-            )))
-        }
+        (
+            _,
+            ["api", "models" | "pricing" | "resource-pricing"]
+            | ["api", "price", "quote"]
+            | ["api", "models", _]
+            | ["api", "models", "aliases", _],
+        ) => Err(ApiError::MethodNotAllowed(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.path()
+        ))),
         _ => Err(ApiError::NotFound(format!(
             "no such endpoint: {}",
             req.path()
@@ -104,12 +121,30 @@ fn version_json(v: &PriceVersion) -> Value {
 
 fn models(db: &Db) -> ApiResult<Response> {
     let now = clock::now();
+    let aliases: Vec<(String, i64)> = db
+        .query(
+            "SELECT alias, model_id FROM dim_model_aliases ORDER BY alias",
+            &[],
+        )?
+        .rows()
+        .map(|r| {
+            Ok((
+                col::<&str>(&r, "alias")?.to_owned(),
+                col::<i64>(&r, "model_id")?,
+            ))
+        })
+        .collect::<ApiResult<_>>()?;
     let items = all_models(db)?
         .into_iter()
         .map(|(m, mut v)| {
             v["price_now"] = prices::price_in_force(db, &m, now)?
                 .map(|p| version_json(&p))
                 .unwrap_or(Value::Null);
+            v["aliases"] = json!(aliases
+                .iter()
+                .filter(|(_, id)| *id == m.model_id)
+                .map(|(a, _)| a)
+                .collect::<Vec<_>>());
             Ok(v)
         })
         .collect::<ApiResult<Vec<_>>>()?;
@@ -193,41 +228,7 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
         Timestamp::parse(&body.effective_from)
             .map_err(|e| ApiError::invalid("effective_from", e.reason)),
     );
-    for k in body.prices.keys() {
-        if ![
-            "input",
-            "output",
-            "cache_write_5m",
-            "cache_write_1h",
-            "cache_read",
-        ]
-        .contains(&k.as_str())
-        {
-            p.push(format!("prices.{k}"), "is not a token class; use input, output, cache_write_5m, cache_write_1h, cache_read");
-        }
-    }
-    let mut get = |k: &str| match body.prices.get(k) {
-        Some(v) => price_field(&mut p, &format!("prices.{k}"), v),
-        None => {
-            p.push(format!("prices.{k}"), "is required");
-            None
-        }
-    };
-    let prices = (
-        get("input"),
-        get("output"),
-        get("cache_write_5m"),
-        get("cache_write_1h"),
-        get("cache_read"),
-    );
-    let rules = match body.rules {
-        None | Some(Value::Null) => Some(PriceRules::default()),
-        Some(v) => p.check(
-            serde_json::from_value::<PriceRules>(v)
-                .map_err(|e| ApiError::invalid("rules", e.to_string()))
-                .and_then(|r| r.validate().map(|()| r).map_err(ApiError::from)),
-        ),
-    };
+    let version = read_version(&mut p, &body.prices, body.rules);
     if let (Some(m), Some(from)) = (&model, from) {
         let existing: Vec<Timestamp> = prices::price_versions(db, m)?
             .iter()
@@ -240,37 +241,98 @@ fn new_version(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response> {
     }
     p.finish()?;
     let (model, from) = (model.expect("checked"), from.expect("checked"));
-    let (Some(i), Some(o), Some(w5), Some(w1), Some(r)) = prices else {
-        unreachable!("checked")
+    let (tp, rules) = version.expect("checked");
+    let v = insert_version(db, caller, &model, from, tp, rules)?;
+    prices::invalidate(&Cache::open(), &model);
+    let mut body = version_json(&v);
+    body["model"] = json!(model.name);
+    Ok(json(201, &body))
+}
+
+/// A version's rates (`prices`: the five token classes, micro-USD per
+/// million) and `rules` (tiers and modifiers), every problem recorded in `p`.
+pub(crate) fn read_version(
+    p: &mut Problems,
+    prices: &serde_json::Map<String, Value>,
+    rules: Option<Value>,
+) -> Option<(TokenPrices, PriceRules)> {
+    const CLASSES: [&str; 5] = [
+        "input",
+        "output",
+        "cache_write_5m",
+        "cache_write_1h",
+        "cache_read",
+    ];
+    for k in prices.keys() {
+        if !CLASSES.contains(&k.as_str()) {
+            p.push(format!("prices.{k}"), "is not a token class; use input, output, cache_write_5m, cache_write_1h, cache_read");
+        }
+    }
+    let mut get = |k: &str| match prices.get(k) {
+        Some(v) => price_field(p, &format!("prices.{k}"), v),
+        None => {
+            p.push(format!("prices.{k}"), "is required");
+            None
+        }
     };
-    let rules = rules.expect("checked");
+    let rates = (
+        get("input"),
+        get("output"),
+        get("cache_write_5m"),
+        get("cache_write_1h"),
+        get("cache_read"),
+    );
+    let rules = match rules {
+        None | Some(Value::Null) => Some(PriceRules::default()),
+        Some(v) => p.check(
+            serde_json::from_value::<PriceRules>(v)
+                .map_err(|e| ApiError::invalid("rules", e.to_string()))
+                .and_then(|r| r.validate().map(|()| r).map_err(ApiError::from)),
+        ),
+    };
+    let (Some(input), Some(output), Some(cache_write_5m), Some(cache_write_1h), Some(cache_read)) =
+        rates
+    else {
+        return None;
+    };
+    Some((
+        TokenPrices {
+            input,
+            output,
+            cache_write_5m,
+            cache_write_1h,
+            cache_read,
+        },
+        rules?,
+    ))
+}
+
+/// Stores a checked version of `model`'s prices; returns it with its id.
+pub(crate) fn insert_version(
+    db: &Db,
+    caller: &Caller,
+    model: &Model,
+    from: Timestamp,
+    tp: TokenPrices,
+    rules: PriceRules,
+) -> ApiResult<PriceVersion> {
     let rules_json =
         serde_json::to_string(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
     let id = db
         .scalar_i64(
             "INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price, rules, created_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING pricing_id",
-            &[int(model.model_id), text(from.to_rfc3339()), int(i.micros()), int(o.micros()), int(w5.micros()), int(w1.micros()), int(r.micros()), text(rules_json), int(caller.user_id)],
+            &[int(model.model_id), text(from.to_rfc3339()), int(tp.input.micros()), int(tp.output.micros()), int(tp.cache_write_5m.micros()),
+              int(tp.cache_write_1h.micros()), int(tp.cache_read.micros()), text(rules_json), int(caller.user_id)],
         )?
         .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-    prices::invalidate(&Cache::open(), &model);
-    let tp = TokenPrices {
-        input: i,
-        output: o,
-        cache_write_5m: w5,
-        cache_write_1h: w1,
-        cache_read: r,
-    };
-    let v = PriceVersion {
+    Ok(PriceVersion {
         pricing_id: id,
         model: model.name.clone(),
         effective_from: from,
         prices: tp,
         rules,
-    };
-    let mut body = version_json(&v);
-    body["model"] = json!(model.name);
-    Ok(json(201, &body))
+    })
 }
 
 #[derive(Deserialize)]

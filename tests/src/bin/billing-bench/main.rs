@@ -196,7 +196,7 @@ fn sqlite(events: u64, batch: u64) -> f64 {
     while n < events {
         let tx = db.transaction().unwrap();
         {
-            let mut dedup = tx.prepare_cached("INSERT INTO collected_events (source, event_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING RETURNING source, event_id").unwrap();
+            let mut dedup = tx.prepare_cached("INSERT INTO collected_events (user_id, source, event_id, payload_sha256) VALUES (2, ?1, ?2, ?3) ON CONFLICT DO NOTHING RETURNING source, event_id").unwrap();
             let mut outbox = tx.prepare_cached("INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('inference-events', '2', ?1, ?2, ?3)").unwrap();
             for _ in 0..batch {
                 n += 1;
@@ -204,8 +204,10 @@ fn sqlite(events: u64, batch: u64) -> f64 {
                 let payload = json!({"specversion": "1.0", "id": id, "source": "/bench", "type": "llm-billing.inference", "time": "2026-11-01T10:00:00Z",
                     "data": {"user_id": 2, "model": "claude-haiku-4-5-20251001", "request_id": format!("r{n}"), "status": "succeeded",
                              "latency_ms": 300, "compute_ms": 250, "usage": {"input_tokens": 120, "output_tokens": 40}}}).to_string();
+                // The collector keeps each event's SHA-256 to tell a retry from a reused id.
+                let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(payload.as_bytes()));
                 let fresh = dedup
-                    .query_map(("/bench", &id), |_| Ok(()))
+                    .query_map(("/bench", &id, &hash), |_| Ok(()))
                     .unwrap()
                     .count();
                 if fresh == 1 {
