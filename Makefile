@@ -5,6 +5,9 @@
 #   make bench  the benchmarks that fit in ten minutes
 #   make load   billing-load against the system `make up` runs
 #   make faults the full fault run (kills under load, broker and Redis away 60 s)
+#   make price-diff API=URL KEY=ADMIN_KEY [PLAN=plan.json]
+#               the genai-prices catalogue as a reviewable plan against a running API;
+#   make price-apply API=URL KEY=ADMIN_KEY PLAN=plan.json   applies a reviewed plan
 #
 # Build output lives outside the clone, in $(CACHE_DIR)/target, reached
 # through the `target` symlink so spin.toml's paths work the same for
@@ -20,7 +23,7 @@ export KAFKA_LIBS ?= $(CACHE_DIR)/tools/kafka/libs
 export GENAI_PRICES_PYTHON ?= $(CACHE_DIR)/tools/genai-prices/bin/python
 SHELL := /bin/bash
 
-.PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host load faults
+.PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host load faults price-diff price-apply
 
 up:
 	scripts/up.sh
@@ -65,6 +68,14 @@ lint: target
 
 clean-cache:
 	rm -rf $(CACHE_DIR)/target
+
+PLAN ?= price-plan.json
+price-diff:
+	scripts/ensure-deps.sh genai-prices
+	$(GENAI_PRICES_PYTHON) scripts/genai-prices-import.py diff --api $(API) --key $(KEY) --plan $(PLAN)
+
+price-apply:
+	$(GENAI_PRICES_PYTHON) scripts/genai-prices-import.py apply $(PLAN) --api $(API) --key $(KEY)
 
 # Benchmarks (not part of `make test`; figures depend on the machine).
 bench: bench-host

@@ -190,3 +190,91 @@ fn usd_to_nanos(s: &str) -> Option<i128> {
         whole
     })
 }
+
+/// Runs scripts/genai-prices-import.py with `args` against the stack; returns (success, stdout + stderr).
+fn import(s: &Stack, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/genai-prices-import.py"))
+        .args(args)
+        .args(["--api", &s.url(""), "--key", billing_e2e::ADMIN_KEY])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+// The catalogue import: the diff against genai-prices is a plan an admin reviews; applied, it changes no version that
+// has started (history is never rewritten) and leaves nothing to propose; a price we change is proposed back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genai_prices_import_is_a_reviewable_diff() {
+    let s = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let plan_path = dir.path().join("plan.json");
+    let plan_arg = plan_path.to_str().unwrap();
+    let started = |s: &Stack| -> Vec<(i64, String, i64, i64)> {
+        s.db()
+            .prepare("SELECT pricing_id, effective_from, input_price, output_price FROM dim_token_pricing WHERE effective_from <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now') ORDER BY pricing_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let history = started(&s);
+    let (ok, out) = import(&s, &["diff", "--plan", plan_arg]);
+    assert!(ok, "{out}");
+    let read_plan = || -> Vec<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap()
+    };
+    let plan = read_plan();
+    // Our seed came from this catalogue. One difference today is ours by decision: genai-prices 0.2.3 still lists
+    // Opus 4.8's fast mode although its own comment says Anthropic removes it on 2026-11-30 (migration 0008).
+    let versions: Vec<&str> = plan.iter().filter(|p| p["action"] == "add_version").map(|p| p["body"]["model"].as_str().unwrap()).collect();
+    assert_eq!(versions, ["claude-opus-4-8"], "{out}");
+    assert!(out.contains("= claude-opus-4-6: keeps inference_geo=us"), "modifiers only we have are kept:\n{out}");
+    // The reviewer drops that step and applies the rest (models we do not have).
+    let reviewed: Vec<&serde_json::Value> = plan.iter().filter(|p| p["action"] != "add_version").collect();
+    assert!(reviewed.iter().any(|p| p["action"] == "add_model"), "{out}");
+    std::fs::write(&plan_path, serde_json::to_string(&reviewed).unwrap()).unwrap();
+    let (ok, applied) = import(&s, &["apply", plan_arg]);
+    assert!(ok, "{applied}");
+    let (ok, again) = import(&s, &["diff", "--plan", plan_arg]);
+    assert!(ok && again.contains(": 1 proposed changes"), "applied, only the dropped step is left:\n{again}");
+    assert_eq!(started(&s)[..history.len()], history[..], "no started version was changed");
+
+    // A price of ours that differs from the catalogue today is proposed back, from the date the admin chose.
+    let soon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + 2000;
+    let r = s
+        .call("POST", "/api/pricing", Some(billing_e2e::ADMIN_KEY), Some(json!({
+            "model": "claude-haiku-4-5-20251001", "effective_from": billing_core::Timestamp::from_millis(soon).unwrap().to_rfc3339(),
+            "prices": {"input": 1, "output": 1, "cache_write_5m": 1, "cache_write_1h": 1, "cache_read": 1}
+        })))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (ok, out) = import(&s, &["diff", "--plan", plan_arg, "--effective-from", "2030-06-01T00:00:00Z"]);
+    assert!(ok, "{out}");
+    let plan = read_plan();
+    let versions: Vec<&serde_json::Value> = plan
+        .iter()
+        .filter(|p| p["action"] == "add_version" && p["body"]["model"] != "claude-opus-4-8")
+        .collect();
+    assert_eq!(versions.len(), 1, "{out}");
+    let body = &versions[0]["body"];
+    assert_eq!(
+        (body["model"].as_str(), body["effective_from"].as_str(), body["prices"]["input"].as_i64(), body["prices"]["output"].as_i64()),
+        (Some("claude-haiku-4-5-20251001"), Some("2030-06-01T00:00:00Z"), Some(1_000_000), Some(5_000_000)),
+        "Haiku 4.5 at $1/$5 per million (anthropic.com/pricing) from the chosen date"
+    );
+    assert_eq!(body["rules"]["modifiers"][0]["multiplier"], "0.5", "batch, from the catalogue");
+    std::fs::write(&plan_path, serde_json::to_string(&[versions[0]]).unwrap()).unwrap();
+    let (ok, applied) = import(&s, &["apply", plan_arg]);
+    assert!(ok && applied.contains("1 changes applied"), "{applied}");
+    let r = s.call("GET", "/api/pricing?model=claude-haiku-4-5-20251001", Some(billing_e2e::ADMIN_KEY), None).await;
+    let last = r.body["items"][0]["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["effective_from"].as_str(), last["prices"]["input"].as_i64()), (Some("2030-06-01T00:00:00.000Z"), Some(1_000_000)));
+    let _ = dir;
+}

@@ -349,3 +349,21 @@ async fn invoice_lifecycle() {
     assert_eq!(unclaimed, 0);
     s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-05-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"}))).await.problem(422);
 }
+
+// A period that has not ended may still receive events: its draft can be read but not finalized (409), and stays a draft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizing_a_running_period_is_refused() {
+    let s = Stack::start().await;
+    let (uid, _) = s.user("Running", "running@example.com").await;
+    let draft = s
+        .call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-01-01T00:00:00Z", "period_end": "2100-01-01T00:00:00Z"})))
+        .await;
+    assert_eq!(draft.status, 201, "{:?}", draft.body);
+    let id = draft.body["invoice_id"].as_i64().unwrap();
+    let r = s
+        .call("POST", &format!("/api/invoices/{id}/finalize"), Some(ADMIN_KEY), None)
+        .await;
+    assert!(r.problem(409).contains("may still arrive"), "{:?}", r.body);
+    let after = s.call("GET", &format!("/api/invoices/{id}"), Some(ADMIN_KEY), None).await;
+    assert_eq!((after.body["status"].clone(), after.body["invoice_number"].clone()), (json!("draft"), json!(null)));
+}

@@ -8,7 +8,8 @@
 //!   no invoice, before its end, that existed when it was made: line ids up
 //!   to two marks), so drafting over a million lines writes one row; a
 //!   user has at most one draft at a time (409), so no line is on two.
-//! - `POST /api/invoices/{id}/finalize` (admin): writes the invoice id into
+//! - `POST /api/invoices/{id}/finalize` (admin; 409 while its period has
+//!   not ended, as events of it may still arrive): writes the invoice id into
 //!   exactly the draft's lines, rounds the exact total to cents once,
 //!   half-to-even (the difference is kept), gives the next invoice number
 //!   (no gaps: numbers are given only here, one at a time), and freezes it.
@@ -350,6 +351,17 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
     caller.require_admin()?;
     let h = header(db, caller, id)?;
     if h.status == "draft" {
+        // A period still running may receive events: finalized now, the
+        // invoice would leave some of its period's usage to the next one.
+        let now = clock::now();
+        if let Some(end) = h.json["period_end"].as_str().and_then(|e| Timestamp::parse(e).ok()) {
+            if end > now {
+                return Err(ApiError::Conflict(format!(
+                    "invoice {} covers a period ending {end}, after now ({now}); events of it may still arrive. Finalize it once the period has ended",
+                    h.id
+                )));
+            }
+        }
         db.transaction(|db| {
             // Re-read inside the write transaction: a concurrent finalize may have won.
             let still_draft = db.scalar_i64("SELECT 1 FROM user_invoices WHERE invoice_id = ?1 AND status = 'draft'", &[int(h.id)])?.is_some();
