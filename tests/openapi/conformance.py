@@ -130,6 +130,22 @@ call("POST", "/api/pricing", ADMIN, {"model": "claude-haiku-4-5-20251001", "effe
 call("POST", "/api/pricing", USER, {})
 call("POST", "/api/price/quote", USER, {"model": "claude-haiku-4-5-20251001", "usage": {"input": 1000, "cache_read": 5000}})
 call("POST", "/api/price/quote", USER, {"model": "claude-haiku-4-5-20251001", "usage": {"input": -3}})
+# The catalogue: a model with its first version, an alias, a retirement and back.
+NEW_MODEL = f"claude-conformance-{RUN}"
+PRICES = {"input": 1, "output": 2, "cache_write_5m": 3, "cache_write_1h": 4, "cache_read": 5}
+call("POST", "/api/models", ADMIN, {"model": NEW_MODEL, "display_name": "Conformance", "provider": "anthropic", "family": "test",
+                                    "context_window": 1000, "max_output_tokens": 100, "effective_from": "2026-01-01T00:00:00Z", "prices": PRICES})
+call("POST", "/api/models", ADMIN, {"model": NEW_MODEL, "display_name": "Again", "provider": "acme", "family": "test",
+                                    "context_window": 1000, "max_output_tokens": 2000, "effective_from": "2026-01-01T00:00:00Z", "prices": PRICES})
+call("POST", "/api/models", USER, {})
+call("PATCH", f"/api/models/{NEW_MODEL}", ADMIN, {"active": False})
+call("PATCH", f"/api/models/{NEW_MODEL}", ADMIN, {"active": True})
+call("PATCH", "/api/models/no-such-model", ADMIN, {"active": False})
+call("POST", "/api/models/aliases", ADMIN, {"alias": f"{NEW_MODEL}-latest", "model": NEW_MODEL})
+call("POST", "/api/models/aliases", ADMIN, {"alias": NEW_MODEL, "model": NEW_MODEL})
+call("GET", "/api/models/aliases", USER)
+call("DELETE", f"/api/models/aliases/{NEW_MODEL}-latest", ADMIN)
+call("DELETE", f"/api/models/aliases/{NEW_MODEL}-latest", ADMIN)
 call("GET", "/api/resource-pricing", USER)
 call("POST", "/api/resource-pricing", ADMIN, {"resource": "compute_time", "unit": "ms", "unit_price": 2, "effective_from": "2098-01-01T00:00:00Z"})
 call("POST", "/api/resource-pricing", ADMIN, {"resource": "compute_time", "unit": "ms", "unit_price": -2, "effective_from": "2098-01-02T00:00:00Z"})

@@ -18,7 +18,7 @@ import schemathesis
 API_TABLES = [
     "dim_users", "api_keys", "dim_models", "dim_token_pricing", "dim_resource_pricing",
     "user_threads", "user_thread_messages", "message_tokens", "user_invoices",
-    "collected_events", "idempotent_turns",
+    "collected_events", "idempotent_turns", "idempotency_claims", "dim_model_aliases",
 ]
 
 _lock = threading.Lock()

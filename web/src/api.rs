@@ -109,15 +109,10 @@ pub async fn text(key: &str, path: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// nano-USD as dollars, exactly (integer arithmetic), with six decimals.
+/// nano-USD as dollars, exactly: billing-core's one formatter (every nano
+/// shown, trailing zeros trimmed to two decimals), as the API's `*_usd` fields.
 pub fn usd(nanos: i64) -> String {
-    let sign = if nanos < 0 { "-" } else { "" };
-    let n = nanos.unsigned_abs();
-    format!(
-        "{sign}${}.{:06}",
-        n / 1_000_000_000,
-        (n % 1_000_000_000) / 1_000
-    )
+    billing_core::Nanos(nanos).display_usd()
 }
 
 /// A value's nano-USD figure (`cost_nanos`, or `{nanos}`).
