@@ -194,7 +194,10 @@ fn usd_to_nanos(s: &str) -> Option<i128> {
 /// Runs scripts/genai-prices-import.py with `args` against the stack; returns (success, stdout + stderr).
 fn import(s: &Stack, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/genai-prices-import.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/genai-prices-import.py"
+        ))
         .args(args)
         .args(["--api", &s.url(""), "--key", billing_e2e::ADMIN_KEY])
         .current_dir(std::env::temp_dir())
@@ -202,7 +205,11 @@ fn import(s: &Stack, args: &[&str]) -> (bool, String) {
         .unwrap();
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -232,21 +239,42 @@ async fn genai_prices_import_is_a_reviewable_diff() {
     let plan = read_plan();
     // Our seed came from this catalogue. One difference today is ours by decision: genai-prices 0.2.3 still lists
     // Opus 4.8's fast mode although its own comment says Anthropic removes it on 2026-11-30 (migration 0008).
-    let versions: Vec<&str> = plan.iter().filter(|p| p["action"] == "add_version").map(|p| p["body"]["model"].as_str().unwrap()).collect();
+    let versions: Vec<&str> = plan
+        .iter()
+        .filter(|p| p["action"] == "add_version")
+        .map(|p| p["body"]["model"].as_str().unwrap())
+        .collect();
     assert_eq!(versions, ["claude-opus-4-8"], "{out}");
-    assert!(out.contains("= claude-opus-4-6: keeps inference_geo=us"), "modifiers only we have are kept:\n{out}");
+    assert!(
+        out.contains("= claude-opus-4-6: keeps inference_geo=us"),
+        "modifiers only we have are kept:\n{out}"
+    );
     // The reviewer drops that step and applies the rest (models we do not have).
-    let reviewed: Vec<&serde_json::Value> = plan.iter().filter(|p| p["action"] != "add_version").collect();
+    let reviewed: Vec<&serde_json::Value> = plan
+        .iter()
+        .filter(|p| p["action"] != "add_version")
+        .collect();
     assert!(reviewed.iter().any(|p| p["action"] == "add_model"), "{out}");
     std::fs::write(&plan_path, serde_json::to_string(&reviewed).unwrap()).unwrap();
     let (ok, applied) = import(&s, &["apply", plan_arg]);
     assert!(ok, "{applied}");
     let (ok, again) = import(&s, &["diff", "--plan", plan_arg]);
-    assert!(ok && again.contains(": 1 proposed changes"), "applied, only the dropped step is left:\n{again}");
-    assert_eq!(started(&s)[..history.len()], history[..], "no started version was changed");
+    assert!(
+        ok && again.contains(": 1 proposed changes"),
+        "applied, only the dropped step is left:\n{again}"
+    );
+    assert_eq!(
+        started(&s)[..history.len()],
+        history[..],
+        "no started version was changed"
+    );
 
     // A price of ours that differs from the catalogue today is proposed back, from the date the admin chose.
-    let soon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 + 2000;
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 2000;
     let r = s
         .call("POST", "/api/pricing", Some(billing_e2e::ADMIN_KEY), Some(json!({
             "model": "claude-haiku-4-5-20251001", "effective_from": billing_core::Timestamp::from_millis(soon).unwrap().to_rfc3339(),
@@ -255,7 +283,16 @@ async fn genai_prices_import_is_a_reviewable_diff() {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (ok, out) = import(&s, &["diff", "--plan", plan_arg, "--effective-from", "2030-06-01T00:00:00Z"]);
+    let (ok, out) = import(
+        &s,
+        &[
+            "diff",
+            "--plan",
+            plan_arg,
+            "--effective-from",
+            "2030-06-01T00:00:00Z",
+        ],
+    );
     assert!(ok, "{out}");
     let plan = read_plan();
     let versions: Vec<&serde_json::Value> = plan
@@ -265,16 +302,47 @@ async fn genai_prices_import_is_a_reviewable_diff() {
     assert_eq!(versions.len(), 1, "{out}");
     let body = &versions[0]["body"];
     assert_eq!(
-        (body["model"].as_str(), body["effective_from"].as_str(), body["prices"]["input"].as_i64(), body["prices"]["output"].as_i64()),
-        (Some("claude-haiku-4-5-20251001"), Some("2030-06-01T00:00:00Z"), Some(1_000_000), Some(5_000_000)),
+        (
+            body["model"].as_str(),
+            body["effective_from"].as_str(),
+            body["prices"]["input"].as_i64(),
+            body["prices"]["output"].as_i64()
+        ),
+        (
+            Some("claude-haiku-4-5-20251001"),
+            Some("2030-06-01T00:00:00Z"),
+            Some(1_000_000),
+            Some(5_000_000)
+        ),
         "Haiku 4.5 at $1/$5 per million (anthropic.com/pricing) from the chosen date"
     );
-    assert_eq!(body["rules"]["modifiers"][0]["multiplier"], "0.5", "batch, from the catalogue");
+    assert_eq!(
+        body["rules"]["modifiers"][0]["multiplier"], "0.5",
+        "batch, from the catalogue"
+    );
     std::fs::write(&plan_path, serde_json::to_string(&[versions[0]]).unwrap()).unwrap();
     let (ok, applied) = import(&s, &["apply", plan_arg]);
     assert!(ok && applied.contains("1 changes applied"), "{applied}");
-    let r = s.call("GET", "/api/pricing?model=claude-haiku-4-5-20251001", Some(billing_e2e::ADMIN_KEY), None).await;
-    let last = r.body["items"][0]["history"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!((last["effective_from"].as_str(), last["prices"]["input"].as_i64()), (Some("2030-06-01T00:00:00.000Z"), Some(1_000_000)));
+    let r = s
+        .call(
+            "GET",
+            "/api/pricing?model=claude-haiku-4-5-20251001",
+            Some(billing_e2e::ADMIN_KEY),
+            None,
+        )
+        .await;
+    let last = r.body["items"][0]["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            last["effective_from"].as_str(),
+            last["prices"]["input"].as_i64()
+        ),
+        (Some("2030-06-01T00:00:00.000Z"), Some(1_000_000))
+    );
     let _ = dir;
 }

@@ -361,9 +361,22 @@ async fn finalizing_a_running_period_is_refused() {
     assert_eq!(draft.status, 201, "{:?}", draft.body);
     let id = draft.body["invoice_id"].as_i64().unwrap();
     let r = s
-        .call("POST", &format!("/api/invoices/{id}/finalize"), Some(ADMIN_KEY), None)
+        .call(
+            "POST",
+            &format!("/api/invoices/{id}/finalize"),
+            Some(ADMIN_KEY),
+            None,
+        )
         .await;
     assert!(r.problem(409).contains("may still arrive"), "{:?}", r.body);
-    let after = s.call("GET", &format!("/api/invoices/{id}"), Some(ADMIN_KEY), None).await;
-    assert_eq!((after.body["status"].clone(), after.body["invoice_number"].clone()), (json!("draft"), json!(null)));
+    let after = s
+        .call("GET", &format!("/api/invoices/{id}"), Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(
+        (
+            after.body["status"].clone(),
+            after.body["invoice_number"].clone()
+        ),
+        (json!("draft"), json!(null))
+    );
 }

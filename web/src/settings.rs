@@ -292,7 +292,11 @@ fn Catalogue(on_changed: EventHandler<()>) -> Element {
         .iter()
         .filter_map(|m| m["model"].as_str().map(str::to_owned))
         .collect();
-    let act = move |key: String, method: &'static str, path: String, body: Option<Value>, done: String| {
+    let act = move |key: String,
+                    method: &'static str,
+                    path: String,
+                    body: Option<Value>,
+                    done: String| {
         spawn(async move {
             match api::call(&key, method, &path, body).await {
                 Ok(_) => {
@@ -311,11 +315,34 @@ fn Catalogue(on_changed: EventHandler<()>) -> Element {
         let key = key.clone();
         move |e: FormEvent| {
             e.prevent_default();
-            let target = if alias_model().is_empty() { first.clone() } else { alias_model() };
-            act(key.clone(), "POST", "/api/models/aliases".into(), Some(json!({"alias": alias().trim(), "model": target})), format!("Alias {} added.", alias().trim()));
+            let target = if alias_model().is_empty() {
+                first.clone()
+            } else {
+                alias_model()
+            };
+            act(
+                key.clone(),
+                "POST",
+                "/api/models/aliases".into(),
+                Some(json!({"alias": alias().trim(), "model": target})),
+                format!("Alias {} added.", alias().trim()),
+            );
         }
     };
-    let fields = ["model", "display_name", "provider", "family", "context_window", "max_output_tokens", "effective_from", "input", "output", "cache_write_5m", "cache_write_1h", "cache_read"];
+    let fields = [
+        "model",
+        "display_name",
+        "provider",
+        "family",
+        "context_window",
+        "max_output_tokens",
+        "effective_from",
+        "input",
+        "output",
+        "cache_write_5m",
+        "cache_write_1h",
+        "cache_read",
+    ];
     let mut new_model = use_signal(|| {
         let mut v = vec![String::new(); 12];
         v[2] = "anthropic".into();
@@ -326,13 +353,24 @@ fn Catalogue(on_changed: EventHandler<()>) -> Element {
         move |e: FormEvent| {
             e.prevent_default();
             let v = new_model();
-            let num = |s: &str| s.trim().parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(s.trim().to_owned()));
+            let num = |s: &str| {
+                s.trim()
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::from(s.trim().to_owned()))
+            };
             let body = json!({
                 "model": v[0].trim(), "display_name": v[1].trim(), "provider": v[2].trim(), "family": v[3].trim(),
                 "context_window": num(&v[4]), "max_output_tokens": num(&v[5]), "effective_from": v[6].trim(),
                 "prices": {"input": num(&v[7]), "output": num(&v[8]), "cache_write_5m": num(&v[9]), "cache_write_1h": num(&v[10]), "cache_read": num(&v[11])},
             });
-            act(key.clone(), "POST", "/api/models".into(), Some(body), format!("Model {} added.", v[0].trim()));
+            act(
+                key.clone(),
+                "POST",
+                "/api/models".into(),
+                Some(body),
+                format!("Model {} added.", v[0].trim()),
+            );
         }
     };
     rsx! {

@@ -354,7 +354,10 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
         // A period still running may receive events: finalized now, the
         // invoice would leave some of its period's usage to the next one.
         let now = clock::now();
-        if let Some(end) = h.json["period_end"].as_str().and_then(|e| Timestamp::parse(e).ok()) {
+        if let Some(end) = h.json["period_end"]
+            .as_str()
+            .and_then(|e| Timestamp::parse(e).ok())
+        {
             if end > now {
                 return Err(ApiError::Conflict(format!(
                     "invoice {} covers a period ending {end}, after now ({now}); events of it may still arrive. Finalize it once the period has ended",
