@@ -30,14 +30,21 @@ ALTER TABLE collected_events_new RENAME TO collected_events;
 --    customer-scoped source `/users/{user_id}:{source}` (billing-core
 --    `events::customer_source`) with its id; the system's own events
 --    (sources under /functions/, which clients may not use) keep theirs.
---    Rows billed before are renamed the same way, so a late redelivery of
---    an old event is still recognised.
-UPDATE processed_events SET source = '/users/' || user_id || ':' || source
+--    Ledger rows written before are renamed the same way, so a late
+--    redelivery of an old event is still recognised (rows from before 0003
+--    have user 0 and take their user from api_events). Line items on a
+--    final invoice keep their text: a final invoice never changes, and the
+--    ledger, not the line items, recognises a redelivery.
+UPDATE processed_events SET source = '/users/' ||
+    CASE WHEN user_id = 0
+         THEN coalesce((SELECT a.user_id FROM api_events a WHERE a.source = processed_events.source AND a.event_id = processed_events.event_id), 0)
+         ELSE user_id END
+    || ':' || source
 WHERE consumer = 'inference-events';
 UPDATE user_invoice_line_item SET source = '/users/' || user_id || ':' || source
-WHERE source NOT LIKE '/functions/%';
+WHERE source NOT LIKE '/functions/%' AND invoice_id IS NULL;
 UPDATE resource_invoice_line_item SET source = '/users/' || user_id || ':' || source
-WHERE source NOT LIKE '/functions/%';
+WHERE source NOT LIKE '/functions/%' AND invoice_id IS NULL;
 UPDATE api_events SET source = '/users/' || user_id || ':' || source;
 
 -- 3. How far each partition's facts are known to be in the Redis
@@ -45,7 +52,9 @@ UPDATE api_events SET source = '/users/' || user_id || ':' || source;
 --    aggregates and processed-events records are done. A redelivered event
 --    first handled at or below it is not applied again, whatever its age —
 --    the dashboard's protection no longer ends with the marks' TTL. Events
---    billed before this migration were applied by the bridge that billed
+--    billed more than an hour before this migration were applied by the
+--    bridge that billed them; later ones may have been cut short between
+--    SQLite and Redis, and their marks (kept at least an hour) still guard
 --    them.
 CREATE TABLE aggregated_offsets (
     topic        TEXT    NOT NULL,
@@ -55,5 +64,5 @@ CREATE TABLE aggregated_offsets (
 ) WITHOUT ROWID;
 INSERT INTO aggregated_offsets (topic, partition, kafka_offset)
 SELECT topic, partition, max(kafka_offset) FROM processed_events
-WHERE kafka_offset >= 0
+WHERE kafka_offset >= 0 AND processed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')
 GROUP BY topic, partition;

@@ -233,7 +233,9 @@ def diff(args):
             ours = ours_at(model, max(start, now))
             if ours is not None and kept_note(model, ours, theirs_now):
                 report.append(kept_note(model, ours, theirs_now))
-            if not same(ours, theirs_now):
+            planned = [p for p in plan if p["action"] == "add_version" and p["body"]["model"] == model
+                       and p["body"]["effective_from"] <= start.strftime("%Y-%m-%dT%H:%M:%SZ")]
+            if not same(ours, theirs_now) and not planned:
                 body = {"model": model, "effective_from": start.strftime("%Y-%m-%dT%H:%M:%SZ"), **merged(theirs_now, ours)}
                 plan.append({"action": "add_version", "body": body,
                              "why": f"genai-prices {GENAI_VERSION} prices {info.id} differently today; ours: {ours and {'prices': ours['prices'], 'rules': ours.get('rules', {})}}"})

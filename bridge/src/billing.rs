@@ -144,7 +144,9 @@ impl Lookups {
         if let Some(known) = self.models.get(model) {
             return Ok(known.clone());
         }
-        // A model's own name, else one of its aliases (dim_model_aliases).
+        // A model's own name, else one of its aliases (dim_model_aliases),
+        // retired ones included: the collector accepted the event while
+        // the alias was in use.
         let id = tx
             .prepare_cached(
                 "SELECT model_id, model_name, context_window, max_output_tokens FROM dim_models WHERE model_name = ?1

@@ -44,10 +44,13 @@ fn run(conn: &mut rusqlite::Connection, payload: &[u8]) -> Outcome {
 }
 
 // An alias, batch and three web searches: billed as the dated model at half the token rates plus $0.03 on a fee line.
+// The alias was retired after the event was accepted: the event is still billed as the model it named.
 #[test]
 fn dimensions_reach_the_rows() {
     let dir = tempfile::tempdir().unwrap();
     let (mut conn, _) = billing_migrations::open_and_migrate(&dir.path().join("b.db")).unwrap();
+    conn.execute("UPDATE dim_model_aliases SET retired_at = '2026-11-30T00:00:00.000Z' WHERE alias = 'claude-haiku-4-5'", [])
+        .unwrap();
     let out = run(
         &mut conn,
         &turn(

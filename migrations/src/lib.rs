@@ -124,6 +124,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0010_idempotency_claims.sql",
         include_str!("../0010_idempotency_claims.sql"),
     ),
+    (
+        "0011_retired_aliases.sql",
+        include_str!("../0011_retired_aliases.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -34,7 +34,8 @@ fn second_run_is_a_no_op() {
             "0007_unused_line_item_indexes.sql",
             "0008_price_rules_and_catalogue.sql",
             "0009_customer_scoped_identity.sql",
-            "0010_idempotency_claims.sql"
+            "0010_idempotency_claims.sql",
+            "0011_retired_aliases.sql"
         ]
     );
     let mode: String = conn
@@ -332,15 +333,19 @@ fn customer_scoped_identity_renames_the_ledger() {
              VALUES ('inference-events', '3', '/svc', 'queued', '{\"data\": {\"user_id\": 3}}');
          INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, latency_ms, compute_ms,
              input_tokens, output_tokens, cache_creation_input_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, occurred_at)
-             SELECT '/svc', 'billed', event_type_id, 2, 1, 'r', 'succeeded', 1, 0, 1, 0, 0, 0, 0, 0, '2026-03-10T12:00:00.000Z'
-             FROM dim_event_types WHERE event_type = 'llm-billing.inference';
-         INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset, user_id)
-             VALUES ('inference-events', '/svc', 'billed', 'inference-events', 1, 41, 2),
-                    ('token-metrics', '/functions/messages', 'm-1', 'token-metrics', 0, 7, 2),
-                    ('token-metrics', '/functions/messages', 'm-2', 'token-metrics', 0, 9, 2);
-         INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at)
-             VALUES ('/svc', 'billed', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z'),
-                    ('/functions/messages', 'm-1', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z');",
+             SELECT '/svc', e, event_type_id, 2, 1, 'r', 'succeeded', 1, 0, 1, 0, 0, 0, 0, 0, '2026-03-10T12:00:00.000Z'
+             FROM dim_event_types, (SELECT 'billed' AS e UNION ALL SELECT 'early' UNION ALL SELECT 'invoiced') WHERE event_type = 'llm-billing.inference';
+         INSERT INTO processed_events (consumer, source, event_id, topic, partition, kafka_offset, user_id, processed_at)
+             VALUES ('inference-events', '/svc', 'billed', 'inference-events', 1, 41, 2, '2026-03-10T12:00:00.000Z'),
+                    ('inference-events', '/svc', 'early', 'inference-events', 1, 3, 0, '2026-03-10T12:00:00.000Z'),
+                    ('token-metrics', '/functions/messages', 'm-1', 'token-metrics', 0, 7, 2, '2026-03-10T12:00:00.000Z'),
+                    ('token-metrics', '/functions/messages', 'm-2', 'token-metrics', 0, 9, 2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+         INSERT INTO user_invoices (invoice_id, user_id, period_start, period_end, status, invoice_number, total_nanos, total_cents, rounding_nanos, finalized_at)
+             VALUES (1, 2, '2026-03-01T00:00:00.000Z', '2026-04-01T00:00:00.000Z', 'final', 1, 1, 0, 1, '2026-04-02T00:00:00.000Z');
+         INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at, invoice_id)
+             VALUES ('/svc', 'billed', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z', NULL),
+                    ('/functions/messages', 'm-1', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z', NULL),
+                    ('/svc', 'invoiced', 2, 1, 1, 'input', 1, 1, 1, '2026-03-10T12:00:00.000Z', 1);",
     )
     .unwrap();
     migrate(&mut conn, &all).unwrap();
@@ -360,18 +365,25 @@ fn customer_scoped_identity_renames_the_ledger() {
         rows("SELECT source || ' ' || event_id FROM processed_events ORDER BY event_id"),
         [
             "/users/2:/svc billed",
+            "/users/2:/svc early",
             "/functions/messages m-1",
             "/functions/messages m-2"
-        ]
+        ],
+        "a row from before 0003 (user 0) takes its user from api_events"
     );
-    assert_eq!(rows("SELECT source FROM api_events"), ["/users/2:/svc"]);
+    assert_eq!(
+        rows("SELECT source FROM api_events ORDER BY event_id"),
+        ["/users/2:/svc"; 3]
+    );
     assert_eq!(
         rows("SELECT source FROM user_invoice_line_item ORDER BY line_item_id"),
-        ["/users/2:/svc", "/functions/messages"]
+        ["/users/2:/svc", "/functions/messages", "/svc"],
+        "a final invoice's line keeps its text"
     );
     assert_eq!(
         rows("SELECT topic || ' ' || partition || ' ' || kafka_offset FROM aggregated_offsets ORDER BY topic"),
-        ["inference-events 1 41", "token-metrics 0 9"]
+        ["inference-events 1 41", "token-metrics 0 7"],
+        "offsets consumed within the last hour are left to the marks"
     );
     assert_eq!(
         billing_core::events::customer_source(2, "/svc"),

@@ -350,7 +350,8 @@ async fn invoice_lifecycle() {
     s.call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-05-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"}))).await.problem(422);
 }
 
-// A period that has not ended may still receive events: its draft can be read but not finalized (409), and stays a draft.
+// A period that has not ended may still receive events: its draft can be read but not finalized (409), and stays a
+// draft. A period that has ended is finalized with every line of it there is, those that arrived after the draft too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finalizing_a_running_period_is_refused() {
     let s = Stack::start().await;
@@ -378,5 +379,55 @@ async fn finalizing_a_running_period_is_refused() {
             after.body["invoice_number"].clone()
         ),
         (json!("draft"), json!(null))
+    );
+    s.call(
+        "DELETE",
+        &format!("/api/invoices/{id}"),
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+
+    token_line(
+        &s,
+        uid,
+        "early",
+        "input",
+        1_000,
+        5,
+        1_000_000,
+        "2026-03-10T00:00:00.000Z",
+    ); // 1,000,000
+    let march = s
+        .call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-03-01T00:00:00Z", "period_end": "2026-04-01T00:00:00Z"})))
+        .await;
+    assert_eq!(march.body["total_nanos"], 1_000_000);
+    token_line(
+        &s,
+        uid,
+        "arrived-after-the-draft",
+        "output",
+        500,
+        5,
+        4_000_000,
+        "2026-03-20T00:00:00.000Z",
+    ); // 2,000,000
+    let fin = s
+        .call(
+            "POST",
+            &format!("/api/invoices/{}/finalize", march.body["invoice_id"]),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            fin.status,
+            fin.body["total_nanos"].clone(),
+            fin.body["line_count"].clone()
+        ),
+        (200, json!(3_000_000), json!(2)),
+        "{:?}",
+        fin.body
     );
 }

@@ -538,11 +538,26 @@ async fn catalogue_models_aliases_retirement() {
         .iter()
         .any(|a| a["alias"] == "claude-test-9"));
 
-    // Retired: the chat refuses it, a quote (and so the collector's events) still prices it.
+    // Retired by its own name: the chat refuses it under every name (a turn before cached the alias as active),
+    // a quote (and so the collector's events) still prices it.
+    let t = s
+        .call(
+            "POST",
+            "/api/threads",
+            Some(&key),
+            Some(json!({"title": "Old model"})),
+        )
+        .await;
+    let turn_path = format!("/api/threads/{}/messages", t.body["thread_id"]);
+    let ask = json!({"content": "hi", "model": "claude-test-9"});
+    let before = s
+        .call("POST", &turn_path, Some(&key), Some(ask.clone()))
+        .await;
+    assert_eq!(before.status, 201, "{:?}", before.body);
     let retired = s
         .call(
             "PATCH",
-            "/api/models/claude-test-9",
+            "/api/models/claude-test-9-20261101",
             Some(ADMIN_KEY),
             Some(json!({"active": false})),
         )
@@ -554,22 +569,7 @@ async fn catalogue_models_aliases_retirement() {
         retired.body
     );
     assert!(retired.body["retired_at"].is_string());
-    let t = s
-        .call(
-            "POST",
-            "/api/threads",
-            Some(&key),
-            Some(json!({"title": "Old model"})),
-        )
-        .await;
-    let turn = s
-        .call(
-            "POST",
-            &format!("/api/threads/{}/messages", t.body["thread_id"]),
-            Some(&key),
-            Some(json!({"content": "hi", "model": "claude-test-9"})),
-        )
-        .await;
+    let turn = s.call("POST", &turn_path, Some(&key), Some(ask)).await;
     assert!(
         turn.problem(422).contains("not an active model"),
         "{:?}",
@@ -579,7 +579,7 @@ async fn catalogue_models_aliases_retirement() {
     let back = s
         .call(
             "PATCH",
-            "/api/models/claude-test-9-20261101",
+            "/api/models/claude-test-9",
             Some(ADMIN_KEY),
             Some(json!({"active": true})),
         )
@@ -588,7 +588,23 @@ async fn catalogue_models_aliases_retirement() {
         (back.body["active"].clone(), back.body["retired_at"].clone()),
         (json!(true), json!(null))
     );
+    // Names in paths are percent-decoded (Vertex-style `model@date` ids).
+    let vertex = s
+        .call(
+            "PATCH",
+            "/api/models/claude-sonnet-4-5%4020250929",
+            Some(ADMIN_KEY),
+            Some(json!({"active": true})),
+        )
+        .await;
+    assert_eq!(
+        (vertex.status, vertex.body["model"].clone()),
+        (200, json!("claude-sonnet-4-5-20250929")),
+        "{:?}",
+        vertex.body
+    );
 
+    // Removing an alias retires it: it resolves no more, a second removal is 404, its name is not reused.
     let gone = s
         .call(
             "DELETE",
@@ -607,4 +623,17 @@ async fn catalogue_models_aliases_retirement() {
     )
     .await
     .problem(404);
+    let reuse = s
+        .call(
+            "POST",
+            "/api/models/aliases",
+            Some(ADMIN_KEY),
+            Some(json!({"alias": "claude-test-9", "model": "claude-haiku-4-5-20251001"})),
+        )
+        .await;
+    assert!(
+        reuse.problem(422).contains("retired alias"),
+        "{:?}",
+        reuse.body
+    );
 }

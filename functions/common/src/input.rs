@@ -91,6 +91,15 @@ pub fn segments(req: &Request) -> Vec<&str> {
     req.path().split('/').filter(|s| !s.is_empty()).collect()
 }
 
+/// A path segment as text: percent-decoded (RFC 3986), so a model or alias
+/// name with `@`, `:` or `/` in it can be named in a path. Invalid UTF-8 is 404.
+pub fn decoded(segment: &str, what: &str) -> ApiResult<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::NotFound(format!("there is no {what} `{segment}`")))
+}
+
 /// A positive id from a path segment.
 pub fn id(segment: &str, what: &str) -> ApiResult<i64> {
     match segment.parse::<i64>() {

@@ -26,7 +26,7 @@ pub fn model_by_name(db: &Db, name: &str) -> ApiResult<Option<Model>> {
     let r = db.query(
         &format!(
             "{SELECT_MODEL} WHERE model_name = ?1
-             UNION ALL {SELECT_MODEL} WHERE model_id = (SELECT model_id FROM dim_model_aliases WHERE alias = ?1)
+             UNION ALL {SELECT_MODEL} WHERE model_id = (SELECT model_id FROM dim_model_aliases WHERE alias = ?1 AND retired_at IS NULL)
              LIMIT 1"
         ),
         &[text(name)],

@@ -9,8 +9,9 @@
 //!   to two marks), so drafting over a million lines writes one row; a
 //!   user has at most one draft at a time (409), so no line is on two.
 //! - `POST /api/invoices/{id}/finalize` (admin; 409 while its period has
-//!   not ended, as events of it may still arrive): writes the invoice id into
-//!   exactly the draft's lines, rounds the exact total to cents once,
+//!   not ended, as events of it may still arrive): takes every line the
+//!   draft would take if made now (those that arrived since it was drafted
+//!   too), writes the invoice id into exactly those, rounds the exact total to cents once,
 //!   half-to-even (the difference is kept), gives the next invoice number
 //!   (no gaps: numbers are given only here, one at a time), and freezes it.
 //!   Finalizing again answers the same invoice.
@@ -353,6 +354,7 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
     if h.status == "draft" {
         // A period still running may receive events: finalized now, the
         // invoice would leave some of its period's usage to the next one.
+        // Once it has ended, finalizing takes every line of it there is.
         let now = clock::now();
         if let Some(end) = h.json["period_end"]
             .as_str()
@@ -360,7 +362,7 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
         {
             if end > now {
                 return Err(ApiError::Conflict(format!(
-                    "invoice {} covers a period ending {end}, after now ({now}); events of it may still arrive. Finalize it once the period has ended",
+                    "invoice {} covers a period ending {end}, after now ({now}); events of it may still arrive. Finalize it once the period has ended: it then takes every line of the period",
                     h.id
                 )));
             }
@@ -371,10 +373,19 @@ fn finalize(db: &Db, caller: &Caller, id: &str) -> ApiResult<Response> {
             if !still_draft {
                 return Ok(());
             }
-            // A draft by reference: its lines get its id now, exactly those.
-            if let Lines::ByReference { .. } = h.lines {
+            // A draft by reference: finalized, it takes every line of its
+            // period that exists now (those that arrived since it was
+            // drafted too), and they get its id.
+            if let Lines::ByReference { user_id, end, .. } = h.lines {
+                let mark = |table: &str| db.scalar_i64(&format!("SELECT coalesce(max(line_item_id), 0) FROM {table}"), &[]);
+                let (tokens_to, resources_to) = (mark("user_invoice_line_item")?.unwrap_or(0), mark("resource_invoice_line_item")?.unwrap_or(0));
+                db.exec(
+                    "UPDATE user_invoices SET through_token_line_id = ?1, through_resource_line_id = ?2 WHERE invoice_id = ?3",
+                    &[int(tokens_to), int(resources_to), int(h.id)],
+                )?;
+                let lines = Lines::ByReference { user_id, end, tokens_to, resources_to };
                 for table in ["user_invoice_line_item", "resource_invoice_line_item"] {
-                    db.exec(&format!("UPDATE {table} SET invoice_id = ?1 WHERE {}", h.lines.condition(table, "")), &[int(h.id)])?;
+                    db.exec(&format!("UPDATE {table} SET invoice_id = ?1 WHERE {}", lines.condition(table, "")), &[int(h.id)])?;
                 }
             }
             let total = Nanos(invoice_total(db, &Lines::Claimed { user_id: h.user_id, invoice_id: h.id })?);

@@ -93,12 +93,21 @@ fn request_hash(thread_id: i64, body: &NewMessage) -> String {
     billing_fn_common::auth::sha256_hex(&json!([thread_id, body.content, body.model]).to_string())
 }
 
+/// What a request with an Idempotency-Key found.
+enum Claim {
+    /// The stored answer of an earlier request with the key.
+    Replay(Response),
+    /// The key, claimed for this request until `expires_ms` (Unix ms), which
+    /// also tells this claim from a later one that took it over.
+    Claimed { expires_ms: i64 },
+}
+
 /// The stored answer of an earlier request with this key, or the key
-/// claimed for this request (`None`): one transaction, so a request that
-/// finishes meanwhile is either seen here or sees this claim. A key reused
-/// for a different request is 422; a key whose request is in flight is 409
-/// with `retry-after` (the seconds its claim has left).
-fn replay_or_claim(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Option<Response>> {
+/// claimed for this request: one transaction, so a request that finishes
+/// meanwhile is either seen here or sees this claim. A key reused for a
+/// different request is 422; a key whose request is in flight is 409 with
+/// `retry-after` (the seconds its claim has left, at most 5).
+fn replay_or_claim(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Claim> {
     let lease_ms = spin_sdk::variables::get("idempotency_claim_s")
         .ok()
         .and_then(|v| v.parse::<i64>().ok())
@@ -123,7 +132,7 @@ fn replay_or_claim(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Op
             if col::<&str>(&row, "request_hash")? != hash {
                 return Err(reused());
             }
-            return Ok(Some(
+            return Ok(Claim::Replay(
                 Response::builder()
                     .status(201)
                     .header("content-type", "application/json")
@@ -156,15 +165,18 @@ fn replay_or_claim(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Op
                  claimed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
             &[int(user_id), text(key), text(hash), int(now_ms + lease_ms)],
         )?;
-        Ok(None)
+        Ok(Claim::Claimed {
+            expires_ms: now_ms + lease_ms,
+        })
     })
 }
 
-/// Gives up a claim that led to no answer (the call failed): a retry may call the model.
-fn release(db: &Db, user_id: i64, key: &str) {
+/// Gives up this request's claim after a failed call (a retry may call the
+/// model), unless a later request took the expired claim over.
+fn release(db: &Db, user_id: i64, key: &str, expires_ms: i64) {
     let _ = db.exec(
-        "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2",
-        &[int(user_id), text(key)],
+        "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2 AND expires_ms = ?3",
+        &[int(user_id), text(key), int(expires_ms)],
     );
 }
 
@@ -198,13 +210,14 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
     let idem = match idempotency_key(req)? {
         Some(k) => {
             let hash = request_hash(thread_id, &body);
-            if let Some(stored) = replay_or_claim(db, caller.user_id, &k, &hash)? {
-                return Ok(stored);
+            match replay_or_claim(db, caller.user_id, &k, &hash)? {
+                Claim::Replay(stored) => return Ok(stored),
+                Claim::Claimed { expires_ms } => Some((k, hash, expires_ms)),
             }
-            Some((k, hash))
         }
         None => None,
     };
+    let key_and_hash = idem.as_ref().map(|(k, h, _)| (k.clone(), h.clone()));
     let answered = answer(
         db,
         caller,
@@ -213,11 +226,11 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
         thread_model,
         content,
         body.model,
-        &idem,
+        &key_and_hash,
     )
     .await;
-    if let (Err(_), Some((key, _))) = (&answered, &idem) {
-        release(db, caller.user_id, key);
+    if let (Err(_), Some((key, _, expires_ms))) = (&answered, &idem) {
+        release(db, caller.user_id, key, *expires_ms);
     }
     answered
 }

@@ -16,8 +16,10 @@
 //!   is read (chat, collector, quote, bridge) and is billed as that model.
 //!   Refused: an alias that is a model's own name or an alias already, a
 //!   target that is not a model. 201.
-//! - `DELETE /api/models/aliases/{alias}` (admin): 204; events already
-//!   billed keep the model they were billed as.
+//! - `DELETE /api/models/aliases/{alias}` (admin): 204. The alias is
+//!   retired, not forgotten: it no longer resolves for new requests, events
+//!   accepted under it before are still billed as its model, and its name
+//!   is never given to another model.
 //!
 //! Every refusal is 422 naming the field; nothing is changed.
 
@@ -59,12 +61,14 @@ struct NewModel {
 fn name_taken(db: &Db, name: &str) -> ApiResult<Option<&'static str>> {
     let r = db.query(
         "SELECT 'a model' AS what FROM dim_models WHERE model_name = ?1
-         UNION ALL SELECT 'an alias' FROM dim_model_aliases WHERE alias = ?1 LIMIT 1",
+         UNION ALL SELECT CASE WHEN retired_at IS NULL THEN 'an alias' ELSE 'a retired alias (names are not reused)' END
+         FROM dim_model_aliases WHERE alias = ?1 LIMIT 1",
         &[text(name)],
     )?;
     let what = r.rows().next().map(|row| match row.get::<&str>("what") {
         Some("a model") => "a model",
-        _ => "an alias",
+        Some("an alias") => "an alias",
+        _ => "a retired alias (names are not reused)",
     });
     Ok(what)
 }
@@ -129,6 +133,10 @@ pub fn new_model(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response>
     let (display, family) = (display.expect("checked"), family.expect("checked"));
     let (window, output) = (window.expect("checked"), output.expect("checked"));
     let (model, version) = db.transaction(|db| {
+        // Checked again under the write lock: a concurrent request may have taken the name.
+        if let Some(what) = name_taken(db, name.as_str())? {
+            return Err(ApiError::invalid("model", format!("`{name}` is {what} already")));
+        }
         let id = db
             .scalar_i64(
                 "INSERT INTO dim_models (model_name, display_name, provider, family, context_window, max_output_tokens, released_at)
@@ -166,7 +174,7 @@ pub fn new_model(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response>
 fn model_json(db: &Db, name: &str) -> ApiResult<Value> {
     let r = db.query(
         "SELECT model_id, model_name, display_name, provider, family, context_window, max_output_tokens, is_active, released_at, retired_at,
-                (SELECT json_group_array(alias) FROM (SELECT alias FROM dim_model_aliases a WHERE a.model_id = m.model_id ORDER BY alias)) AS aliases
+                (SELECT json_group_array(alias) FROM (SELECT alias FROM dim_model_aliases a WHERE a.model_id = m.model_id AND a.retired_at IS NULL ORDER BY alias)) AS aliases
          FROM dim_models m WHERE model_name = ?1",
         &[text(name)],
     )?;
@@ -206,14 +214,23 @@ pub fn change_model(db: &Db, caller: &Caller, req: &Request, name: &str) -> ApiR
             int(model.model_id),
         ],
     )?;
-    prices::invalidate(&Cache::open(), &model);
-    prices::invalidate_name(&Cache::open(), name);
+    // Every name it is cached under: its own, the one in the path, each alias.
+    let cache = Cache::open();
+    prices::invalidate(&cache, &model);
+    prices::invalidate_name(&cache, name);
+    let aliases = db.query(
+        "SELECT alias FROM dim_model_aliases WHERE model_id = ?1",
+        &[int(model.model_id)],
+    )?;
+    for row in aliases.rows() {
+        prices::invalidate_name(&cache, col::<&str>(&row, "alias")?);
+    }
     Ok(json(200, &model_json(db, &model.name)?))
 }
 
 pub fn aliases(db: &Db) -> ApiResult<Response> {
     let r = db.query(
-        "SELECT a.alias, m.model_name, a.created_at FROM dim_model_aliases a JOIN dim_models m USING (model_id) ORDER BY a.alias",
+        "SELECT a.alias, m.model_name, a.created_at FROM dim_model_aliases a JOIN dim_models m USING (model_id) WHERE a.retired_at IS NULL ORDER BY a.alias",
         &[],
     )?;
     let items = r
@@ -274,10 +291,16 @@ pub fn new_alias(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response>
         Some(_) => {}
     }
     p.finish()?;
-    db.exec(
-        "INSERT INTO dim_model_aliases (alias, model_id, created_by) SELECT ?1, model_id, ?2 FROM dim_models WHERE model_name = ?3",
-        &[text(body.alias.clone()), int(caller.user_id), text(body.model.clone())],
-    )?;
+    db.transaction(|db| {
+        // Checked again under the write lock: a concurrent request may have taken the name.
+        if let Some(what) = name_taken(db, &body.alias)? {
+            return Err(ApiError::invalid("alias", format!("`{}` is {what} already", body.alias)));
+        }
+        db.exec(
+            "INSERT INTO dim_model_aliases (alias, model_id, created_by) SELECT ?1, model_id, ?2 FROM dim_models WHERE model_name = ?3",
+            &[text(body.alias.clone()), int(caller.user_id), text(body.model.clone())],
+        )
+    })?;
     prices::invalidate_name(&Cache::open(), &body.alias);
     Ok(json(
         201,
@@ -288,7 +311,7 @@ pub fn new_alias(db: &Db, caller: &Caller, req: &Request) -> ApiResult<Response>
 pub fn delete_alias(db: &Db, caller: &Caller, alias: &str) -> ApiResult<Response> {
     caller.require_admin()?;
     let gone = db.scalar_i64(
-        "DELETE FROM dim_model_aliases WHERE alias = ?1 RETURNING 1",
+        "UPDATE dim_model_aliases SET retired_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE alias = ?1 AND retired_at IS NULL RETURNING 1",
         &[text(alias)],
     )?;
     if gone.is_none() {

@@ -47,10 +47,10 @@ fn route(req: &Request) -> ApiResult<Response> {
         (Method::Get, ["api", "models", "aliases"]) => catalogue::aliases(&db),
         (Method::Post, ["api", "models", "aliases"]) => catalogue::new_alias(&db, &caller, req),
         (Method::Delete, ["api", "models", "aliases", alias]) => {
-            catalogue::delete_alias(&db, &caller, alias)
+            catalogue::delete_alias(&db, &caller, &input::decoded(alias, "alias")?)
         }
         (Method::Patch, ["api", "models", name]) => {
-            catalogue::change_model(&db, &caller, req, name)
+            catalogue::change_model(&db, &caller, req, &input::decoded(name, "model")?)
         }
         (Method::Get, ["api", "pricing"]) => pricing(&db, req),
         (Method::Post, ["api", "pricing"]) => new_version(&db, &caller, req),
@@ -123,7 +123,7 @@ fn models(db: &Db) -> ApiResult<Response> {
     let now = clock::now();
     let aliases: Vec<(String, i64)> = db
         .query(
-            "SELECT alias, model_id FROM dim_model_aliases ORDER BY alias",
+            "SELECT alias, model_id FROM dim_model_aliases WHERE retired_at IS NULL ORDER BY alias",
             &[],
         )?
         .rows()
