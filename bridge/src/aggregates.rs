@@ -11,7 +11,9 @@
 //! tries again with the rest.
 //!
 //! While `billing-bridge rebuild-redis` runs, the script refuses (the
-//! consumers retry), so a rebuild never races a live increment.
+//! consumers retry), so a rebuild never races a live increment. A counter
+//! that would pass a 64-bit integer saturates at its bound instead of
+//! failing the script.
 
 use anyhow::{Context, Result};
 use billing_core::aggregates::{Changes, Fact, Op, PREFIX};
@@ -57,7 +59,12 @@ for j = 1, m do
 end
 while p <= #ARGV do
   local op, key, a, b = ARGV[p], ARGV[p + 1], ARGV[p + 2], ARGV[p + 3]
-  if op == 'h' then redis.call('HINCRBY', key, a, b)
+  if op == 'h' then
+    -- A sum past a 64-bit integer saturates (the ledger in SQLite stays exact):
+    -- an error here would stop the stage, and billing, for everyone.
+    if type(redis.pcall('HINCRBY', key, a, b)) == 'table' then
+      redis.call('HSET', key, a, string.sub(b, 1, 1) == '-' and '-9223372036854775808' or '9223372036854775807')
+    end
   elseif op == 'f' then redis.call('HSET', key, a, b)
   elseif op == 's' then redis.call('SADD', key, a)
   elseif op == 'z' then redis.call('ZINCRBY', key, b, a)

@@ -550,6 +550,24 @@ async fn aggregates_are_marked_and_incremented_together() {
         .await
         .unwrap();
     assert_eq!(aggs.apply(&[fact("d", 1)]).await.unwrap(), vec![0]);
+
+    // A counter about to pass i64::MAX saturates; the batch is applied, the other counters move.
+    let _: () = redis::cmd("HSET")
+        .arg("billing:agg:d:2026-05-01")
+        .arg("*|cost")
+        .arg(i64::MAX - 10)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(aggs.apply(&[fact("e", 1_000)]).await.unwrap(), vec![0]);
+    let got: Vec<i64> = redis::cmd("HMGET")
+        .arg("billing:agg:d:2026-05-01")
+        .arg("*|cost")
+        .arg("*|turns")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![i64::MAX, 5]);
 }
 
 // A message the database rejects for good (here an api_events row with its identity already there, written by no
