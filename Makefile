@@ -21,6 +21,8 @@ export CACHE_DIR
 export KAFKA_LIBS ?= $(CACHE_DIR)/tools/kafka/libs
 # The Python with genai-prices installed, for the quote's cross-check.
 export GENAI_PRICES_PYTHON ?= $(CACHE_DIR)/tools/genai-prices/bin/python
+# The Python with the official anthropic SDK, the gateway tests' client.
+export SDK_PYTHON ?= $(CACHE_DIR)/tools/sdk-clients/bin/python
 SHELL := /bin/bash
 
 .PHONY: up components web test test-web smoke deps check-wasm lint clean-cache bench bench-host load faults price-diff price-apply
@@ -51,7 +53,7 @@ test-web: deps target
 	scripts/test-web.sh
 
 deps:
-	scripts/ensure-deps.sh wasm redis sqlite3 kafka compose genai-prices
+	scripts/ensure-deps.sh wasm redis sqlite3 kafka compose genai-prices sdk-clients
 
 # The `target` symlink into the cache; a real directory is left alone.
 target:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose] [genai-prices]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose] [genai-prices] [sdk-clients]
 #
 # Tools fetched once (Apache Kafka's jars from Maven Central) go to
 # $CACHE_DIR/tools (default ~/.cache/llm-billing/tools), outside the clone,
@@ -19,6 +19,20 @@ apt_install_pkg() { # apt_install_pkg PACKAGE (no command to probe)
     say "installing $1 (Debian package)"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get install -y -q "$1" >/dev/null 2>&1 || { as_root apt-get update -q >/dev/null && as_root apt-get install -y -q "$1" >/dev/null; }
+}
+
+python_venv() { # python_venv NAME REQUIREMENTS: a virtualenv in the tools cache, reinstalled when REQUIREMENTS changes
+    apt_install python3 python3
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install_pkg python3-venv
+    local venv="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/$1" want_sum
+    want_sum=$(sha256sum "$2" | cut -d' ' -f1)
+    if [ "$(cat "$venv/requirements.sha256" 2>/dev/null)" != "$want_sum" ]; then
+        say "installing $(grep -v '^#' "$2" | tr '\n' ' ')into $venv (PyPI, once)"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q -r "$2" >&2
+        echo "$want_sum" > "$venv/requirements.sha256"
+    fi
 }
 
 apt_install() { # apt_install COMMAND PACKAGE
@@ -64,22 +78,12 @@ for want in "${@:-wasm redis sqlite3}"; do
                     echo "$want_sum" > "$kafka/pom.sha256"
                 fi ;;
             genai-prices)
-                # The pydantic genai-prices catalogue and calculator, in its own
-                # virtualenv, for the quote's cross-check; reinstalled only when
-                # tests/crosscheck/requirements.txt changes.
-                apt_install python3 python3
-                python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install_pkg python3-venv
-                here=$(cd "$(dirname "$0")" && pwd)
-                venv="${CACHE_DIR:-$HOME/.cache/llm-billing}/tools/genai-prices"
-                req="$here/../tests/crosscheck/requirements.txt"
-                want_sum=$(sha256sum "$req" | cut -d' ' -f1)
-                if [ "$(cat "$venv/requirements.sha256" 2>/dev/null)" != "$want_sum" ]; then
-                    say "installing genai-prices into $venv (PyPI, once)"
-                    rm -rf "$venv"
-                    python3 -m venv "$venv"
-                    "$venv/bin/pip" install -q -r "$req" >&2
-                    echo "$want_sum" > "$venv/requirements.sha256"
-                fi ;;
+                # The pydantic genai-prices catalogue and calculator, for the
+                # quote's cross-check and the catalogue import.
+                python_venv genai-prices "$(cd "$(dirname "$0")" && pwd)/../tests/crosscheck/requirements.txt" ;;
+            sdk-clients)
+                # The official provider SDKs, the gateway tests' clients.
+                python_venv sdk-clients "$(cd "$(dirname "$0")" && pwd)/../tests/sdk/requirements.txt" ;;
             *) say "unknown dependency $w"; exit 2 ;;
         esac
     done

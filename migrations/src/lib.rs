@@ -128,6 +128,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0011_retired_aliases.sql",
         include_str!("../0011_retired_aliases.sql"),
     ),
+    (
+        "0012_gateway_calls.sql",
+        include_str!("../0012_gateway_calls.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -35,7 +35,8 @@ fn second_run_is_a_no_op() {
             "0008_price_rules_and_catalogue.sql",
             "0009_customer_scoped_identity.sql",
             "0010_idempotency_claims.sql",
-            "0011_retired_aliases.sql"
+            "0011_retired_aliases.sql",
+            "0012_gateway_calls.sql"
         ]
     );
     let mode: String = conn

@@ -1,0 +1,603 @@
+//! `gateway`: the Anthropic Messages API, metered as it passes.
+//!
+//! A team points the official SDK at us (`base_url` = this app, `api_key` =
+//! one of our API keys) and every call is billed:
+//!
+//! - `POST /v1/messages`, same request and response bodies as Anthropic's.
+//!   Our key as `x-api-key` or `Authorization: Bearer`; `anthropic-version`
+//!   and `anthropic-beta` are passed on. Forwarded to Anthropic when
+//!   `anthropic_api_key` is set, else to llm-sim (`anthropic_base_url`
+//!   overrides both). The model must be one we price (an alias resolves);
+//!   otherwise 400 `invalid_request_error` before any provider call.
+//! - Plain answers come back unchanged with `x-billing-cost-nanos` (what the
+//!   call costs, nano-USD) and `x-billing-call-id`. With `"stream": true`
+//!   the provider's server-sent events pass through as they arrive; usage
+//!   is read from `message_start` and each `message_delta` (the cumulative
+//!   usage: the last value of each field wins, so input, cache and
+//!   server-tool counts may arrive late), and the cost follows the last
+//!   event as an SSE comment, `: x-billing-cost-nanos=N`, which SDKs ignore.
+//! - A provider error comes back with the provider's status and body; it is
+//!   recorded and billed nothing. A stream cut after `message_start` is
+//!   billed for what the provider reported until then, marked partial.
+//! - Metered exactly once: the call's `gateway_calls` row and its
+//!   `llm-billing.inference` event (source `/functions/gateway`, id = the
+//!   call id) are one SQLite transaction, priced at the answer's time by
+//!   billing-core's price function plus the `inference_request` resource
+//!   price, as the bridge bills every inference call. The user billed is
+//!   the key's owner.
+//!
+//! Errors of our own use Anthropic's shape, `{"type": "error", "error":
+//! {"type", "message"}}`, so the SDKs raise their usual exceptions.
+
+use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
+use billing_core::{ModelName, Nanos, Usage};
+use billing_fn_common::cache::Cache;
+use billing_fn_common::db::{int, opt_text, text};
+use billing_fn_common::prices::{self, Model};
+use billing_fn_common::{auth, clock, ApiError, Caller, Db};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Map, Value};
+use spin_sdk::http::{
+    Fields, IncomingRequest, IncomingResponse, Method, OutgoingResponse, Request, ResponseOutparam,
+};
+use spin_sdk::http_component;
+
+/// The event source of gateway calls (reserved: clients cannot send it).
+pub const EVENT_SOURCE: &str = "/functions/gateway";
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+const DEFAULT_VERSION: &str = "2023-06-01";
+
+fn var(name: &str) -> String {
+    spin_sdk::variables::get(name).unwrap_or_default()
+}
+
+/// An error in Anthropic's shape, with its status.
+struct Failure {
+    status: u16,
+    kind: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        let kind = match status {
+            400 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        };
+        Self {
+            status: if status == 422 { 400 } else { status },
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::new(e.status(), e.detail())
+    }
+}
+
+#[http_component]
+async fn handle(req: IncomingRequest, out: ResponseOutparam) {
+    let method = req.method();
+    let path = req.path_with_query().unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .entries()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
+        .collect();
+    let body = match req.into_body().await {
+        Ok(b) => b,
+        Err(e) => {
+            return whole(
+                out,
+                error_response(&Failure::new(
+                    400,
+                    format!("the body could not be read: {e}"),
+                )),
+            )
+            .await
+        }
+    };
+    let result = match (method, path.split('?').next().unwrap_or("")) {
+        (Method::Post, "/v1/messages") => messages(&headers, body, out).await,
+        (_, "/v1/messages") => Err((out, Failure::new(405, "send messages with POST"))),
+        (_, p) => Err((out, Failure::new(404, format!("no such endpoint: {p}")))),
+    };
+    if let Err((out, failure)) = result {
+        whole(out, error_response(&failure)).await;
+    }
+}
+
+/// A whole response: status, headers and body.
+struct Whole {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+fn error_response(f: &Failure) -> Whole {
+    Whole {
+        status: f.status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"type": "error", "error": {"type": f.kind, "message": f.message}})
+            .to_string()
+            .into_bytes(),
+    }
+}
+
+fn fields(headers: &[(String, String)]) -> Fields {
+    let list: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect();
+    Fields::from_list(&list).unwrap_or_else(|_| Fields::new())
+}
+
+async fn whole(out: ResponseOutparam, w: Whole) {
+    let response = OutgoingResponse::new(fields(&w.headers));
+    let _ = response.set_status_code(w.status);
+    let mut body = response.take_body();
+    out.set(response);
+    let _ = body.send(w.body).await;
+    let _ = body.close().await;
+}
+
+type Refused = (ResponseOutparam, Failure);
+
+/// The value of header `name` (names are lower-case).
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The caller from `x-api-key` or `Authorization: Bearer`.
+fn caller(headers: &[(String, String)], db: &Db) -> Result<Caller, Failure> {
+    let authorization = match (
+        header(headers, "x-api-key"),
+        header(headers, "authorization"),
+    ) {
+        (Some(k), _) => format!("Bearer {}", k.trim()),
+        (None, Some(a)) => a.to_owned(),
+        (None, None) => {
+            return Err(Failure::new(
+                401,
+                "send one of your API keys as x-api-key (or Authorization: Bearer)",
+            ))
+        }
+    };
+    let probe = Request::builder()
+        .method(Method::Post)
+        .uri("/v1/messages")
+        .header("authorization", authorization)
+        .build();
+    Ok(auth::authenticate(&probe, db)?)
+}
+
+/// Where calls go and with which key: Anthropic with a key, else llm-sim.
+fn provider() -> (String, String) {
+    let key = var("anthropic_api_key");
+    let base = match (key.is_empty(), var("anthropic_base_url")) {
+        (_, b) if !b.is_empty() => b,
+        (true, _) => "/sim".into(),
+        (false, _) => "https://api.anthropic.com".into(),
+    };
+    (base.trim_end_matches('/').to_owned(), key)
+}
+
+fn call_id() -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    format!("gw_{}", hex::encode(b))
+}
+
+async fn messages(
+    headers: &[(String, String)],
+    body: Vec<u8>,
+    out: ResponseOutparam,
+) -> Result<(), Refused> {
+    let header = |name: &str| header(headers, name);
+    macro_rules! refuse {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(f) => return Err((out, f.into())),
+            }
+        };
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return Err((
+            out,
+            Failure::new(413, format!("the body is over {MAX_BODY_BYTES} bytes")),
+        ));
+    }
+    let db = refuse!(Db::open());
+    let caller = refuse!(caller(headers, &db));
+    let request: Value = refuse!(serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}"))));
+    let requested = request["model"].as_str().unwrap_or_default().to_owned();
+    let streamed = request["stream"].as_bool() == Some(true);
+    let cache = Cache::open();
+    let model = refuse!(prices::model_by_name_cached(&db, &cache, &requested)).filter(|m| m.active);
+    let Some(model) = model else {
+        return Err((
+            out,
+            Failure::new(
+                400,
+                format!("model: `{requested}` is not a model this gateway bills"),
+            ),
+        ));
+    };
+    let now = clock::now();
+    if refuse!(prices::price_in_force_cached(&db, &cache, &model, now)).is_none() {
+        return Err((
+            out,
+            Failure::new(
+                400,
+                format!("model: `{}` has no price in force now", model.name),
+            ),
+        ));
+    }
+
+    let (base, key) = provider();
+    let mut forward = Request::builder();
+    forward
+        .method(Method::Post)
+        .uri(format!("{base}/v1/messages"))
+        .header("content-type", "application/json")
+        .header(
+            "anthropic-version",
+            header("anthropic-version").unwrap_or(DEFAULT_VERSION),
+        );
+    if let Some(beta) = header("anthropic-beta") {
+        forward.header("anthropic-beta", beta);
+    }
+    if !key.is_empty() {
+        forward.header("x-api-key", key);
+    }
+    if base.starts_with('/') {
+        // llm-sim's fault and latency knobs, for tests.
+        for (k, v) in headers.iter().filter(|(k, _)| k.starts_with("x-sim-")) {
+            forward.header(k.as_str(), v.as_str());
+        }
+    }
+    let forward = forward.body(body).build();
+    let id = call_id();
+    let t0 = clock::monotonic_ms();
+    let response: IncomingResponse = match spin_sdk::http::send(forward).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err((
+                out,
+                Failure::new(502, format!("the model provider could not be reached: {e}")),
+            ));
+        }
+    };
+    let status = response.status();
+    let provider_headers: Vec<(String, String)> = response
+        .headers()
+        .entries()
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.to_ascii_lowercase().as_str(),
+                "content-type" | "request-id" | "retry-after"
+            ) || k.to_ascii_lowercase().starts_with("anthropic-ratelimit")
+        })
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
+        .collect();
+    let mut call = Call {
+        id: id.clone(),
+        caller: &caller,
+        model: &model,
+        requested: &requested,
+        streamed,
+        status,
+        t0,
+    };
+
+    if status != 200 || !streamed {
+        let bytes = response.into_body().await.unwrap_or_default();
+        let mut headers = provider_headers;
+        headers.push(("x-billing-call-id".into(), id.clone()));
+        if status == 200 {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            match call.bill(
+                &db,
+                &cache,
+                &v["usage"],
+                v["id"].as_str(),
+                v.get("service_tier"),
+                false,
+            ) {
+                Ok(cost) => headers.push(("x-billing-cost-nanos".into(), cost.0.to_string())),
+                Err(e) => {
+                    // The provider answered and charged: the answer goes
+                    // back; the failure to bill is loud in the logs.
+                    eprintln!(
+                        "gateway call {id}: the answer could not be billed: {}",
+                        e.message
+                    );
+                }
+            }
+        } else {
+            call.status = status;
+            let _ = call.record_refused(&db);
+        }
+        whole(
+            out,
+            Whole {
+                status,
+                headers,
+                body: bytes,
+            },
+        )
+        .await;
+        return Ok(());
+    }
+
+    // Streamed: pass every chunk on as it arrives, reading usage on the way.
+    let mut headers = provider_headers;
+    headers.retain(|(k, _)| k != "content-type");
+    headers.push(("content-type".into(), "text/event-stream".into()));
+    headers.push(("cache-control".into(), "no-cache".into()));
+    headers.push(("x-billing-call-id".into(), id.clone()));
+    let outgoing = OutgoingResponse::new(fields(&headers));
+    let _ = outgoing.set_status_code(200);
+    let mut sink = outgoing.take_body();
+    out.set(outgoing);
+    let mut reader = SseUsage::default();
+    let mut client_open = true;
+    let mut chunks = response.take_body_stream();
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else { break };
+        reader.feed(&chunk);
+        if client_open && sink.send(chunk).await.is_err() {
+            // The client went away; the provider goes on and charges: keep reading to bill it.
+            client_open = false;
+        }
+    }
+    if reader.started {
+        let partial = !reader.stopped;
+        match call.bill(
+            &db,
+            &cache,
+            &Value::Object(reader.usage.clone()),
+            reader.message_id.as_deref(),
+            None,
+            partial,
+        ) {
+            Ok(cost) => {
+                if client_open {
+                    let _ = sink
+                        .send(
+                            format!(
+                                ": x-billing-cost-nanos={} x-billing-call-id={id}\n\n",
+                                cost.0
+                            )
+                            .into_bytes(),
+                        )
+                        .await;
+                }
+            }
+            Err(e) => eprintln!(
+                "gateway call {id}: the stream could not be billed: {}",
+                e.message
+            ),
+        }
+    } else {
+        call.status = 502;
+        let _ = call.record_refused(&db);
+    }
+    let _ = sink.close().await;
+    Ok(())
+}
+
+/// Usage read from a Messages API event stream as it passes.
+#[derive(Default)]
+struct SseUsage {
+    pending: Vec<u8>,
+    usage: Map<String, Value>,
+    message_id: Option<String>,
+    started: bool,
+    stopped: bool,
+}
+
+impl SseUsage {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.pending.extend_from_slice(chunk);
+        // Events end with a blank line (\n\n; \r\n\r\n tolerated).
+        while let Some(end) = find_event_end(&self.pending) {
+            let event: Vec<u8> = self.pending.drain(..end.1).collect();
+            self.event(&String::from_utf8_lossy(&event[..end.0]));
+        }
+    }
+
+    fn event(&mut self, text: &str) {
+        let data: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+            return;
+        };
+        match v["type"].as_str() {
+            Some("message_start") => {
+                self.started = true;
+                self.message_id = v["message"]["id"].as_str().map(str::to_owned);
+                self.merge(&v["message"]["usage"]);
+            }
+            Some("message_delta") => self.merge(&v["usage"]),
+            Some("message_stop") => self.stopped = true,
+            _ => {}
+        }
+    }
+
+    /// The cumulative usage: each field present (and not null) replaces the last.
+    fn merge(&mut self, usage: &Value) {
+        if let Some(o) = usage.as_object() {
+            for (k, v) in o {
+                if !v.is_null() {
+                    self.usage.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+}
+
+/// (end of the event's text, end of its terminator) of the first complete event.
+fn find_event_end(b: &[u8]) -> Option<(usize, usize)> {
+    (0..b.len()).find_map(|i| {
+        if b[i..].starts_with(b"\n\n") {
+            Some((i, i + 2))
+        } else if b[i..].starts_with(b"\r\n\r\n") {
+            Some((i, i + 4))
+        } else {
+            None
+        }
+    })
+}
+
+/// One call through the gateway, for its record.
+struct Call<'a> {
+    id: String,
+    caller: &'a Caller,
+    model: &'a Model,
+    requested: &'a str,
+    streamed: bool,
+    status: u16,
+    t0: u64,
+}
+
+impl Call<'_> {
+    fn latency_ms(&self) -> i64 {
+        clock::monotonic_ms().saturating_sub(self.t0) as i64
+    }
+
+    /// A call the provider refused (or that never started): recorded, billed nothing.
+    fn record_refused(&self, db: &Db) -> Result<(), Failure> {
+        db.exec(
+            "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            &[text(self.id.clone()), int(self.caller.user_id), int(self.model.model_id), text(self.requested), int(self.status as i64),
+              int(self.streamed as i64), int(self.latency_ms()), text(clock::now().to_rfc3339())],
+        )?;
+        Ok(())
+    }
+
+    /// Prices the answer's usage at the answer's time and writes the call's
+    /// row and its billing event in one transaction; returns the cost.
+    fn bill(
+        &self,
+        db: &Db,
+        cache: &Cache,
+        usage: &Value,
+        provider_message_id: Option<&str>,
+        service_tier: Option<&Value>,
+        partial: bool,
+    ) -> Result<Nanos, Failure> {
+        let mut usage =
+            Usage::from_api_json(usage).map_err(|e| Failure::new(502, e.to_string()))?;
+        if usage.service_tier.is_none() {
+            usage.service_tier = service_tier.and_then(Value::as_str).map(str::to_owned);
+        }
+        let now = clock::now();
+        let latency_ms = self.latency_ms();
+        let quote = prices::quote_at(db, cache, self.model, &usage, now)?.ok_or_else(|| {
+            Failure::new(
+                500,
+                format!("`{}` has no price in force at {now}", self.model.name),
+            )
+        })?;
+        // Every inference call also carries the per-request resource price,
+        // as the bridge bills it (compute time is the provider's here: 0 ms).
+        let request_fee = match prices::resource_price_in_force(db, "inference_request", now)? {
+            Some(v) => billing_core::money::line_cost(1, v.unit_price)
+                .map_err(|e| Failure::new(500, e.to_string()))?,
+            None => Nanos(0),
+        };
+        let cost = Nanos(
+            quote
+                .total
+                .0
+                .checked_add(request_fee.0)
+                .ok_or_else(|| Failure::new(500, "the cost overflows"))?,
+        );
+        let event = CloudEvent::new(
+            self.id.clone(),
+            EVENT_SOURCE,
+            now,
+            Some(format!("gateway/{}", self.id)),
+            InferenceEvent {
+                user_id: self.caller.user_id,
+                model: ModelName::parse(&self.model.name)
+                    .map_err(|e| Failure::new(500, e.to_string()))?,
+                request_id: provider_message_id.unwrap_or(&self.id).to_owned(),
+                status: InferenceStatus::Succeeded,
+                http_status: Some(200),
+                latency_ms: latency_ms as u64,
+                compute_ms: 0,
+                usage: usage.clone(),
+            },
+        );
+        let classes = usage.by_class();
+        let web_searches = usage.server_tool_use.web_search_requests;
+        db.transaction(|db| {
+            db.exec(
+                "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, provider_message_id, http_status, streamed, partial, latency_ms,
+                     input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, cost_nanos, occurred_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 200, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                &[
+                    text(self.id.clone()), int(self.caller.user_id), int(self.model.model_id), text(self.requested),
+                    opt_text(provider_message_id.map(str::to_owned)), int(self.streamed as i64), int(partial as i64), int(latency_ms),
+                    int(classes[0].1 as i64), int(classes[1].1 as i64), int(classes[2].1 as i64), int(classes[3].1 as i64), int(classes[4].1 as i64),
+                    int(web_searches as i64), int(cost.0), text(now.to_rfc3339()),
+                ],
+            )?;
+            db.exec(
+                "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[text(InferenceEvent::TOPIC), text(event.key()), text(EVENT_SOURCE), text(self.id.clone()), text(event.to_json())],
+            )
+        })?;
+        cache.publish("billing:outbox", b"gateway");
+        Ok(cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Usage arrives in pieces across events and chunk boundaries; the last value of each field wins.
+    #[test]
+    fn stream_usage_is_cumulative() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1,\"cache_read_input_tokens\":null}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15,\"input_tokens\":30,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let mut r = SseUsage::default();
+        for piece in stream.as_bytes().chunks(7) {
+            r.feed(piece);
+        }
+        assert!(r.started && r.stopped);
+        assert_eq!(r.message_id.as_deref(), Some("msg_1"));
+        assert_eq!(
+            Value::Object(r.usage),
+            json!({"input_tokens": 30, "output_tokens": 15, "server_tool_use": {"web_search_requests": 2}})
+        );
+    }
+}

@@ -1,0 +1,48 @@
+"""The official `anthropic` Python SDK against the gateway, as a team uses it:
+only `base_url` and `api_key` change. Driven by tests/tests/gateway.rs.
+
+Env: APP (the app's URL), KEY (one of our API keys), MODEL. Prints one JSON
+object per line: what the SDK saw of each call (plain, streamed, refused).
+"""
+
+import json
+import os
+
+import anthropic
+
+client = anthropic.Anthropic(base_url=os.environ["APP"], api_key=os.environ["KEY"], max_retries=0)
+model = os.environ["MODEL"]
+ask = [{"role": "user", "content": "How much does a gateway call cost?"}]
+
+
+def out(**kv):
+    print(json.dumps(kv), flush=True)
+
+
+# Plain: the SDK's own types; the cost in a header the raw response shows.
+raw = client.messages.with_raw_response.create(model=model, max_tokens=256, messages=ask)
+msg = raw.parse()
+out(kind="plain", id=msg.id, text=msg.content[0].text, usage=msg.usage.model_dump(),
+    cost_nanos=raw.headers.get("x-billing-cost-nanos"), call_id=raw.headers.get("x-billing-call-id"))
+
+# Streamed: text as it arrives, the final message's usage.
+pieces = []
+with client.messages.stream(model=model, max_tokens=256, messages=ask) as stream:
+    for text in stream.text_stream:
+        pieces.append(text)
+    final = stream.get_final_message()
+    call_id = stream.response.headers.get("x-billing-call-id")
+out(kind="stream", id=final.id, pieces=len(pieces), text="".join(pieces), usage=final.usage.model_dump(), call_id=call_id)
+
+# Refused before any provider call, in the SDK's exception types.
+try:
+    client.messages.create(model="no-such-model", max_tokens=16, messages=ask)
+    out(kind="unknown-model", error=None)
+except anthropic.BadRequestError as e:
+    out(kind="unknown-model", error=type(e).__name__, status=e.status_code, message=str(e))
+try:
+    anthropic.Anthropic(base_url=os.environ["APP"], api_key="lcb_not_a_key", max_retries=0).messages.create(
+        model=model, max_tokens=16, messages=ask)
+    out(kind="bad-key", error=None)
+except anthropic.AuthenticationError as e:
+    out(kind="bad-key", error=type(e).__name__, status=e.status_code)

@@ -1,0 +1,140 @@
+//! The LLM gateway driven by the official `anthropic` Python SDK (pinned in
+//! tests/sdk/requirements.txt, installed by `make deps` into
+//! `$SDK_PYTHON`'s virtualenv): plain and streamed calls answer as the SDK
+//! expects, each is recorded and billed exactly once, and the cost the
+//! gateway tells equals what the bridge bills and the invoice totals.
+
+use billing_e2e::{Bridge, Stack, ADMIN_KEY};
+use serde_json::{json, Value};
+
+fn sdk_python() -> String {
+    std::env::var("SDK_PYTHON").unwrap_or_else(|_| {
+        let cache = std::env::var("CACHE_DIR")
+            .unwrap_or_else(|_| format!("{}/.cache/llm-billing", std::env::var("HOME").unwrap()));
+        format!("{cache}/tools/sdk-clients/bin/python")
+    })
+}
+
+// The SDK's plain and streamed calls: answers in the SDK's types, usage read from the stream's events, errors as the
+// SDK's exceptions; every call recorded, billed once, the told cost equal to the billed lines and the invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_through_the_gateway() {
+    let py = sdk_python();
+    assert!(
+        std::path::Path::new(&py).exists(),
+        "{py} is missing: run `make deps` (scripts/ensure-deps.sh sdk-clients)"
+    );
+    let s = Stack::start().await;
+    let bridge = Bridge::start(&s).await;
+    let (uid, key) = s.user("Gateway team", "gateway@example.com").await;
+    let (url, k) = (s.url(""), key.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&py)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/sdk/anthropic_gateway.py"
+            ))
+            .env("APP", url)
+            .env("KEY", k)
+            .env("MODEL", "claude-haiku-4-5")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |kind: &str| seen.iter().find(|v| v["kind"] == kind).unwrap().clone();
+    let (plain, streamed) = (by("plain"), by("stream"));
+    assert!(
+        plain["text"].as_str().is_some_and(|t| !t.is_empty()),
+        "{plain}"
+    );
+    assert!(
+        streamed["pieces"].as_u64().unwrap() > 1,
+        "the text arrived in pieces: {streamed}"
+    );
+    assert_eq!(by("unknown-model")["error"], "BadRequestError");
+    assert_eq!(
+        (
+            by("bad-key")["error"].clone(),
+            by("bad-key")["status"].clone()
+        ),
+        (json!("AuthenticationError"), json!(401))
+    );
+
+    // Recorded: two billed calls (the refused ones never reached the provider), usage as the SDK saw it.
+    let db = s.db();
+    let call = |id: &str| -> (i64, i64, i64, i64, i64) {
+        db.query_row(
+            "SELECT input_tokens, output_tokens, cost_nanos, streamed, partial FROM gateway_calls WHERE call_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+    };
+    let p = call(plain["call_id"].as_str().unwrap());
+    let st = call(streamed["call_id"].as_str().unwrap());
+    assert_eq!(
+        (p.0, p.1, p.3, p.4),
+        (
+            plain["usage"]["input_tokens"].as_i64().unwrap(),
+            plain["usage"]["output_tokens"].as_i64().unwrap(),
+            0,
+            0
+        )
+    );
+    assert_eq!(
+        (st.0, st.1, st.3, st.4),
+        (
+            streamed["usage"]["input_tokens"].as_i64().unwrap(),
+            streamed["usage"]["output_tokens"].as_i64().unwrap(),
+            1,
+            0
+        )
+    );
+    assert_eq!(
+        plain["cost_nanos"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap(),
+        p.2,
+        "the header tells the recorded cost"
+    );
+    // Haiku 4.5 at $1 / $5 per million tokens plus $100 per million requests (100,000 nano-USD).
+    assert_eq!(p.2, p.0 * 1_000 + p.1 * 5_000 + 100_000);
+    assert_eq!(st.2, st.0 * 1_000 + st.1 * 5_000 + 100_000);
+    assert_eq!(s.count("gateway_calls"), 2);
+
+    // Billed once each by the bridge; the invoice totals what the gateway told.
+    bridge.wait_for(&s, 2).await;
+    bridge.stop().await;
+    let billed: i64 = db
+        .query_row(
+            "SELECT (SELECT sum(cost_nanos) FROM user_invoice_line_item WHERE user_id = ?1) + (SELECT sum(cost_nanos) FROM resource_invoice_line_item WHERE user_id = ?1)",
+            [uid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(billed, p.2 + st.2);
+    let now = billing_core::Timestamp::from_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    )
+    .unwrap();
+    let inv = s
+        .call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-01-01T00:00:00Z", "period_end": now.to_rfc3339()})))
+        .await;
+    assert_eq!(inv.body["total_nanos"].as_i64(), Some(p.2 + st.2));
+}
