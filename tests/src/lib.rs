@@ -25,6 +25,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The instant `ms` milliseconds from now (negative: ago), as the API writes instants.
+pub fn now_plus(ms: i64) -> billing_core::Timestamp {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64;
+    billing_core::Timestamp::from_millis(now + ms).expect("now is representable")
+}
+
 /// Runs every component's build command from spin.toml, once per test binary.
 pub fn build_components() {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -157,6 +166,17 @@ impl Stack {
             rb = rb.bearer_auth(k);
         }
         Reply::from(rb.send().await.unwrap()).await
+    }
+
+    /// Drafts (as admin) the invoice of `user_id`'s lines from 2026-01-01 until now.
+    pub async fn invoice_until_now(&self, user_id: i64) -> Reply {
+        self.call(
+            "POST",
+            "/api/invoices",
+            Some(ADMIN_KEY),
+            Some(serde_json::json!({"user_id": user_id, "period_start": "2026-01-01T00:00:00Z", "period_end": now_plus(0).to_rfc3339()})),
+        )
+        .await
     }
 
     /// Creates a user as admin and returns (user_id, api key).

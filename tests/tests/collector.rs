@@ -186,13 +186,7 @@ async fn caps_and_rate_limit() {
 
 /// `now` plus `ms`, in the canonical text form.
 fn now_plus(ms: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    billing_core::Timestamp::from_millis(now + ms)
-        .unwrap()
-        .to_rfc3339()
+    billing_e2e::now_plus(ms).to_rfc3339()
 }
 
 // The ingest edge refuses, naming the field: a time ahead, past the horizon, or before the model's first price; counts beyond the model's limits; the system's own source. An alias and SDK nulls are accepted.

@@ -228,13 +228,7 @@ async fn genai_prices_import_is_a_reviewable_diff() {
     };
     let plan = read_plan();
     // History is never rewritten: every proposed price starts after now (the next midnight UTC by default).
-    let now = billing_core::Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-    .unwrap();
+    let now = billing_e2e::now_plus(0);
     for p in &plan {
         if let Some(from) = p["body"]["effective_from"].as_str() {
             assert!(billing_core::Timestamp::parse(from).unwrap() > now, "{p}");
@@ -268,14 +262,9 @@ async fn genai_prices_import_is_a_reviewable_diff() {
     );
 
     // A price of ours that differs from the catalogue today is proposed back, from the date the admin chose.
-    let soon = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        + 2000;
     let r = s
         .call("POST", "/api/pricing", Some(billing_e2e::ADMIN_KEY), Some(json!({
-            "model": "claude-haiku-4-5-20251001", "effective_from": billing_core::Timestamp::from_millis(soon).unwrap().to_rfc3339(),
+            "model": "claude-haiku-4-5-20251001", "effective_from": billing_e2e::now_plus(2000).to_rfc3339(),
             "prices": {"input": 1, "output": 1, "cache_write_5m": 1, "cache_write_1h": 1, "cache_read": 1}
         })))
         .await;

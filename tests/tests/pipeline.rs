@@ -68,14 +68,7 @@ async fn price_change_during_the_call_bills_what_was_shown() {
     let t = s.call("POST", "/api/threads", Some(&key), None).await.body["thread_id"]
         .as_i64()
         .unwrap();
-    let soon = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        + 1500;
-    let starts = billing_core::Timestamp::from_millis(soon)
-        .unwrap()
-        .to_rfc3339();
+    let starts = billing_e2e::now_plus(1500).to_rfc3339();
     let version = s
         .call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({
             "model": "claude-haiku-4-5-20251001", "effective_from": starts,
@@ -121,16 +114,7 @@ async fn price_change_during_the_call_bills_what_was_shown() {
         (billed, json!(pricing)),
         (shown, version.body["pricing_id"].clone())
     );
-    let now = billing_core::Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-    .unwrap();
-    let inv = s
-        .call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-01-01T00:00:00Z", "period_end": now.to_rfc3339()})))
-        .await;
+    let inv = s.invoice_until_now(uid).await;
     assert_eq!(
         inv.body["total_nanos"].as_i64(),
         Some(shown),
@@ -278,16 +262,7 @@ async fn quote_chat_collector_and_invoice_agree() {
         chat_lines, shown_total,
         "the chat's lines are what its answers showed"
     );
-    let now = billing_core::Timestamp::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64,
-    )
-    .unwrap();
-    let inv = s
-        .call("POST", "/api/invoices", Some(ADMIN_KEY), Some(json!({"user_id": uid, "period_start": "2026-01-01T00:00:00Z", "period_end": now.to_rfc3339()})))
-        .await;
+    let inv = s.invoice_until_now(uid).await;
     assert_eq!(
         inv.body["total_nanos"].as_i64(),
         Some(lines),
