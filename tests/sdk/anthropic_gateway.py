@@ -46,3 +46,19 @@ try:
     out(kind="bad-key", error=None)
 except anthropic.AuthenticationError as e:
     out(kind="bad-key", error=type(e).__name__, status=e.status_code)
+
+# Counting (not billed) and the models the gateway bills.
+count = client.messages.count_tokens(model=model, messages=ask)
+out(kind="count", input_tokens=count.input_tokens)
+out(kind="models", ids=[m.id for m in client.models.list()])
+
+# A service (admin) key bills the end user it names; a user's key may not name one.
+service = anthropic.Anthropic(base_url=os.environ["APP"], api_key=os.environ["ADMIN_KEY"], max_retries=0)
+raw = service.messages.with_raw_response.create(model=model, max_tokens=64, messages=ask,
+                                                extra_headers={"x-billing-user": os.environ["USER_ID"]})
+out(kind="service", call_id=raw.headers.get("x-billing-call-id"), cost_nanos=raw.headers.get("x-billing-cost-nanos"))
+try:
+    client.messages.create(model=model, max_tokens=16, messages=ask, extra_headers={"x-billing-user": "1"})
+    out(kind="user-names-user", error=None)
+except anthropic.PermissionDeniedError as e:
+    out(kind="user-names-user", error=type(e).__name__, status=e.status_code)

@@ -37,6 +37,8 @@ async fn anthropic_sdk_through_the_gateway() {
             .env("APP", url)
             .env("KEY", k)
             .env("MODEL", "claude-haiku-4-5")
+            .env("ADMIN_KEY", billing_e2e::ADMIN_KEY)
+            .env("USER_ID", uid.to_string())
             .output()
             .unwrap()
     })
@@ -71,7 +73,31 @@ async fn anthropic_sdk_through_the_gateway() {
         (json!("AuthenticationError"), json!(401))
     );
 
-    // Recorded: two billed calls (the refused ones never reached the provider), usage as the SDK saw it.
+    assert!(by("count")["input_tokens"].as_i64().unwrap() > 0);
+    let ids = by("models")["ids"].clone();
+    assert!(
+        ids.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "claude-haiku-4-5-20251001"),
+        "{ids}"
+    );
+    assert!(
+        !ids.as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "claude-3-opus-20240229"),
+        "a retired model is not listed: {ids}"
+    );
+    assert_eq!(
+        (
+            by("user-names-user")["error"].clone(),
+            by("user-names-user")["status"].clone()
+        ),
+        (json!("PermissionDeniedError"), json!(403))
+    );
+
+    // Recorded: three billed calls (the refused ones never reached the provider), usage as the SDK saw it.
     let db = s.db();
     let call = |id: &str| -> (i64, i64, i64, i64, i64) {
         db.query_row(
@@ -113,10 +139,23 @@ async fn anthropic_sdk_through_the_gateway() {
     // Haiku 4.5 at $1 / $5 per million tokens plus $100 per million requests (100,000 nano-USD).
     assert_eq!(p.2, p.0 * 1_000 + p.1 * 5_000 + 100_000);
     assert_eq!(st.2, st.0 * 1_000 + st.1 * 5_000 + 100_000);
-    assert_eq!(s.count("gateway_calls"), 2);
+    // The service key's call is billed to the user it named.
+    let service = by("service");
+    let (service_user, service_cost): (i64, i64) = db
+        .query_row(
+            "SELECT user_id, cost_nanos FROM gateway_calls WHERE call_id = ?1",
+            [service["call_id"].as_str().unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (service_user, service_cost.to_string()),
+        (uid, service["cost_nanos"].as_str().unwrap().to_owned())
+    );
+    assert_eq!(s.count("gateway_calls"), 3);
 
     // Billed once each by the bridge; the invoice totals what the gateway told.
-    bridge.wait_for(&s, 2).await;
+    bridge.wait_for(&s, 3).await;
     bridge.stop().await;
     let billed: i64 = db
         .query_row(
@@ -125,7 +164,10 @@ async fn anthropic_sdk_through_the_gateway() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(billed, p.2 + st.2);
+    assert_eq!(billed, p.2 + st.2 + service_cost);
     let inv = s.invoice_until_now(uid).await;
-    assert_eq!(inv.body["total_nanos"].as_i64(), Some(p.2 + st.2));
+    assert_eq!(
+        inv.body["total_nanos"].as_i64(),
+        Some(p.2 + st.2 + service_cost)
+    );
 }

@@ -26,6 +26,13 @@
 //!   price, as the bridge bills every inference call. The user billed is
 //!   the key's owner.
 //!
+//! - `POST /v1/messages/count_tokens`: the provider's count, passed through
+//!   (not billed: Anthropic does not charge for it).
+//! - `GET /v1/models`: the models this gateway bills (active, with a price
+//!   in force), in Anthropic's list shape.
+//! - `x-billing-user: <user id>` on an admin's (service) key bills that
+//!   user; on a user's key it is 403 `permission_error`.
+//!
 //! Errors of our own use Anthropic's shape, `{"type": "error", "error":
 //! {"type", "message"}}`, so the SDKs raise their usual exceptions.
 
@@ -109,6 +116,8 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
     };
     let result = match (method, path.split('?').next().unwrap_or("")) {
         (Method::Post, "/v1/messages") => messages(&headers, body, out).await,
+        (Method::Post, "/v1/messages/count_tokens") => count_tokens(&headers, body, out).await,
+        (Method::Get, "/v1/models") => models(&headers, out).await,
         (_, "/v1/messages") => Err((out, Failure::new(405, "send messages with POST"))),
         (_, p) => Err((out, Failure::new(404, format!("no such endpoint: {p}")))),
     };
@@ -184,6 +193,113 @@ fn caller(headers: &[(String, String)], db: &Db) -> Result<Caller, Failure> {
     Ok(auth::authenticate(&probe, db)?)
 }
 
+/// The user a call is billed to: the key's owner, or the user an admin's
+/// (service) key names in `x-billing-user`; a user's key may not name one.
+fn billed_user(headers: &[(String, String)], caller: &Caller, db: &Db) -> Result<i64, Failure> {
+    let Some(named) = header(headers, "x-billing-user") else {
+        return Ok(caller.user_id);
+    };
+    if !caller.is_admin() {
+        return Err(Failure::new(
+            403,
+            "x-billing-user: only an admin's (service) key may bill another user",
+        ));
+    }
+    let id: i64 = named
+        .trim()
+        .parse()
+        .map_err(|_| Failure::new(400, format!("x-billing-user: `{named}` is not a user id")))?;
+    match db.scalar_i64(
+        "SELECT user_id FROM dim_users WHERE user_id = ?1",
+        &[int(id)],
+    )? {
+        Some(id) => Ok(id),
+        None => Err(Failure::new(
+            400,
+            format!("x-billing-user: there is no user {id}"),
+        )),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: the provider's count, passed through
+/// (Anthropic does not charge for it; nothing is billed).
+async fn count_tokens(
+    headers: &[(String, String)],
+    body: Vec<u8>,
+    out: ResponseOutparam,
+) -> Result<(), Refused> {
+    let db = match Db::open() {
+        Ok(db) => db,
+        Err(e) => return Err((out, e.into())),
+    };
+    if let Err(f) = caller(headers, &db) {
+        return Err((out, f));
+    }
+    let response: IncomingResponse =
+        match spin_sdk::http::send(to_provider(headers, "/v1/messages/count_tokens", body)).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err((
+                    out,
+                    Failure::new(502, format!("the model provider could not be reached: {e}")),
+                ))
+            }
+        };
+    let status = response.status();
+    let bytes = response.into_body().await.unwrap_or_default();
+    whole(
+        out,
+        Whole {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: bytes,
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// `GET /v1/models`: the models this gateway bills (active, with a price
+/// in force), in Anthropic's list shape.
+async fn models(headers: &[(String, String)], out: ResponseOutparam) -> Result<(), Refused> {
+    let listed = (|| -> Result<Value, Failure> {
+        let db = Db::open()?;
+        caller(headers, &db)?;
+        let now = clock::now().to_rfc3339();
+        let r = db.query(
+            "SELECT model_name, display_name, coalesce(released_at, created_at) AS created_at FROM dim_models m
+             WHERE is_active = 1 AND EXISTS (SELECT 1 FROM dim_token_pricing t WHERE t.model_id = m.model_id AND t.effective_from <= ?1)
+             ORDER BY released_at DESC, model_name",
+            &[text(now)],
+        )?;
+        let data: Vec<Value> = r
+            .rows()
+            .map(|row| {
+                json!({"type": "model", "id": row.get::<&str>("model_name"), "display_name": row.get::<&str>("display_name"),
+                       "created_at": row.get::<&str>("created_at")})
+            })
+            .collect();
+        Ok(
+            json!({"data": data, "has_more": false, "first_id": data.first().map(|m| m["id"].clone()), "last_id": data.last().map(|m| m["id"].clone())}),
+        )
+    })();
+    match listed {
+        Ok(v) => {
+            whole(
+                out,
+                Whole {
+                    status: 200,
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: v.to_string().into_bytes(),
+                },
+            )
+            .await;
+            Ok(())
+        }
+        Err(f) => Err((out, f)),
+    }
+}
+
 /// Where calls go and with which key: Anthropic with a key, else llm-sim.
 fn provider() -> (String, String) {
     let key = var("anthropic_api_key");
@@ -193,6 +309,34 @@ fn provider() -> (String, String) {
         (false, _) => "https://api.anthropic.com".into(),
     };
     (base.trim_end_matches('/').to_owned(), key)
+}
+
+/// The client's request for the provider's `path`: its body unchanged, the
+/// provider's key instead of ours, `anthropic-version` and
+/// `anthropic-beta` passed on (and llm-sim's `x-sim-*` test knobs).
+fn to_provider(headers: &[(String, String)], path: &str, body: Vec<u8>) -> Request {
+    let (base, key) = provider();
+    let mut forward = Request::builder();
+    forward
+        .method(Method::Post)
+        .uri(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .header(
+            "anthropic-version",
+            header(headers, "anthropic-version").unwrap_or(DEFAULT_VERSION),
+        );
+    if let Some(beta) = header(headers, "anthropic-beta") {
+        forward.header("anthropic-beta", beta);
+    }
+    if !key.is_empty() {
+        forward.header("x-api-key", key);
+    }
+    if base.starts_with('/') {
+        for (k, v) in headers.iter().filter(|(k, _)| k.starts_with("x-sim-")) {
+            forward.header(k.as_str(), v.as_str());
+        }
+    }
+    forward.body(body).build()
 }
 
 fn call_id() -> String {
@@ -206,7 +350,6 @@ async fn messages(
     body: Vec<u8>,
     out: ResponseOutparam,
 ) -> Result<(), Refused> {
-    let header = |name: &str| header(headers, name);
     macro_rules! refuse {
         ($e:expr) => {
             match $e {
@@ -223,6 +366,7 @@ async fn messages(
     }
     let db = refuse!(Db::open());
     let caller = refuse!(caller(headers, &db));
+    let billed_user = refuse!(billed_user(headers, &caller, &db));
     let request: Value = refuse!(serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}"))));
     let requested = request["model"].as_str().unwrap_or_default().to_owned();
@@ -249,29 +393,7 @@ async fn messages(
         ));
     }
 
-    let (base, key) = provider();
-    let mut forward = Request::builder();
-    forward
-        .method(Method::Post)
-        .uri(format!("{base}/v1/messages"))
-        .header("content-type", "application/json")
-        .header(
-            "anthropic-version",
-            header("anthropic-version").unwrap_or(DEFAULT_VERSION),
-        );
-    if let Some(beta) = header("anthropic-beta") {
-        forward.header("anthropic-beta", beta);
-    }
-    if !key.is_empty() {
-        forward.header("x-api-key", key);
-    }
-    if base.starts_with('/') {
-        // llm-sim's fault and latency knobs, for tests.
-        for (k, v) in headers.iter().filter(|(k, _)| k.starts_with("x-sim-")) {
-            forward.header(k.as_str(), v.as_str());
-        }
-    }
-    let forward = forward.body(body).build();
+    let forward = to_provider(headers, "/v1/messages", body);
     let id = call_id();
     let t0 = clock::monotonic_ms();
     let response: IncomingResponse = match spin_sdk::http::send(forward).await {
@@ -298,7 +420,7 @@ async fn messages(
         .collect();
     let mut call = Call {
         id: id.clone(),
-        caller: &caller,
+        user_id: billed_user,
         model: &model,
         requested: &requested,
         streamed,
@@ -473,7 +595,8 @@ fn find_event_end(b: &[u8]) -> Option<(usize, usize)> {
 /// One call through the gateway, for its record.
 struct Call<'a> {
     id: String,
-    caller: &'a Caller,
+    /// Who is billed: the key's owner, or the user an admin's key named.
+    user_id: i64,
     model: &'a Model,
     requested: &'a str,
     streamed: bool,
@@ -491,7 +614,7 @@ impl Call<'_> {
         db.exec(
             "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            &[text(self.id.clone()), int(self.caller.user_id), int(self.model.model_id), text(self.requested), int(self.status as i64),
+            &[text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested), int(self.status as i64),
               int(self.streamed as i64), int(self.latency_ms()), text(clock::now().to_rfc3339())],
         )?;
         Ok(())
@@ -541,7 +664,7 @@ impl Call<'_> {
             now,
             Some(format!("gateway/{}", self.id)),
             InferenceEvent {
-                user_id: self.caller.user_id,
+                user_id: self.user_id,
                 model: ModelName::parse(&self.model.name)
                     .map_err(|e| Failure::new(500, e.to_string()))?,
                 request_id: provider_message_id.unwrap_or(&self.id).to_owned(),
@@ -560,7 +683,7 @@ impl Call<'_> {
                      input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, cost_nanos, occurred_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 200, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 &[
-                    text(self.id.clone()), int(self.caller.user_id), int(self.model.model_id), text(self.requested),
+                    text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested),
                     opt_text(provider_message_id.map(str::to_owned)), int(self.streamed as i64), int(partial as i64), int(latency_ms),
                     int(classes[0].1 as i64), int(classes[1].1 as i64), int(classes[2].1 as i64), int(classes[3].1 as i64), int(classes[4].1 as i64),
                     int(web_searches as i64), int(cost.0), text(now.to_rfc3339()),
