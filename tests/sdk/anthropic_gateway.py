@@ -34,6 +34,18 @@ with client.messages.stream(model=model, max_tokens=256, messages=ask) as stream
     call_id = stream.response.headers.get("x-billing-call-id")
 out(kind="stream", id=final.id, pieces=len(pieces), text="".join(pieces), usage=final.usage.model_dump(), call_id=call_id)
 
+# A provider that sends its events 250 ms apart: the text reaches the SDK as it is generated, not when it ends.
+import time
+started = time.monotonic()
+first = None
+with client.messages.stream(model=model, max_tokens=256, messages=ask,
+                            extra_headers={"x-sim-stream-delay-ms": "250"}) as stream:
+    for text in stream.text_stream:
+        if first is None:
+            first = time.monotonic() - started
+    stream.get_final_message()
+out(kind="paced", first_text_s=first, last_s=time.monotonic() - started)
+
 # Refused before any provider call, in the SDK's exception types.
 try:
     client.messages.create(model="no-such-model", max_tokens=16, messages=ask)

@@ -8,7 +8,8 @@
 //!   mark are cache tokens — written (5-minute, or 1-hour with
 //!   `"ttl": "1h"`) the first time that prefix is seen, read afterwards
 //!   (remembered in Redis for the TTL; without Redis every time is a write).
-//! - `"stream": true` answers with the SSE event sequence, usage cumulative.
+//! - `"stream": true` answers with the SSE event sequence, usage cumulative;
+//!   with `x-sim-stream-delay-ms: N` the events are written N ms apart.
 //! - Injection, by request header (or the `sim_*` variables):
 //!   `x-sim-latency-ms: N`; `x-sim-fail: 400|401|429|529|500|503|malformed|spend-limit`
 //!   with `x-sim-fail-times: N` (fail only the first N calls, counted per
@@ -21,7 +22,9 @@ use billing_core::tokenizer::count_text;
 use billing_fn_common::cache::Cache;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{
+    Fields, IncomingRequest, Method, OutgoingResponse, Request, Response, ResponseOutparam,
+};
 use spin_sdk::http_component;
 use spin_sdk::redis::{RedisParameter, RedisResult};
 
@@ -60,7 +63,47 @@ fn setting(req: &Request, name: &str) -> Option<String> {
 }
 
 #[http_component]
-fn handle(req: Request) -> Response {
+async fn handle(incoming: IncomingRequest, out: ResponseOutparam) {
+    use futures::SinkExt;
+    use spin_sdk::http::conversions::TryFromIncomingRequest;
+    let req = match Request::try_from_incoming_request(incoming).await {
+        Ok(r) => r,
+        Err(_) => return,
+    };
+    let response = route(&req);
+    let headers: Vec<(String, Vec<u8>)> = response
+        .headers()
+        .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let outgoing =
+        OutgoingResponse::new(Fields::from_list(&headers).unwrap_or_else(|_| Fields::new()));
+    let _ = outgoing.set_status_code(*response.status());
+    let mut body = outgoing.take_body();
+    out.set(outgoing);
+    // `x-sim-stream-delay-ms: N`: a stream's events are written one at a
+    // time, N ms apart, as a provider generating tokens sends them.
+    let pace = setting(&req, "stream_delay_ms").and_then(|v| v.parse::<u64>().ok());
+    let streamed = headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.starts_with(b"text/event-stream"));
+    match pace {
+        Some(ms) if streamed => {
+            let text = String::from_utf8_lossy(response.body()).into_owned();
+            for event in text.split_inclusive("\n\n") {
+                if body.send(event.as_bytes().to_vec()).await.is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+            }
+        }
+        _ => {
+            let _ = body.send(response.into_body()).await;
+        }
+    }
+    let _ = body.close().await;
+}
+
+fn route(req: &Request) -> Response {
     let digest = hex::encode(Sha256::digest(req.body()));
     let request_id = format!("req_sim_{}", &digest[..24]);
     match (req.method(), req.path()) {
