@@ -36,6 +36,7 @@ components: deps target
 
 test: deps target
 	$(CARGO) test
+	$(CARGO) test -p billing-fn-gateway
 	$(MAKE) check-wasm
 	$(MAKE) test-web
 	$(MAKE) smoke

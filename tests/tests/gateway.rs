@@ -186,3 +186,107 @@ async fn anthropic_sdk_through_the_gateway() {
     let inv = s.invoice_until_now(uid).await;
     assert_eq!(inv.body["total_nanos"].as_i64(), Some(told));
 }
+
+// The official `openai` SDK's Chat Completions for an Anthropic model, plain and streamed (with include_usage):
+// OpenAI's shapes and usage (prompt = input + cache, completion = output), each call billed once, as told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_chat_completions_through_the_gateway() {
+    let py = sdk_python();
+    assert!(
+        std::path::Path::new(&py).exists(),
+        "{py} is missing: run `make deps`"
+    );
+    let s = Stack::start().await;
+    let bridge = Bridge::start(&s).await;
+    let (uid, key) = s
+        .user("OpenAI-shaped team", "openai-shaped@example.com")
+        .await;
+    let url = s.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&py)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/sdk/openai_gateway.py"
+            ))
+            .env("APP", url)
+            .env("KEY", key)
+            .env("MODEL", "claude-sonnet-4-5")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |kind: &str| seen.iter().find(|v| v["kind"] == kind).unwrap().clone();
+    let (plain, streamed) = (by("plain"), by("stream"));
+    assert!(
+        plain["text"].as_str().is_some_and(|t| !t.is_empty()) && plain["finish"] == "stop",
+        "{plain}"
+    );
+    assert!(
+        streamed["pieces"].as_u64().unwrap() > 1 && streamed["finish"] == "stop",
+        "{streamed}"
+    );
+    assert_eq!(by("unknown-model")["error"], "BadRequestError");
+
+    let db = s.db();
+    for v in [&plain, &streamed] {
+        let (input, output, w5, w1, read, cost): (i64, i64, i64, i64, i64, i64) = db
+            .query_row(
+                "SELECT input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_nanos FROM gateway_calls WHERE call_id = ?1",
+                [v["call_id"].as_str().unwrap()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .unwrap();
+        let u = &v["usage"];
+        assert_eq!(
+            (
+                u["prompt_tokens"].as_i64(),
+                u["completion_tokens"].as_i64(),
+                u["prompt_tokens_details"]["cached_tokens"].as_i64()
+            ),
+            (Some(input + w5 + w1 + read), Some(output), Some(read)),
+            "{v}"
+        );
+        // Sonnet 4.5 at $3 / $15 per million (no cache here) plus $100 per million requests.
+        assert_eq!(
+            cost,
+            input * 3_000 + output * 15_000 + w5 * 3_750 + w1 * 6_000 + read * 300 + 100_000
+        );
+    }
+    assert_eq!(
+        plain["cost_nanos"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap(),
+        {
+            db.query_row(
+                "SELECT cost_nanos FROM gateway_calls WHERE call_id = ?1",
+                [plain["call_id"].as_str().unwrap()],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+        }
+    );
+    bridge.wait_for(&s, 2).await;
+    bridge.stop().await;
+    let (told, billed): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT sum(cost_nanos) FROM gateway_calls WHERE user_id = ?1),
+                    (SELECT sum(cost_nanos) FROM user_invoice_line_item WHERE user_id = ?1) + (SELECT sum(cost_nanos) FROM resource_invoice_line_item WHERE user_id = ?1)",
+            [uid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(billed, told);
+}

@@ -33,8 +33,13 @@
 //! - `x-billing-user: <user id>` on an admin's (service) key bills that
 //!   user; on a user's key it is 403 `permission_error`.
 //!
+//! - `POST /v1/chat/completions`: OpenAI's Chat Completions for the same
+//!   (Anthropic) models, plain and streamed, translated to and from the
+//!   Messages API ([`openai`]), billed the same way.
+//!
 //! Errors of our own use Anthropic's shape, `{"type": "error", "error":
-//! {"type", "message"}}`, so the SDKs raise their usual exceptions.
+//! {"type", "message"}}` (OpenAI's, `{"error": {"message", "type"}}`, on
+//! `/v1/chat/completions`), so the SDKs raise their usual exceptions.
 
 use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
 use billing_core::{ModelName, Nanos, Usage};
@@ -49,6 +54,16 @@ use spin_sdk::http::{
 };
 use spin_sdk::http_component;
 
+mod openai;
+
+/// Which API shape a call speaks: the Messages API as is, or OpenAI's Chat
+/// Completions translated to and from it ([`openai`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Anthropic,
+    OpenAi,
+}
+
 /// The event source of gateway calls (reserved: clients cannot send it).
 pub const EVENT_SOURCE: &str = "/functions/gateway";
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -59,6 +74,7 @@ fn var(name: &str) -> String {
 }
 
 /// An error in Anthropic's shape, with its status.
+#[derive(Debug)]
 struct Failure {
     status: u16,
     kind: &'static str,
@@ -106,23 +122,31 @@ async fn handle(req: IncomingRequest, out: ResponseOutparam) {
         Err(e) => {
             return whole(
                 out,
-                error_response(&Failure::new(
-                    400,
-                    format!("the body could not be read: {e}"),
-                )),
+                error_response(
+                    &Failure::new(400, format!("the body could not be read: {e}")),
+                    Dialect::Anthropic,
+                ),
             )
             .await
         }
     };
     let result = match (method, path.split('?').next().unwrap_or("")) {
-        (Method::Post, "/v1/messages") => messages(&headers, body, out).await,
+        (Method::Post, "/v1/messages") => messages(&headers, body, out, Dialect::Anthropic).await,
+        (Method::Post, "/v1/chat/completions") => {
+            messages(&headers, body, out, Dialect::OpenAi).await
+        }
         (Method::Post, "/v1/messages/count_tokens") => count_tokens(&headers, body, out).await,
         (Method::Get, "/v1/models") => models(&headers, out).await,
         (_, "/v1/messages") => Err((out, Failure::new(405, "send messages with POST"))),
         (_, p) => Err((out, Failure::new(404, format!("no such endpoint: {p}")))),
     };
     if let Err((out, failure)) = result {
-        whole(out, error_response(&failure)).await;
+        let dialect = if path.starts_with("/v1/chat/") {
+            Dialect::OpenAi
+        } else {
+            Dialect::Anthropic
+        };
+        whole(out, error_response(&failure, dialect)).await;
     }
 }
 
@@ -133,13 +157,17 @@ struct Whole {
     body: Vec<u8>,
 }
 
-fn error_response(f: &Failure) -> Whole {
+fn error_response(f: &Failure, dialect: Dialect) -> Whole {
+    let body = match dialect {
+        Dialect::Anthropic => {
+            json!({"type": "error", "error": {"type": f.kind, "message": f.message}})
+        }
+        Dialect::OpenAi => openai::error_body(f.kind, &f.message),
+    };
     Whole {
         status: f.status,
         headers: vec![("content-type".into(), "application/json".into())],
-        body: json!({"type": "error", "error": {"type": f.kind, "message": f.message}})
-            .to_string()
-            .into_bytes(),
+        body: body.to_string().into_bytes(),
     }
 }
 
@@ -349,6 +377,7 @@ async fn messages(
     headers: &[(String, String)],
     body: Vec<u8>,
     out: ResponseOutparam,
+    dialect: Dialect,
 ) -> Result<(), Refused> {
     macro_rules! refuse {
         ($e:expr) => {
@@ -382,6 +411,12 @@ async fn messages(
             ),
         ));
     };
+    if model.provider != "anthropic" {
+        return Err((
+            out,
+            Failure::new(400, format!("model: `{}` is served by an OpenAI-compatible provider; this gateway forwards Anthropic models only", model.name)),
+        ));
+    }
     let now = clock::now();
     if refuse!(prices::price_in_force_cached(&db, &cache, &model, now)).is_none() {
         return Err((
@@ -393,6 +428,17 @@ async fn messages(
         ));
     }
 
+    let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+    let body = match dialect {
+        Dialect::Anthropic => body,
+        Dialect::OpenAi => refuse!(openai::to_messages_request(
+            &request,
+            model.max_output_tokens
+        ))
+        .to_string()
+        .into_bytes(),
+    };
+    let created = now.millis() / 1000;
     let forward = to_provider(headers, "/v1/messages", body);
     let id = call_id();
     let t0 = clock::monotonic_ms();
@@ -429,11 +475,14 @@ async fn messages(
     };
 
     if status != 200 || !streamed {
-        let bytes = response.into_body().await.unwrap_or_default();
+        let mut bytes = response.into_body().await.unwrap_or_default();
         let mut headers = provider_headers;
         headers.push(("x-billing-call-id".into(), id.clone()));
         if status == 200 {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if dialect == Dialect::OpenAi {
+                bytes = openai::to_completion(&v, created).to_string().into_bytes();
+            }
             match call.bill(
                 &db,
                 &cache,
@@ -455,6 +504,19 @@ async fn messages(
         } else {
             call.status = status;
             let _ = call.record_refused(&db);
+            if dialect == Dialect::OpenAi {
+                // The provider's error, in OpenAI's shape.
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let message = v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the model provider refused the request");
+                bytes =
+                    openai::error_body(v["error"]["type"].as_str().unwrap_or("api_error"), message)
+                        .to_string()
+                        .into_bytes();
+                headers.retain(|(k, _)| k != "content-type");
+                headers.push(("content-type".into(), "application/json".into()));
+            }
         }
         whole(
             out,
@@ -481,13 +543,26 @@ async fn messages(
     let mut reader = SseUsage::default();
     let mut client_open = true;
     let mut chunks = response.take_body_stream();
+    let mut translate = openai::Chunks {
+        id: format!("chatcmpl-{id}"),
+        model: json!(requested),
+        created,
+        include_usage,
+    };
     while let Some(chunk) = chunks.next().await {
         let Ok(chunk) = chunk else { break };
-        reader.feed(&chunk);
-        if client_open && sink.send(chunk).await.is_err() {
+        let events = reader.feed(&chunk);
+        let chunk = match dialect {
+            Dialect::Anthropic => chunk,
+            Dialect::OpenAi => translate.events(&events),
+        };
+        if client_open && !chunk.is_empty() && sink.send(chunk).await.is_err() {
             // The client went away; the provider goes on and charges: keep reading to bill it.
             client_open = false;
         }
+    }
+    if client_open && dialect == Dialect::OpenAi {
+        let _ = sink.send(translate.finish(&reader.usage)).await;
     }
     if reader.started {
         let partial = !reader.stopped;
@@ -536,25 +611,28 @@ struct SseUsage {
 }
 
 impl SseUsage {
-    fn feed(&mut self, chunk: &[u8]) {
+    /// Reads a chunk; returns the `data` of each event it completed.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<Value> {
         self.pending.extend_from_slice(chunk);
+        let mut done = Vec::new();
         // Events end with a blank line (\n\n; \r\n\r\n tolerated).
         while let Some(end) = find_event_end(&self.pending) {
             let event: Vec<u8> = self.pending.drain(..end.1).collect();
-            self.event(&String::from_utf8_lossy(&event[..end.0]));
+            if let Some(v) = self.event(&String::from_utf8_lossy(&event[..end.0])) {
+                done.push(v);
+            }
         }
+        done
     }
 
-    fn event(&mut self, text: &str) {
+    fn event(&mut self, text: &str) -> Option<Value> {
         let data: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
             .map(str::trim_start)
             .collect::<Vec<_>>()
             .join("\n");
-        let Ok(v) = serde_json::from_str::<Value>(&data) else {
-            return;
-        };
+        let v = serde_json::from_str::<Value>(&data).ok()?;
         match v["type"].as_str() {
             Some("message_start") => {
                 self.started = true;
@@ -565,6 +643,7 @@ impl SseUsage {
             Some("message_stop") => self.stopped = true,
             _ => {}
         }
+        Some(v)
     }
 
     /// The cumulative usage: each field present (and not null) replaces the last.
