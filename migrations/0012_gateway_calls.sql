@@ -7,7 +7,8 @@
 -- for what the provider reported until then.
 CREATE TABLE gateway_calls (
     call_id             TEXT    PRIMARY KEY,                 -- ours; the event id and the x-billing-call-id header
-    user_id             INTEGER NOT NULL REFERENCES dim_users (user_id),
+    user_id             INTEGER NOT NULL REFERENCES dim_users (user_id),   -- who is billed
+    key_id              INTEGER REFERENCES api_keys (key_id),              -- the key used (none: the bootstrap admin key)
     model_id            INTEGER REFERENCES dim_models (model_id),
     requested_model     TEXT    NOT NULL,                    -- as the client named it (an alias, say)
     provider_message_id TEXT,

@@ -163,6 +163,27 @@ async fn anthropic_sdk_through_the_gateway() {
         (uid, service["cost_nanos"].as_str().unwrap().to_owned())
     );
     assert_eq!(s.count("gateway_calls"), 4);
+    // Each call names the key it came with: the user's, or none for the bootstrap admin key.
+    let keys: Vec<Option<i64>> = db
+        .prepare("SELECT key_id FROM gateway_calls ORDER BY occurred_at")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let user_key: i64 = db
+        .query_row(
+            "SELECT key_id FROM api_keys WHERE user_id = ?1",
+            [uid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        keys.iter().filter(|k| **k == Some(user_key)).count(),
+        3,
+        "{keys:?}"
+    );
+    assert_eq!(keys.iter().filter(|k| k.is_none()).count(), 1, "{keys:?}");
 
     // Billed once each by the bridge; the invoice totals what the gateway told.
     bridge.wait_for(&s, 4).await;

@@ -43,6 +43,9 @@ pub struct Caller {
     pub role: Role,
     pub name: String,
     pub email: String,
+    /// The API key used (`api_keys.key_id`); none for the bootstrap admin key.
+    #[serde(skip)]
+    pub key_id: Option<i64>,
 }
 
 impl Caller {
@@ -119,6 +122,7 @@ fn load_user(db: &Db, sql: &str, param: String) -> ApiResult<Option<(Caller, boo
         role: Role::parse(crate::db::col(&row, "role")?)?,
         name: crate::db::col::<&str>(&row, "name")?.to_owned(),
         email: crate::db::col::<&str>(&row, "email")?.to_owned(),
+        key_id: row.get::<i64>("key_id"),
     };
     let disabled = crate::db::col_opt::<&str>(&row, "disabled_at").is_some();
     Ok(Some((caller, disabled)))
@@ -132,13 +136,13 @@ pub fn authenticate(req: &Request, db: &Db) -> ApiResult<Caller> {
     let found = if !bootstrap.is_empty() && constant_time_eq(bootstrap.as_bytes(), key.as_bytes()) {
         load_user(
             db,
-            "SELECT user_id, role, name, email, disabled_at FROM dim_users WHERE role = ?1 ORDER BY user_id LIMIT 1",
+            "SELECT user_id, role, name, email, disabled_at, NULL AS key_id FROM dim_users WHERE role = ?1 ORDER BY user_id LIMIT 1",
             "admin".into(),
         )?
     } else {
         load_user(
             db,
-            "SELECT u.user_id, u.role, u.name, u.email, u.disabled_at
+            "SELECT u.user_id, u.role, u.name, u.email, u.disabled_at, k.key_id
              FROM api_keys k JOIN dim_users u ON u.user_id = k.user_id
              WHERE k.key_hash = ?1 AND k.revoked_at IS NULL",
             hash_key(&key),

@@ -467,6 +467,7 @@ async fn messages(
     let mut call = Call {
         id: id.clone(),
         user_id: billed_user,
+        key_id: caller.key_id,
         model: &model,
         requested: &requested,
         streamed,
@@ -676,6 +677,8 @@ struct Call<'a> {
     id: String,
     /// Who is billed: the key's owner, or the user an admin's key named.
     user_id: i64,
+    /// The API key used.
+    key_id: Option<i64>,
     model: &'a Model,
     requested: &'a str,
     streamed: bool,
@@ -684,6 +687,12 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
+    fn key(&self) -> billing_fn_common::db::Value {
+        self.key_id
+            .map(int)
+            .unwrap_or(billing_fn_common::db::Value::Null)
+    }
+
     fn latency_ms(&self) -> i64 {
         clock::monotonic_ms().saturating_sub(self.t0) as i64
     }
@@ -691,10 +700,10 @@ impl Call<'_> {
     /// A call the provider refused (or that never started): recorded, billed nothing.
     fn record_refused(&self, db: &Db) -> Result<(), Failure> {
         db.exec(
-            "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at, key_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             &[text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested), int(self.status as i64),
-              int(self.streamed as i64), int(self.latency_ms()), text(clock::now().to_rfc3339())],
+              int(self.streamed as i64), int(self.latency_ms()), text(clock::now().to_rfc3339()), self.key()],
         )?;
         Ok(())
     }
@@ -759,13 +768,13 @@ impl Call<'_> {
         db.transaction(|db| {
             db.exec(
                 "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, provider_message_id, http_status, streamed, partial, latency_ms,
-                     input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, cost_nanos, occurred_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 200, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, cost_nanos, occurred_at, key_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 200, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 &[
                     text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested),
                     opt_text(provider_message_id.map(str::to_owned)), int(self.streamed as i64), int(partial as i64), int(latency_ms),
                     int(classes[0].1 as i64), int(classes[1].1 as i64), int(classes[2].1 as i64), int(classes[3].1 as i64), int(classes[4].1 as i64),
-                    int(web_searches as i64), int(cost.0), text(now.to_rfc3339()),
+                    int(web_searches as i64), int(cost.0), text(now.to_rfc3339()), self.key(),
                 ],
             )?;
             db.exec(
