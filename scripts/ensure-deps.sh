@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, skipping what is already there.
-# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose] [genai-prices] [sdk-clients]
+# Usage: scripts/ensure-deps.sh [wasm] [redis] [sqlite3] [kafka] [chromium] [node] [compose] [genai-prices] [sdk-clients] [litellm]
 #
 # Tools fetched once (Apache Kafka's jars from Maven Central) go to
 # $CACHE_DIR/tools (default ~/.cache/llm-billing/tools), outside the clone,
@@ -84,6 +84,9 @@ for want in "${@:-wasm redis sqlite3}"; do
             sdk-clients)
                 # The official provider SDKs, the gateway tests' clients.
                 python_venv sdk-clients "$(cd "$(dirname "$0")" && pwd)/../tests/sdk/requirements.txt" ;;
+            litellm)
+                # LiteLLM's proxy, the gateway benchmark's comparison (make bench only).
+                python_venv litellm "$(cd "$(dirname "$0")" && pwd)/../tests/bench/litellm-requirements.txt" ;;
             *) say "unknown dependency $w"; exit 2 ;;
         esac
     done

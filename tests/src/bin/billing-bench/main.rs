@@ -7,6 +7,7 @@
 //!   cargo run --release -p billing-e2e --bin billing-bench -- sqlite [--events 200000] [--batch 500]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- metrics [--line-items 10000000] [--requests 500]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- tokens [--requests 200]
+//!   cargo run --release -p billing-e2e --bin billing-bench -- gateway [--requests 100]
 //!   cargo run --release -p billing-e2e --bin billing-bench -- bridge [--events 20000] [--rate 1000] [--seconds 20] [--relay-batch 500] [--consumer-batch 500] [--batch-wait 5]
 //!
 //! `collector`: accepted events/s posting batches of fresh inference events.
@@ -22,6 +23,8 @@
 //! 100,000 tokens through billing-host, beside the same count done natively
 //! by billing-core in the same run (the limit); and llm-sim's answer to a
 //! chat turn's request (`POST /sim/v1/messages`), its share of a turn.
+//! `gateway`: the latency the LLM gateway adds over llm-sim, beside
+//! LiteLLM's proxy ([`gateway`]).
 //! `bridge`: the bridge end to end (outbox → Kafka → consumers → line items
 //! and Redis aggregates) against its own Apache Kafka and redis-server: sustained
 //! events/s draining a preloaded outbox, event→billed latency at a fixed
@@ -29,6 +32,7 @@
 //! the same run (the ceiling).
 
 mod bridge;
+mod gateway;
 
 use billing_e2e::{Stack, ADMIN_KEY};
 use serde_json::json;
@@ -91,6 +95,7 @@ async fn main() {
             sqlite(arg("--events", 200_000), arg("--batch", 500));
         }
         Some("tokens") => tokens(arg("--requests", 200) as usize).await,
+        Some("gateway") => gateway::run(arg("--requests", 100) as usize).await,
         Some("bridge") => {
             bridge::run(
                 arg("--events", 20_000) as i64,
@@ -101,7 +106,7 @@ async fn main() {
         }
         _ => {
             eprintln!(
-                "usage: billing-bench collector|invoice|metrics|sqlite|tokens|bridge [options]"
+                "usage: billing-bench collector|invoice|metrics|sqlite|tokens|bridge|gateway [options]"
             );
             std::process::exit(2);
         }
