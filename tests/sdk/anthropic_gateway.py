@@ -74,3 +74,23 @@ try:
     out(kind="user-names-user", error=None)
 except anthropic.PermissionDeniedError as e:
     out(kind="user-names-user", error=type(e).__name__, status=e.status_code)
+
+# The server web-search tool: its search is billed as a fee beside the tokens.
+raw = client.messages.with_raw_response.create(
+    model=model, max_tokens=128, messages=ask,
+    tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}])
+msg = raw.parse()
+out(kind="web-search", usage=msg.usage.model_dump(), cost_nanos=raw.headers.get("x-billing-cost-nanos"),
+    call_id=raw.headers.get("x-billing-call-id"))
+
+# A stream cut after its first text: billed for what the provider reported, marked partial.
+seen = []
+try:
+    with client.messages.stream(model=model, max_tokens=256, messages=ask,
+                                extra_headers={"x-sim-fail": "cut-stream"}) as stream:
+        call_id = stream.response.headers.get("x-billing-call-id")
+        for text in stream.text_stream:
+            seen.append(text)
+except Exception as e:  # the SDK may or may not raise on a stream that ends early
+    seen.append(f"<{type(e).__name__}>")
+out(kind="cut", call_id=call_id, seen=seen)

@@ -162,7 +162,27 @@ async fn anthropic_sdk_through_the_gateway() {
         (service_user, service_cost.to_string()),
         (uid, service["cost_nanos"].as_str().unwrap().to_owned())
     );
-    assert_eq!(s.count("gateway_calls"), 4);
+    // The web search is billed: its tokens plus one search at $10 per 1,000 (10,000,000 nano-USD).
+    let search = by("web-search");
+    assert_eq!(
+        search["usage"]["server_tool_use"]["web_search_requests"], 1,
+        "{search}"
+    );
+    let w = call(search["call_id"].as_str().unwrap());
+    assert_eq!(w.2, w.0 * 1_000 + w.1 * 5_000 + 100_000 + 10_000_000);
+    assert_eq!(
+        search["cost_nanos"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap(),
+        w.2
+    );
+    // The cut stream: billed for the input and the one output token message_start reported, marked partial.
+    let cut = call(by("cut")["call_id"].as_str().unwrap());
+    assert_eq!((cut.1, cut.3, cut.4), (1, 1, 1), "{:?}", by("cut"));
+    assert_eq!(cut.2, cut.0 * 1_000 + 5_000 + 100_000);
+    assert_eq!(s.count("gateway_calls"), 6);
     // Each call names the key it came with: the user's, or none for the bootstrap admin key.
     let keys: Vec<Option<i64>> = db
         .prepare("SELECT key_id FROM gateway_calls ORDER BY occurred_at")
@@ -180,13 +200,13 @@ async fn anthropic_sdk_through_the_gateway() {
         .unwrap();
     assert_eq!(
         keys.iter().filter(|k| **k == Some(user_key)).count(),
-        3,
+        5,
         "{keys:?}"
     );
     assert_eq!(keys.iter().filter(|k| k.is_none()).count(), 1, "{keys:?}");
 
     // Billed once each by the bridge; the invoice totals what the gateway told.
-    bridge.wait_for(&s, 4).await;
+    bridge.wait_for(&s, 6).await;
     bridge.stop().await;
     let billed: i64 = db
         .query_row(

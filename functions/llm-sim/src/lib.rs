@@ -9,7 +9,11 @@
 //!   `"ttl": "1h"`) the first time that prefix is seen, read afterwards
 //!   (remembered in Redis for the TTL; without Redis every time is a write).
 //! - `"stream": true` answers with the SSE event sequence, usage cumulative;
-//!   with `x-sim-stream-delay-ms: N` the events are written N ms apart.
+//!   with `x-sim-stream-delay-ms: N` the events are written N ms apart;
+//!   `x-sim-fail: cut-stream` ends it after the first text delta.
+//! - A model that does not start with `claude-` is 404 `not_found_error`;
+//!   a `web_search_*` server tool in `tools` is reported as one search
+//!   (`usage.server_tool_use.web_search_requests`).
 //! - Injection, by request header (or the `sim_*` variables):
 //!   `x-sim-latency-ms: N`; `x-sim-fail: 400|401|429|529|500|503|malformed|spend-limit`
 //!   with `x-sim-fail-times: N` (fail only the first N calls, counted per
@@ -156,7 +160,8 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
         std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
     }
     if !count_only {
-        if let Some(fail) = injected_failure(req, &cache) {
+        // A cut stream fails later, in the stream itself.
+        if let Some(fail) = injected_failure(req, &cache).filter(|f| f != "cut-stream") {
             return match fail.as_str() {
                 "429" => {
                     let mut r = anthropic_error(429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit (simulated)", request_id);
@@ -212,6 +217,15 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
+    // Anthropic refuses a model it does not serve: 404 not_found_error naming it.
+    if !prompt.model.starts_with("claude-") {
+        return anthropic_error(
+            404,
+            "not_found_error",
+            &format!("model: {}", prompt.model),
+            request_id,
+        );
+    }
     let (input, cache_5m, cache_1h, cache_read) = prompt.usage(&cache);
     if count_only {
         let total = input + cache_5m + cache_1h + cache_read;
@@ -223,7 +237,7 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
     }
     let (text, output_tokens, stop_reason) = answer(&prompt);
     let id = format!("msg_sim_{}", &request_id[8..]);
-    let usage = json!({
+    let mut usage = json!({
         "input_tokens": input,
         "cache_creation_input_tokens": cache_5m + cache_1h,
         "cache_read_input_tokens": cache_read,
@@ -231,8 +245,31 @@ fn messages(req: &Request, request_id: &str, count_only: bool) -> Response {
         "output_tokens": output_tokens,
         "service_tier": "standard",
     });
+    // The server web-search tool offered: one search, as Anthropic reports it.
+    let searches = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("web_search"))
+        })
+        .count();
+    if searches > 0 {
+        usage["server_tool_use"] = json!({"web_search_requests": searches});
+    }
     if body["stream"].as_bool() == Some(true) {
-        return stream(&id, &prompt.model, &text, stop_reason, &usage, request_id);
+        let cut = setting(req, "fail").as_deref() == Some("cut-stream");
+        return stream(
+            &id,
+            &prompt.model,
+            &text,
+            stop_reason,
+            &usage,
+            request_id,
+            cut,
+        );
     }
     let msg = json!({
         "id": id, "type": "message", "role": "assistant", "model": prompt.model,
@@ -419,6 +456,8 @@ fn answer(p: &Prompt) -> (String, u64, &'static str) {
     (text, tokens, stop)
 }
 
+/// The event stream of an answer; `cut`: it ends after the first text
+/// delta, without `message_delta` or `message_stop` (a connection lost mid-answer).
 fn stream(
     id: &str,
     model: &str,
@@ -426,6 +465,7 @@ fn stream(
     stop: &str,
     usage: &Value,
     request_id: &str,
+    cut: bool,
 ) -> Response {
     let mut start_usage = usage.clone();
     start_usage["output_tokens"] = json!(1);
@@ -443,12 +483,18 @@ fn stream(
     for c in chunks.chunks(4) {
         events.push(("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": c.concat()}})));
     }
-    events.push((
-        "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
-    ));
-    events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": usage["output_tokens"]}})));
-    events.push(("message_stop", json!({"type": "message_stop"})));
+    if cut {
+        events.truncate(3);
+    } else {
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
+    if !cut {
+        events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": usage["output_tokens"]}})));
+        events.push(("message_stop", json!({"type": "message_stop"})));
+    }
     let body: String = events
         .iter()
         .map(|(e, d)| format!("event: {e}\ndata: {d}\n\n"))
