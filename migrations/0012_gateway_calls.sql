@@ -3,7 +3,8 @@
 -- with source /functions/gateway and this call_id as its id, on
 -- inference-events): a call is recorded and billed together or not at
 -- all. A call the provider refused is recorded with its status and no
--- event. `partial` = 1: a stream that ended before `message_stop`, billed
+-- event; one it answered that could not be billed (after retries) is
+-- recorded with `billing_error` and no event. `partial` = 1: a stream that ended before `message_stop`, billed
 -- for what the provider reported until then.
 CREATE TABLE gateway_calls (
     call_id             TEXT    PRIMARY KEY,                 -- ours; the event id and the x-billing-call-id header
@@ -23,6 +24,7 @@ CREATE TABLE gateway_calls (
     cache_read_tokens   INTEGER NOT NULL DEFAULT 0 CHECK (cache_read_tokens >= 0),
     web_search_requests INTEGER NOT NULL DEFAULT 0 CHECK (web_search_requests >= 0),
     cost_nanos          INTEGER NOT NULL DEFAULT 0 CHECK (typeof(cost_nanos) = 'integer' AND cost_nanos >= 0),
-    occurred_at         TEXT    NOT NULL
+    occurred_at         TEXT    NOT NULL,
+    billing_error       TEXT                                 -- answered but not billed, and why: for an admin to reconcile
 ) WITHOUT ROWID;
 CREATE INDEX gateway_calls_user_time ON gateway_calls (user_id, occurred_at);

@@ -50,7 +50,7 @@ out(kind="paced", first_text_s=first, last_s=time.monotonic() - started)
 try:
     client.messages.create(model="no-such-model", max_tokens=16, messages=ask)
     out(kind="unknown-model", error=None)
-except anthropic.BadRequestError as e:
+except anthropic.NotFoundError as e:
     out(kind="unknown-model", error=type(e).__name__, status=e.status_code, message=str(e))
 try:
     anthropic.Anthropic(base_url=os.environ["APP"], api_key="lcb_not_a_key", max_retries=0).messages.create(
@@ -82,6 +82,12 @@ raw = client.messages.with_raw_response.create(
 msg = raw.parse()
 out(kind="web-search", usage=msg.usage.model_dump(), cost_nanos=raw.headers.get("x-billing-cost-nanos"),
     call_id=raw.headers.get("x-billing-call-id"))
+# Streamed, the search is reported only by the final message_delta (late usage).
+with client.messages.stream(model=model, max_tokens=128, messages=ask,
+                            tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}]) as stream:
+    final = stream.get_final_message()
+    call_id = stream.response.headers.get("x-billing-call-id")
+out(kind="web-search-stream", usage=final.usage.model_dump(), call_id=call_id)
 
 # A stream cut after its first text: billed for what the provider reported, marked partial.
 seen = []

@@ -40,5 +40,5 @@ out(kind="stream", pieces=len(pieces), text="".join(pieces), finish=finish, usag
 try:
     client.chat.completions.create(model="no-such-model", messages=ask)
     out(kind="unknown-model", error=None)
-except openai.BadRequestError as e:
+except openai.NotFoundError as e:
     out(kind="unknown-model", error=type(e).__name__, status=e.status_code)

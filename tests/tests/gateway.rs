@@ -74,7 +74,7 @@ async fn anthropic_sdk_through_the_gateway() {
         last - first >= 0.75,
         "first text after {first:.2} s, last after {last:.2} s: the stream was held back"
     );
-    assert_eq!(by("unknown-model")["error"], "BadRequestError");
+    assert_eq!(by("unknown-model")["error"], "NotFoundError");
     assert_eq!(
         (
             by("bad-key")["error"].clone(),
@@ -178,11 +178,17 @@ async fn anthropic_sdk_through_the_gateway() {
             .unwrap(),
         w.2
     );
+    let ws = call(by("web-search-stream")["call_id"].as_str().unwrap());
+    assert_eq!(
+        ws.2,
+        ws.0 * 1_000 + ws.1 * 5_000 + 100_000 + 10_000_000,
+        "the late search count is billed"
+    );
     // The cut stream: billed for the input and the one output token message_start reported, marked partial.
     let cut = call(by("cut")["call_id"].as_str().unwrap());
     assert_eq!((cut.1, cut.3, cut.4), (1, 1, 1), "{:?}", by("cut"));
     assert_eq!(cut.2, cut.0 * 1_000 + 5_000 + 100_000);
-    assert_eq!(s.count("gateway_calls"), 6);
+    assert_eq!(s.count("gateway_calls"), 7);
     // Each call names the key it came with: the user's, or none for the bootstrap admin key.
     let keys: Vec<Option<i64>> = db
         .prepare("SELECT key_id FROM gateway_calls ORDER BY occurred_at")
@@ -200,13 +206,13 @@ async fn anthropic_sdk_through_the_gateway() {
         .unwrap();
     assert_eq!(
         keys.iter().filter(|k| **k == Some(user_key)).count(),
-        5,
+        6,
         "{keys:?}"
     );
     assert_eq!(keys.iter().filter(|k| k.is_none()).count(), 1, "{keys:?}");
 
     // Billed once each by the bridge; the invoice totals what the gateway told.
-    bridge.wait_for(&s, 6).await;
+    bridge.wait_for(&s, 7).await;
     bridge.stop().await;
     let billed: i64 = db
         .query_row(
@@ -277,7 +283,7 @@ async fn openai_sdk_chat_completions_through_the_gateway() {
         streamed["pieces"].as_u64().unwrap() > 1 && streamed["finish"] == "stop",
         "{streamed}"
     );
-    assert_eq!(by("unknown-model")["error"], "BadRequestError");
+    assert_eq!(by("unknown-model")["error"], "NotFoundError");
 
     let db = s.db();
     for v in [&plain, &streamed] {

@@ -42,13 +42,14 @@
 //! `/v1/chat/completions`), so the SDKs raise their usual exceptions.
 
 use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
+use billing_core::usage::StreamUsage;
 use billing_core::{ModelName, Nanos, Usage};
 use billing_fn_common::cache::Cache;
 use billing_fn_common::db::{int, opt_text, text};
 use billing_fn_common::prices::{self, Model};
 use billing_fn_common::{auth, clock, ApiError, Caller, Db};
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use spin_sdk::http::{
     Fields, IncomingRequest, IncomingResponse, Method, OutgoingResponse, Request, ResponseOutparam,
 };
@@ -405,8 +406,9 @@ async fn messages(
     let Some(model) = model else {
         return Err((
             out,
+            // As the providers answer an unknown model: 404 (the SDKs' NotFoundError).
             Failure::new(
-                400,
+                404,
                 format!("model: `{requested}` is not a model this gateway bills"),
             ),
         ));
@@ -452,7 +454,7 @@ async fn messages(
         }
     };
     let status = response.status();
-    let provider_headers: Vec<(String, String)> = response
+    let mut provider_headers: Vec<(String, String)> = response
         .headers()
         .entries()
         .into_iter()
@@ -460,10 +462,20 @@ async fn messages(
             matches!(
                 k.to_ascii_lowercase().as_str(),
                 "content-type" | "request-id" | "retry-after"
-            ) || k.to_ascii_lowercase().starts_with("anthropic-ratelimit")
+            )
         })
         .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
         .collect();
+    if dialect == Dialect::OpenAi {
+        // The openai SDKs read the request id from x-request-id.
+        if let Some(rid) = provider_headers
+            .iter()
+            .find(|(k, _)| k == "request-id")
+            .map(|(_, v)| v.clone())
+        {
+            provider_headers.push(("x-request-id".into(), rid));
+        }
+    }
     let mut call = Call {
         id: id.clone(),
         user_id: billed_user,
@@ -484,23 +496,13 @@ async fn messages(
             if dialect == Dialect::OpenAi {
                 bytes = openai::to_completion(&v, created).to_string().into_bytes();
             }
-            match call.bill(
-                &db,
-                &cache,
-                &v["usage"],
-                v["id"].as_str(),
-                v.get("service_tier"),
-                false,
-            ) {
+            let usage = Usage::from_response_json(&v)
+                .map_err(|e| Failure::new(502, format!("the provider's usage: {e}")));
+            match usage
+                .and_then(|u| call.bill_with_retries(&db, &cache, &u, v["id"].as_str(), false))
+            {
                 Ok(cost) => headers.push(("x-billing-cost-nanos".into(), cost.0.to_string())),
-                Err(e) => {
-                    // The provider answered and charged: the answer goes
-                    // back; the failure to bill is loud in the logs.
-                    eprintln!(
-                        "gateway call {id}: the answer could not be billed: {}",
-                        e.message
-                    );
-                }
+                Err(e) => call.unbilled(&db, &e.message),
             }
         } else {
             call.status = status;
@@ -550,31 +552,69 @@ async fn messages(
         created,
         include_usage,
     };
-    while let Some(chunk) = chunks.next().await {
-        let Ok(chunk) = chunk else { break };
-        let events = reader.feed(&chunk);
-        let chunk = match dialect {
-            Dialect::Anthropic => chunk,
+    let mut broken = false;
+    loop {
+        let (events, raw) = match chunks.next().await {
+            Some(Ok(chunk)) => (reader.feed(&chunk), chunk),
+            Some(Err(_)) => {
+                broken = true;
+                (reader.flush(), Vec::new())
+            }
+            None => (reader.flush(), Vec::new()),
+        };
+        let end = raw.is_empty();
+        let out_bytes = match dialect {
+            Dialect::Anthropic => raw,
             Dialect::OpenAi => translate.events(&events),
         };
-        if client_open && !chunk.is_empty() && sink.send(chunk).await.is_err() {
+        if client_open && !out_bytes.is_empty() && sink.send(out_bytes).await.is_err() {
             // The client went away; the provider goes on and charges: keep reading to bill it.
             client_open = false;
         }
+        if end {
+            break;
+        }
     }
-    if client_open && dialect == Dialect::OpenAi {
-        let _ = sink.send(translate.finish(&reader.usage)).await;
+    // A stream that failed (an `error` event, or the connection to the
+    // provider broke) ends in an error the SDKs raise, never as if complete.
+    let failure = reader.error.clone().or_else(|| {
+        broken.then(|| json!({"type": "api_error", "message": "the connection to the model provider broke mid-answer"}))
+    });
+    if client_open {
+        let tail = match (&failure, dialect) {
+            (Some(e), Dialect::OpenAi) => format!(
+                "data: {}\n\n",
+                openai::error_body(
+                    e["type"].as_str().unwrap_or("api_error"),
+                    e["message"].as_str().unwrap_or("")
+                )
+            )
+            .into_bytes(),
+            (Some(e), Dialect::Anthropic) if reader.error.is_none() => format!(
+                "event: error\ndata: {}\n\n",
+                json!({"type": "error", "error": e})
+            )
+            .into_bytes(),
+            (Some(_), Dialect::Anthropic) => Vec::new(), // the provider's own error event was passed on
+            (None, Dialect::OpenAi) => {
+                translate.finish(&reader.usage.clone().finish().unwrap_or_default())
+            }
+            (None, Dialect::Anthropic) => Vec::new(),
+        };
+        if !tail.is_empty() {
+            let _ = sink.send(tail).await;
+        }
     }
     if reader.started {
-        let partial = !reader.stopped;
-        match call.bill(
-            &db,
-            &cache,
-            &Value::Object(reader.usage.clone()),
-            reader.message_id.as_deref(),
-            None,
-            partial,
-        ) {
+        let partial = !reader.stopped || failure.is_some();
+        let usage = reader
+            .usage
+            .clone()
+            .finish()
+            .map_err(|e| Failure::new(502, format!("the provider's usage: {e}")));
+        match usage.and_then(|u| {
+            call.bill_with_retries(&db, &cache, &u, reader.message_id.as_deref(), partial)
+        }) {
             Ok(cost) => {
                 if client_open {
                     let _ = sink
@@ -588,10 +628,7 @@ async fn messages(
                         .await;
                 }
             }
-            Err(e) => eprintln!(
-                "gateway call {id}: the stream could not be billed: {}",
-                e.message
-            ),
+            Err(e) => call.unbilled(&db, &e.message),
         }
     } else {
         call.status = 502;
@@ -601,36 +638,75 @@ async fn messages(
     Ok(())
 }
 
-/// Usage read from a Messages API event stream as it passes.
+/// Usage read from a Messages API event stream as it passes: events are
+/// split at blank lines (LF, CRLF or CR line ends, across chunk
+/// boundaries), and usage is folded by billing-core's [`StreamUsage`]
+/// (`message_start` sets it, each `message_delta` replaces what it carries).
 #[derive(Default)]
 struct SseUsage {
+    /// Bytes of the event being read, line ends made LF.
     pending: Vec<u8>,
-    usage: Map<String, Value>,
+    /// A CR that ended the last chunk (its LF may start the next).
+    carriage_return: bool,
+    usage: StreamUsage,
     message_id: Option<String>,
     started: bool,
     stopped: bool,
+    /// The provider's `error` event, if one came.
+    error: Option<Value>,
 }
+
+/// Most bytes one event may take; a stream past it is not an event stream.
+const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 impl SseUsage {
     /// Reads a chunk; returns the `data` of each event it completed.
     fn feed(&mut self, chunk: &[u8]) -> Vec<Value> {
-        self.pending.extend_from_slice(chunk);
         let mut done = Vec::new();
-        // Events end with a blank line (\n\n; \r\n\r\n tolerated).
-        while let Some(end) = find_event_end(&self.pending) {
-            let event: Vec<u8> = self.pending.drain(..end.1).collect();
-            if let Some(v) = self.event(&String::from_utf8_lossy(&event[..end.0])) {
-                done.push(v);
+        for &b in chunk {
+            match b {
+                b'\r' => {
+                    self.carriage_return = true;
+                    self.line_end(&mut done);
+                }
+                b'\n' if self.carriage_return => self.carriage_return = false,
+                b'\n' => self.line_end(&mut done),
+                _ => {
+                    self.carriage_return = false;
+                    if self.pending.len() < MAX_EVENT_BYTES {
+                        self.pending.push(b);
+                    }
+                }
             }
         }
         done
+    }
+
+    /// A line ended: a blank line ends the event.
+    fn line_end(&mut self, done: &mut Vec<Value>) {
+        if self.pending.last() == Some(&b'\n') || self.pending.is_empty() {
+            let text = String::from_utf8_lossy(&self.pending).into_owned();
+            self.pending.clear();
+            if let Some(v) = self.event(&text) {
+                done.push(v);
+            }
+        } else {
+            self.pending.push(b'\n');
+        }
+    }
+
+    /// The end of the stream: an event left without its blank line counts.
+    fn flush(&mut self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        self.event(&text).into_iter().collect()
     }
 
     fn event(&mut self, text: &str) -> Option<Value> {
         let data: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim_start)
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
             .collect::<Vec<_>>()
             .join("\n");
         let v = serde_json::from_str::<Value>(&data).ok()?;
@@ -638,38 +714,16 @@ impl SseUsage {
             Some("message_start") => {
                 self.started = true;
                 self.message_id = v["message"]["id"].as_str().map(str::to_owned);
-                self.merge(&v["message"]["usage"]);
             }
-            Some("message_delta") => self.merge(&v["usage"]),
             Some("message_stop") => self.stopped = true,
+            Some("error") => self.error = Some(v["error"].clone()),
             _ => {}
+        }
+        if let Err(e) = self.usage.feed(&v) {
+            eprintln!("gateway: a stream event's usage is invalid: {e}");
         }
         Some(v)
     }
-
-    /// The cumulative usage: each field present (and not null) replaces the last.
-    fn merge(&mut self, usage: &Value) {
-        if let Some(o) = usage.as_object() {
-            for (k, v) in o {
-                if !v.is_null() {
-                    self.usage.insert(k.clone(), v.clone());
-                }
-            }
-        }
-    }
-}
-
-/// (end of the event's text, end of its terminator) of the first complete event.
-fn find_event_end(b: &[u8]) -> Option<(usize, usize)> {
-    (0..b.len()).find_map(|i| {
-        if b[i..].starts_with(b"\n\n") {
-            Some((i, i + 2))
-        } else if b[i..].starts_with(b"\r\n\r\n") {
-            Some((i, i + 4))
-        } else {
-            None
-        }
-    })
 }
 
 /// One call through the gateway, for its record.
@@ -708,22 +762,50 @@ impl Call<'_> {
         Ok(())
     }
 
+    /// [`Call::bill`], tried again (a busy database) before giving up: the
+    /// provider has answered and charged.
+    fn bill_with_retries(
+        &self,
+        db: &Db,
+        cache: &Cache,
+        usage: &Usage,
+        provider_message_id: Option<&str>,
+        partial: bool,
+    ) -> Result<Nanos, Failure> {
+        let mut last = None;
+        for wait_ms in [0, 50, 200, 1000] {
+            std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            match self.bill(db, cache, usage, provider_message_id, partial) {
+                Ok(cost) => return Ok(cost),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("tried"))
+    }
+
+    /// A call the provider answered but that could not be billed: kept with
+    /// why (`billing_error`), for an admin to reconcile, and loud in the logs.
+    fn unbilled(&self, db: &Db, why: &str) {
+        eprintln!("gateway call {}: answered but not billed: {why}", self.id);
+        let _ = db.exec(
+            "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at, key_id, billing_error)
+             VALUES (?1, ?2, ?3, ?4, 200, ?5, ?6, ?7, ?8, ?9)",
+            &[text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested), int(self.streamed as i64),
+              int(self.latency_ms()), text(clock::now().to_rfc3339()), self.key(), text(why)],
+        );
+    }
+
     /// Prices the answer's usage at the answer's time and writes the call's
     /// row and its billing event in one transaction; returns the cost.
     fn bill(
         &self,
         db: &Db,
         cache: &Cache,
-        usage: &Value,
+        usage: &Usage,
         provider_message_id: Option<&str>,
-        service_tier: Option<&Value>,
         partial: bool,
     ) -> Result<Nanos, Failure> {
-        let mut usage =
-            Usage::from_api_json(usage).map_err(|e| Failure::new(502, e.to_string()))?;
-        if usage.service_tier.is_none() {
-            usage.service_tier = service_tier.and_then(Value::as_str).map(str::to_owned);
-        }
+        let usage = usage.clone();
         let now = clock::now();
         let latency_ms = self.latency_ms();
         let quote = prices::quote_at(db, cache, self.model, &usage, now)?.ok_or_else(|| {
@@ -756,7 +838,12 @@ impl Call<'_> {
                 model: ModelName::parse(&self.model.name)
                     .map_err(|e| Failure::new(500, e.to_string()))?,
                 request_id: provider_message_id.unwrap_or(&self.id).to_owned(),
-                status: InferenceStatus::Succeeded,
+                // A partial answer (cut, or ended by an error) is billed for what it used.
+                status: if partial {
+                    InferenceStatus::Failed
+                } else {
+                    InferenceStatus::Succeeded
+                },
                 http_status: Some(200),
                 latency_ms: latency_ms as u64,
                 compute_ms: 0,
@@ -800,15 +887,37 @@ mod tests {
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15,\"input_tokens\":30,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n",
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
         );
-        let mut r = SseUsage::default();
-        for piece in stream.as_bytes().chunks(7) {
-            r.feed(piece);
+        // LF, CRLF and CR line ends, split anywhere across chunks, read alike.
+        for (ends, size) in [("\n", 7), ("\r\n", 1), ("\r", 5)] {
+            let text = stream.replace('\n', ends);
+            let mut r = SseUsage::default();
+            let mut events = 0;
+            for piece in text.as_bytes().chunks(size) {
+                events += r.feed(piece).len();
+            }
+            assert_eq!((events, r.started, r.stopped), (4, true, true), "{ends:?}");
+            assert_eq!(r.message_id.as_deref(), Some("msg_1"));
+            let u = r.usage.finish().unwrap();
+            assert_eq!(
+                (
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.server_tool_use.web_search_requests
+                ),
+                (30, 15, 2)
+            );
         }
-        assert!(r.started && r.stopped);
-        assert_eq!(r.message_id.as_deref(), Some("msg_1"));
-        assert_eq!(
-            Value::Object(r.usage),
-            json!({"input_tokens": 30, "output_tokens": 15, "server_tool_use": {"web_search_requests": 2}})
-        );
+    }
+
+    // An error event is kept; an event cut off without its blank line still counts at the end of the stream.
+    #[test]
+    fn stream_error_and_last_event() {
+        let mut r = SseUsage::default();
+        r.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n");
+        r.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}");
+        assert!(r.error.is_none(), "not complete yet");
+        assert_eq!(r.flush().len(), 1);
+        assert_eq!(r.error.as_ref().unwrap()["type"], "overloaded_error");
+        assert!(r.started && !r.stopped);
     }
 }

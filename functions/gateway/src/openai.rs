@@ -19,10 +19,11 @@
 //! usage, not this translation.
 
 use crate::Failure;
-use serde_json::{json, Map, Value};
+use billing_core::Usage;
+use serde_json::{json, Value};
 
 /// Fields of a Chat Completions request this translation honours.
-const KNOWN: [&str; 9] = [
+const KNOWN: [&str; 10] = [
     "model",
     "messages",
     "max_tokens",
@@ -32,7 +33,21 @@ const KNOWN: [&str; 9] = [
     "stop",
     "stream",
     "stream_options",
+    "user",
 ];
+
+/// Fields accepted only with the value that changes nothing (what common
+/// clients send by default); any other value is refused by name.
+fn neutral(key: &str, v: &Value) -> bool {
+    match key {
+        "n" => v == &json!(1),
+        "presence_penalty" | "frequency_penalty" => v.as_f64() == Some(0.0),
+        "logprobs" | "store" => v == &json!(false),
+        "response_format" => v["type"] == "text",
+        "metadata" | "seed" | "service_tier" | "parallel_tool_calls" => true,
+        _ => false,
+    }
+}
 
 fn text_of(content: &Value, field: &str) -> Result<String, Failure> {
     match content {
@@ -60,10 +75,19 @@ pub fn to_messages_request(v: &Value, default_max_tokens: u64) -> Result<Value, 
     let obj = v
         .as_object()
         .ok_or_else(|| Failure::new(400, "the body must be a JSON object"))?;
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+    if let Some((k, v)) = obj
+        .iter()
+        .find(|(k, v)| !KNOWN.contains(&k.as_str()) && !(v.is_null() || neutral(k, v)))
+    {
         return Err(Failure::new(
             400,
-            format!("{k}: not supported by this gateway's Chat Completions"),
+            format!("{k}: {v} is not supported by this gateway's Chat Completions"),
+        ));
+    }
+    if v["temperature"].as_f64().is_some_and(|t| t > 1.0) {
+        return Err(Failure::new(
+            400,
+            "temperature: at most 1 for Anthropic models (OpenAI allows 2)",
         ));
     }
     let mut system = Vec::new();
@@ -93,6 +117,9 @@ pub fn to_messages_request(v: &Value, default_max_tokens: u64) -> Result<Value, 
         .or_else(|| v["max_tokens"].as_u64())
         .unwrap_or(default_max_tokens);
     let mut out = json!({"model": v["model"], "max_tokens": max_tokens, "messages": messages});
+    if let Some(user) = v["user"].as_str() {
+        out["metadata"] = json!({"user_id": user});
+    }
     if !system.is_empty() {
         out["system"] = json!(system.join("\n\n"));
     }
@@ -120,21 +147,20 @@ pub fn to_messages_request(v: &Value, default_max_tokens: u64) -> Result<Value, 
 
 fn finish_reason(stop_reason: &Value) -> Value {
     match stop_reason.as_str() {
-        Some("max_tokens") => json!("length"),
+        Some("max_tokens" | "model_context_window_exceeded") => json!("length"),
         Some("tool_use") => json!("tool_calls"),
+        Some("refusal") => json!("content_filter"),
         Some(_) => json!("stop"),
         None => Value::Null,
     }
 }
 
-/// OpenAI's usage for the Messages API's (cumulative) usage object.
-pub fn usage(u: &Map<String, Value>) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let prompt =
-        n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens");
+/// OpenAI's usage for the Messages API's usage (as billing-core reads it).
+pub fn usage(u: &Usage) -> Value {
+    let prompt = u.input_tokens + u.cache_creation_input_tokens + u.cache_read_input_tokens;
     json!({
-        "prompt_tokens": prompt, "completion_tokens": n("output_tokens"), "total_tokens": prompt + n("output_tokens"),
-        "prompt_tokens_details": {"cached_tokens": n("cache_read_input_tokens")},
+        "prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cache_read_input_tokens},
     })
 }
 
@@ -151,7 +177,7 @@ pub fn to_completion(msg: &Value, created: i64) -> Value {
         "model": msg["model"],
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": null},
                      "finish_reason": finish_reason(&msg["stop_reason"]), "logprobs": null}],
-        "usage": usage(msg["usage"].as_object().unwrap_or(&Map::new())),
+        "usage": Usage::from_api_json(&msg["usage"]).map(|u| usage(&u)).unwrap_or(Value::Null),
     })
 }
 
@@ -200,7 +226,7 @@ impl Chunks {
     }
 
     /// The end of the stream: the usage chunk if asked for, then `[DONE]`.
-    pub fn finish(&self, u: &Map<String, Value>) -> Vec<u8> {
+    pub fn finish(&self, u: &Usage) -> Vec<u8> {
         let mut out = String::new();
         if self.include_usage {
             let c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -241,6 +267,22 @@ mod tests {
         let f = to_messages_request(&json!({"model": "m", "messages": [], "tools": []}), 1)
             .unwrap_err();
         assert_eq!((f.status, f.message.starts_with("tools:")), (400, true));
+        // Defaults common clients send pass; a value that would change the answer does not.
+        let with = |extra: Value| {
+            let mut v = json!({"model": "m", "messages": []});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            to_messages_request(&v, 1)
+        };
+        assert!(
+            with(json!({"n": 1, "presence_penalty": 0, "logprobs": false, "user": "u-1"})).is_ok()
+        );
+        assert!(with(json!({"n": 2})).unwrap_err().message.starts_with("n:"));
+        assert!(with(json!({"temperature": 1.5}))
+            .unwrap_err()
+            .message
+            .starts_with("temperature:"));
         let f = to_messages_request(
             &json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
             1,
@@ -254,7 +296,7 @@ mod tests {
     fn usage_translation() {
         let u = json!({"input_tokens": 10, "cache_creation_input_tokens": 200, "cache_read_input_tokens": 3000, "output_tokens": 7});
         assert_eq!(
-            usage(u.as_object().unwrap()),
+            usage(&Usage::from_api_json(&u).unwrap()),
             json!({"prompt_tokens": 3210, "completion_tokens": 7, "total_tokens": 3217, "prompt_tokens_details": {"cached_tokens": 3000}})
         );
     }

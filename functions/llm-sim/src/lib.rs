@@ -467,8 +467,17 @@ fn stream(
     request_id: &str,
     cut: bool,
 ) -> Response {
+    // As Anthropic streams: message_start carries the input side and one
+    // output token; server-tool counts come only with the final message_delta.
     let mut start_usage = usage.clone();
     start_usage["output_tokens"] = json!(1);
+    if let Some(u) = start_usage.as_object_mut() {
+        u.remove("server_tool_use");
+    }
+    let mut delta_usage = json!({"output_tokens": usage["output_tokens"]});
+    if !usage["server_tool_use"].is_null() {
+        delta_usage["server_tool_use"] = usage["server_tool_use"].clone();
+    }
     let mut events = vec![
         (
             "message_start",
@@ -492,7 +501,7 @@ fn stream(
         ));
     }
     if !cut {
-        events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": usage["output_tokens"]}})));
+        events.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": delta_usage})));
         events.push(("message_stop", json!({"type": "message_stop"})));
     }
     let body: String = events
