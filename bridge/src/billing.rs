@@ -23,7 +23,8 @@ use billing_core::events::{
     MessageSent, TokenMetrics,
 };
 use billing_core::pricing::{
-    fee_quantities, quote, FeeLine, PriceVersion, Quote, ResourcePriceVersion,
+    fee_quantities, inference_call_cost, inference_resources, quote, FeeLine, PriceVersion, Quote,
+    ResourcePriceVersion,
 };
 use billing_core::{PricePerMillion, Timestamp, Usage};
 use rusqlite::{OptionalExtension, Transaction};
@@ -663,36 +664,26 @@ fn bill_inference(
     let at = ev.time.to_rfc3339();
     // Priced before anything is written, so an event that cannot be priced
     // leaves no rows behind.
-    let mut resources = Vec::new();
-    let mut cost = priced.quote.total;
-    for (resource, quantity) in [("inference_request", 1u64), ("compute_time", d.compute_ms)] {
-        if quantity == 0 {
-            continue;
-        }
-        let Some(version) = resource_price_at(tx, resource, &at)? else {
+    let mut versions = Vec::new();
+    for (resource, quantity) in inference_resources(d.compute_ms) {
+        let version = if quantity == 0 {
+            None
+        } else {
+            resource_price_at(tx, resource, &at)?
+        };
+        if quantity > 0 && version.is_none() {
             tracing::warn!(
                 resource,
                 at,
                 "No resource price in force; the resource is not billed."
             );
-            continue;
-        };
-        let line = billing_core::money::line_cost(quantity, version.unit_price)
-            .and_then(|c| cost.checked_add(c).map(|total| (c, total)));
-        match line {
-            Ok((c, total)) => {
-                cost = total;
-                resources.push(FeeLine {
-                    resource: resource.to_owned(),
-                    resource_pricing_id: version.resource_pricing_id,
-                    quantity,
-                    unit_price: version.unit_price,
-                    cost: c,
-                });
-            }
-            Err(e) => return Ok(poison("invalid_usage", e.to_string())),
         }
+        versions.push((version, quantity));
     }
+    let (mut resources, cost) = match inference_call_cost(&priced.quote, &versions) {
+        Ok(x) => x,
+        Err(e) => return Ok(poison("invalid_usage", e.to_string())),
+    };
     let tokens = tokens_of(&d.usage);
     let event_type_id: i64 = tx
         .prepare_cached("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1")?

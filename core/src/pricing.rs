@@ -583,6 +583,43 @@ pub fn resource_cost(version: &ResourcePriceVersion, quantity: u64) -> Result<Na
     line_cost(quantity, version.unit_price)
 }
 
+/// The resources every inference call is billed for beside its tokens, with
+/// the quantity of each: one `inference_request` (per call) and
+/// `compute_ms` of `compute_time` (per millisecond).
+pub fn inference_resources(compute_ms: u64) -> [(&'static str, u64); 2] {
+    [("inference_request", 1), ("compute_time", compute_ms)]
+}
+
+/// What an inference call costs: its quote (tokens and server-tool fees)
+/// plus a line per resource with a quantity and a price in force
+/// (`priced`: each resource's version, if any, with its quantity; a zero
+/// quantity or a missing price is no line). Returns the resource lines and
+/// the call's total in nano-USD. The one place this sum is made: the bridge
+/// bills it, the gateway tells it. Errors: a line or the total that
+/// overflows ([`BillingError::Overflow`]).
+pub fn inference_call_cost(
+    quote: &Quote,
+    priced: &[(Option<ResourcePriceVersion>, u64)],
+) -> Result<(Vec<FeeLine>, Nanos), BillingError> {
+    let mut total = quote.total;
+    let mut lines = Vec::new();
+    for (version, quantity) in priced {
+        let (Some(v), true) = (version, *quantity > 0) else {
+            continue;
+        };
+        let cost = resource_cost(v, *quantity)?;
+        total = total.checked_add(cost)?;
+        lines.push(FeeLine {
+            resource: v.resource.clone(),
+            resource_pricing_id: v.resource_pricing_id,
+            quantity: *quantity,
+            unit_price: v.unit_price,
+            cost,
+        });
+    }
+    Ok((lines, total))
+}
+
 /// Whether a new version starting at `from` may be added.
 ///
 /// - it may not start before `now` (history is never rewritten: events
@@ -830,5 +867,62 @@ mod tests {
             Err(BillingError::NoResourcePriceInForce { .. })
         ));
         assert!(fee_prices(&usage, ts("2026-01-02T00:00:00Z"), |_| None).is_err());
+    }
+
+    // An inference call: its quote plus one request and its compute milliseconds, each at its price; a zero
+    // quantity or a resource without a price adds no line; the total overflows into an error, never wraps.
+    #[test]
+    fn inference_call_cost_adds_the_resources() {
+        let v = version(1, "2026-01-01T00:00:00Z", 1);
+        let usage = Usage {
+            input_tokens: 1_000,
+            ..Usage::default()
+        };
+        let q = quote(&v, &[], &usage).unwrap();
+        let resource = |name: &str, micros: i64| ResourcePriceVersion {
+            resource_pricing_id: 7,
+            resource: name.into(),
+            unit: "unit".into(),
+            effective_from: ts("2026-01-01T00:00:00Z"),
+            unit_price: PricePerMillion::new(micros).unwrap(),
+        };
+        // $100 per million requests (100,000 nano-USD each), $1 per million ms (1,000 nano-USD per ms).
+        let [(r, one), (c, ms)] = inference_resources(380);
+        assert_eq!(
+            (r, one, c, ms),
+            ("inference_request", 1, "compute_time", 380)
+        );
+        let (lines, total) = inference_call_cost(
+            &q,
+            &[
+                (Some(resource(r, 100_000_000)), one),
+                (Some(resource(c, 1_000_000)), ms),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            lines.iter().map(|l| l.cost.0).collect::<Vec<_>>(),
+            [100_000, 380_000]
+        );
+        assert_eq!(total.0, q.total.0 + 480_000);
+        let (lines, total) = inference_call_cost(
+            &q,
+            &[
+                (Some(resource(r, 100_000_000)), 1),
+                (Some(resource(c, 1_000_000)), 0),
+                (None, 5),
+            ],
+        )
+        .unwrap();
+        assert_eq!((lines.len(), total.0), (1, q.total.0 + 100_000));
+        let huge = resource(r, PricePerMillion::MAX);
+        assert!(inference_call_cost(
+            &q,
+            &[
+                (Some(huge.clone()), u64::MAX / 2),
+                (Some(huge), u64::MAX / 2)
+            ]
+        )
+        .is_err());
     }
 }

@@ -15,30 +15,19 @@ fn sdk_python() -> String {
     })
 }
 
-// The SDK's plain and streamed calls: answers in the SDK's types, usage read from the stream's events, errors as the
-// SDK's exceptions; every call recorded, billed once, the told cost equal to the billed lines and the invoice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anthropic_sdk_through_the_gateway() {
+/// Runs `tests/sdk/{script}` with the SDK's Python and `env`; returns what it
+/// printed, one JSON object per call, by `kind`.
+async fn run_sdk(script: &str, env: Vec<(&'static str, String)>) -> Vec<Value> {
     let py = sdk_python();
     assert!(
         std::path::Path::new(&py).exists(),
         "{py} is missing: run `make deps` (scripts/ensure-deps.sh sdk-clients)"
     );
-    let s = Stack::start().await;
-    let bridge = Bridge::start(&s).await;
-    let (uid, key) = s.user("Gateway team", "gateway@example.com").await;
-    let (url, k) = (s.url(""), key.clone());
+    let path = format!("{}/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(&py)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/sdk/anthropic_gateway.py"
-            ))
-            .env("APP", url)
-            .env("KEY", k)
-            .env("MODEL", "claude-haiku-4-5")
-            .env("ADMIN_KEY", billing_e2e::ADMIN_KEY)
-            .env("USER_ID", uid.to_string())
+            .arg(path)
+            .envs(env)
             .output()
             .unwrap()
     })
@@ -50,10 +39,30 @@ async fn anthropic_sdk_through_the_gateway() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: Vec<Value> = stdout
+    stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+// The SDK's plain and streamed calls: answers in the SDK's types, usage read from the stream's events, errors as the
+// SDK's exceptions; every call recorded, billed once, the told cost equal to the billed lines and the invoice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_through_the_gateway() {
+    let s = Stack::start().await;
+    let bridge = Bridge::start(&s).await;
+    let (uid, key) = s.user("Gateway team", "gateway@example.com").await;
+    let seen = run_sdk(
+        "anthropic_gateway.py",
+        vec![
+            ("APP", s.url("")),
+            ("KEY", key.clone()),
+            ("MODEL", "claude-haiku-4-5".into()),
+            ("ADMIN_KEY", billing_e2e::ADMIN_KEY.into()),
+            ("USER_ID", uid.to_string()),
+        ],
+    )
+    .await;
     let by = |kind: &str| seen.iter().find(|v| v["kind"] == kind).unwrap().clone();
     let (plain, streamed) = (by("plain"), by("stream"));
     assert!(
@@ -188,6 +197,17 @@ async fn anthropic_sdk_through_the_gateway() {
     let cut = call(by("cut")["call_id"].as_str().unwrap());
     assert_eq!((cut.1, cut.3, cut.4), (1, 1, 1), "{:?}", by("cut"));
     assert_eq!(cut.2, cut.0 * 1_000 + 5_000 + 100_000);
+    // ...and the SDK sees it end in an error, not as a complete answer.
+    let cut_seen = by("cut")["seen"].clone();
+    assert!(
+        cut_seen
+            .as_array()
+            .unwrap()
+            .last()
+            .and_then(Value::as_str)
+            .is_some_and(|l| l.starts_with('<')),
+        "{cut_seen}"
+    );
     assert_eq!(s.count("gateway_calls"), 7);
     // Each call names the key it came with: the user's, or none for the bootstrap admin key.
     let keys: Vec<Option<i64>> = db
@@ -238,41 +258,20 @@ async fn anthropic_sdk_through_the_gateway() {
 // OpenAI's shapes and usage (prompt = input + cache, completion = output), each call billed once, as told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_chat_completions_through_the_gateway() {
-    let py = sdk_python();
-    assert!(
-        std::path::Path::new(&py).exists(),
-        "{py} is missing: run `make deps`"
-    );
     let s = Stack::start().await;
     let bridge = Bridge::start(&s).await;
     let (uid, key) = s
         .user("OpenAI-shaped team", "openai-shaped@example.com")
         .await;
-    let url = s.url("");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&py)
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/sdk/openai_gateway.py"
-            ))
-            .env("APP", url)
-            .env("KEY", key)
-            .env("MODEL", "claude-sonnet-4-5")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let seen = run_sdk(
+        "openai_gateway.py",
+        vec![
+            ("APP", s.url("")),
+            ("KEY", key),
+            ("MODEL", "claude-sonnet-4-5".into()),
+        ],
+    )
+    .await;
     let by = |kind: &str| seen.iter().find(|v| v["kind"] == kind).unwrap().clone();
     let (plain, streamed) = (by("plain"), by("stream"));
     assert!(

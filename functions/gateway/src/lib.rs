@@ -42,6 +42,7 @@
 //! `/v1/chat/completions`), so the SDKs raise their usual exceptions.
 
 use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
+use billing_core::pricing::{inference_call_cost, inference_resources};
 use billing_core::usage::StreamUsage;
 use billing_core::{ModelName, Nanos, Usage};
 use billing_fn_common::cache::Cache;
@@ -264,16 +265,10 @@ async fn count_tokens(
     if let Err(f) = caller(headers, &db) {
         return Err((out, f));
     }
-    let response: IncomingResponse =
-        match spin_sdk::http::send(to_provider(headers, "/v1/messages/count_tokens", body)).await {
-            Ok(r) => r,
-            Err(e) => {
-                return Err((
-                    out,
-                    Failure::new(502, format!("the model provider could not be reached: {e}")),
-                ))
-            }
-        };
+    let response = match send(to_provider(headers, "/v1/messages/count_tokens", body)).await {
+        Ok(r) => r,
+        Err(f) => return Err((out, f)),
+    };
     let status = response.status();
     let bytes = response.into_body().await.unwrap_or_default();
     whole(
@@ -368,6 +363,13 @@ fn to_provider(headers: &[(String, String)], path: &str, body: Vec<u8>) -> Reque
     forward.body(body).build()
 }
 
+/// Sends a request to the provider; its response streams.
+async fn send(request: Request) -> Result<IncomingResponse, Failure> {
+    spin_sdk::http::send(request)
+        .await
+        .map_err(|e| Failure::new(502, format!("the model provider could not be reached: {e}")))
+}
+
 fn call_id() -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);
@@ -444,14 +446,9 @@ async fn messages(
     let forward = to_provider(headers, "/v1/messages", body);
     let id = call_id();
     let t0 = clock::monotonic_ms();
-    let response: IncomingResponse = match spin_sdk::http::send(forward).await {
+    let response = match send(forward).await {
         Ok(r) => r,
-        Err(e) => {
-            return Err((
-                out,
-                Failure::new(502, format!("the model provider could not be reached: {e}")),
-            ));
-        }
+        Err(f) => return Err((out, f)),
     };
     let status = response.status();
     let mut provider_headers: Vec<(String, String)> = response
@@ -578,7 +575,14 @@ async fn messages(
     // A stream that failed (an `error` event, or the connection to the
     // provider broke) ends in an error the SDKs raise, never as if complete.
     let failure = reader.error.clone().or_else(|| {
-        broken.then(|| json!({"type": "api_error", "message": "the connection to the model provider broke mid-answer"}))
+        let why = if broken {
+            "the connection to the model provider broke mid-answer"
+        } else if reader.started && !reader.stopped {
+            "the model provider's stream ended before message_stop"
+        } else {
+            return None;
+        };
+        Some(json!({"type": "api_error", "message": why}))
     });
     if client_open {
         let tail = match (&failure, dialect) {
@@ -814,20 +818,17 @@ impl Call<'_> {
                 format!("`{}` has no price in force at {now}", self.model.name),
             )
         })?;
-        // Every inference call also carries the per-request resource price,
-        // as the bridge bills it (compute time is the provider's here: 0 ms).
-        let request_fee = match prices::resource_price_in_force(db, "inference_request", now)? {
-            Some(v) => billing_core::money::line_cost(1, v.unit_price)
-                .map_err(|e| Failure::new(500, e.to_string()))?,
-            None => Nanos(0),
-        };
-        let cost = Nanos(
-            quote
-                .total
-                .0
-                .checked_add(request_fee.0)
-                .ok_or_else(|| Failure::new(500, "the cost overflows"))?,
-        );
+        // Priced as the bridge bills every inference call: the quote plus
+        // its resources (compute time is the provider's here: 0 ms).
+        let mut versions = Vec::new();
+        for (resource, quantity) in inference_resources(0) {
+            versions.push((
+                prices::resource_price_in_force(db, resource, now)?,
+                quantity,
+            ));
+        }
+        let (_, cost) =
+            inference_call_cost(&quote, &versions).map_err(|e| Failure::new(500, e.to_string()))?;
         let event = CloudEvent::new(
             self.id.clone(),
             EVENT_SOURCE,
