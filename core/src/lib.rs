@@ -20,6 +20,7 @@ pub mod invoice;
 pub mod model;
 pub mod money;
 pub mod pricing;
+pub mod sse;
 pub mod time;
 #[cfg(feature = "tokenizer")]
 pub mod tokenizer;

@@ -594,3 +594,207 @@ async fn concurrent_retry_pays_the_model_once() {
         (2, 0)
     );
 }
+
+/// One event of a streamed turn: its name, its data and when it arrived.
+struct Seen {
+    event: String,
+    data: Value,
+    at: std::time::Duration,
+}
+
+/// Sends a turn with `"stream": true`; returns the HTTP status, the content type and the events as they arrived.
+async fn streamed(
+    s: &Stack,
+    key: &str,
+    tid: i64,
+    headers: &[(&str, &str)],
+    content: &str,
+) -> (u16, String, Vec<Seen>) {
+    let mut rb = reqwest::Client::new()
+        .post(s.url(&format!("/api/threads/{tid}/messages")))
+        .bearer_auth(key)
+        .json(&json!({"content": content, "stream": true}));
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    let t0 = std::time::Instant::now();
+    let mut resp = rb.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let mut reader = billing_core::sse::SseReader::new();
+    let mut seen = Vec::new();
+    let mut take = |events: Vec<billing_core::sse::SseEvent>| {
+        for e in events {
+            seen.push(Seen {
+                event: e.event,
+                data: serde_json::from_str(&e.data).unwrap(),
+                at: t0.elapsed(),
+            });
+        }
+    };
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        take(reader.feed(&chunk));
+    }
+    take(reader.finish().into_iter().collect());
+    (status, ctype, seen)
+}
+
+// A streamed turn: the text arrives in pieces while the model writes; the last event is the stored turn, priced to
+// the nano-USD as a plain turn is, the same in the history and on the invoice. A stream cut after the provider
+// accepted the turn is billed for what the provider reported and ends in an error event carrying that billed turn;
+// a provider refusal before any stream is the usual problem response, billed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_turn() {
+    let s = Stack::start().await;
+    let bridge = billing_e2e::Bridge::start(&s).await;
+    let (uid, key) = s.user("Streamer", "streamer@example.com").await;
+    let tid = thread(&s, &key).await;
+
+    let (status, ctype, seen) = streamed(
+        &s,
+        &key,
+        tid,
+        &[("x-sim-stream-delay-ms", "150")],
+        "Explain how a prompt-cache write is priced, with an example.",
+    )
+    .await;
+    assert_eq!((status, ctype.as_str()), (200, "text/event-stream"));
+    let names: Vec<&str> = seen.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{names:?}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{names:?}");
+    let deltas: Vec<&Seen> = seen.iter().filter(|e| e.event == "text_delta").collect();
+    assert!(deltas.len() >= 2, "the answer came in pieces: {names:?}");
+    let stop = &seen.last().unwrap().data;
+    // Passed on as written: with the provider's events 150 ms apart the first piece arrives long before the end.
+    let (first, last) = (deltas[0].at, seen.last().unwrap().at);
+    assert!(
+        last - first >= std::time::Duration::from_millis(400),
+        "first text after {first:?}, the end after {last:?}: the answer was held back"
+    );
+    let text: String = deltas
+        .iter()
+        .map(|e| e.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(stop["message"]["content"].as_str(), Some(text.as_str()));
+    assert!(text.starts_with("(llm-sim) About"), "{text}");
+    let cost = haiku_cost(&stop["usage"]);
+    assert!(cost > 0);
+    assert_eq!(stop["cost"]["nanos"].as_i64(), Some(cost), "{stop}");
+    assert_eq!(stop["message"]["status"], "ok");
+
+    // Cut after the first text: billed for the input and the one output token message_start reported.
+    let (status, _, cut) = streamed(
+        &s,
+        &key,
+        tid,
+        &[("x-sim-fail", "cut-stream")],
+        "This answer will break.",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let error = &cut.last().unwrap();
+    assert_eq!(
+        error.event,
+        "error",
+        "{:?}",
+        cut.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
+    assert_eq!(error.data["status"], 502, "{}", error.data);
+    let turn = &error.data["turn"];
+    assert_eq!(turn["usage"]["output"], 1, "{turn}");
+    let cut_cost = haiku_cost(&turn["usage"]);
+    assert_eq!(turn["cost"]["nanos"].as_i64(), Some(cut_cost));
+    assert_eq!(turn["message"]["status"], "failed");
+
+    // Refused before any stream: a plain problem, nothing stored as billed.
+    let (status, ctype, _) = streamed(
+        &s,
+        &key,
+        tid,
+        &[("x-sim-fail", "400")],
+        "This one is refused.",
+    )
+    .await;
+    assert_eq!((status, ctype.as_str()), (502, "application/problem+json"));
+
+    // The history: the streamed answer with its cost; the cut turn failed, with its cost; the refused message failed, unbilled.
+    let hist = s
+        .call(
+            "GET",
+            &format!("/api/threads/{tid}/messages"),
+            Some(&key),
+            None,
+        )
+        .await;
+    let items = hist.body["items"].as_array().unwrap();
+    let summary: Vec<(String, String, Option<i64>)> = items
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_owned(),
+                m["status"].as_str().unwrap().to_owned(),
+                m["cost"]["nanos"].as_i64(),
+            )
+        })
+        .collect();
+    let row = |r: &str, st: &str, c: Option<i64>| (r.to_owned(), st.to_owned(), c);
+    assert_eq!(
+        summary,
+        vec![
+            row("user", "ok", None),
+            row("assistant", "ok", Some(cost)),
+            row("user", "failed", None),
+            row("assistant", "failed", Some(cut_cost)),
+            row("user", "failed", None),
+        ]
+    );
+
+    // The failed turns are not sent as conversation: with the cached history gone, the next turn's conversation is
+    // read from SQLite and holds only the answered turn and the new message.
+    let client = redis::Client::open(s.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let history_key = format!("thread:{tid}:history");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&history_key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let next = s
+        .call(
+            "POST",
+            &format!("/api/threads/{tid}/messages"),
+            Some(&key),
+            Some(json!({"content": "Thanks."})),
+        )
+        .await;
+    assert_eq!(next.status, 201, "{:?}", next.body);
+    let sent: String = redis::cmd("GET")
+        .arg(&history_key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let sent: Vec<Value> = serde_json::from_str(&sent).unwrap();
+    let contents: Vec<&str> = sent
+        .iter()
+        .map(|t| t["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents.len(), 4, "{contents:?}");
+    assert_eq!(contents[1], text);
+    assert_eq!(contents[2], "Thanks.");
+
+    // Billed once each: the ledger and the invoice hold exactly the shown costs.
+    let next_cost = next.body["cost"]["nanos"].as_i64().unwrap();
+    bridge.wait_for(&s, 9).await;
+    bridge.stop().await;
+    let inv = s.invoice_until_now(uid).await;
+    assert_eq!(
+        inv.body["total_nanos"].as_i64(),
+        Some(cost + cut_cost + next_cost),
+        "{:?}",
+        inv.body
+    );
+}

@@ -89,6 +89,35 @@ await test("chat: create a thread, the token counter moves while typing, send, s
   await page.screenshot({ path: `${ART}chat-390px.png`, fullPage: true });
 });
 
+await test("chat streams: typing, then the answer growing as the model writes, then its cost", async (page) => {
+  // llm-sim writes the provider's events 200 ms apart, so the answer takes seconds to arrive.
+  await page.route("**/api/threads/*/messages", (route) =>
+    route.request().method() === "POST"
+      ? route.continue({ headers: { ...route.request().headers(), "x-sim-stream-delay-ms": "200" } })
+      : route.continue());
+  await signIn(page, USER_KEY);
+  await page.click("#new-thread");
+  await page.waitForSelector("#message-input");
+  await page.fill("#message-input", "Walk me through how a streamed answer is billed, step by step.");
+  await page.click("#send");
+  await page.waitForSelector("#typing");
+  await page.waitForSelector("#streaming-answer");
+  const early = await page.textContent("#streaming-answer .content");
+  assert.ok(early.length > 0);
+  assert.equal(await page.$(".message.assistant .cost"), null, "no cost while the answer is arriving");
+  await page.waitForFunction((n) => {
+    const el = document.querySelector("#streaming-answer .content");
+    return el && el.textContent.length > n;
+  }, early.length);
+  await page.screenshot({ path: `${ART}chat-streaming.png` });
+  await page.waitForSelector(".message.assistant .cost", { timeout: 30000 });
+  assert.equal(await page.$("#streaming-answer"), null, "the stored turn replaced the streamed text");
+  const answer = await page.textContent(".message.assistant .content");
+  assert.ok(answer.startsWith(early), `the stored answer is the streamed one: ${early} / ${answer}`);
+  assert.ok(answer.length > early.length);
+  assert.match(await page.textContent(".message.assistant .meta"), /\$0\.\d{6}/);
+});
+
 await test("dashboard: an event posted to the collector appears within 2 seconds without a reload", async (page) => {
   await signIn(page, ADMIN_KEY);
   await page.click("#tab-dashboard");

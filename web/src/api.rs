@@ -84,6 +84,52 @@ pub async fn call(
     serde_json::from_str(&text).map_err(|e| format!("The server's answer was not JSON: {e}"))
 }
 
+/// POSTs `body` to an endpoint answering server-sent events and calls
+/// `on_event(name, data)` for each event as it arrives (events split by
+/// billing-core's reader, the one the server uses). `Err` is a sentence for
+/// the user: the refusal before any stream, or a broken connection.
+pub async fn stream(
+    key: &str,
+    path: &str,
+    body: Value,
+    mut on_event: impl FnMut(&str, Value),
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let resp = Request::post(path)
+        .header("authorization", &format!("Bearer {key}"))
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .map_err(|e| e.to_string())?
+        .send()
+        .await
+        .map_err(|_| "The server cannot be reached. Is it running?".to_owned())?;
+    let status = resp.status();
+    if status >= 400 {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(problem_words(status, &text));
+    }
+    let raw = resp
+        .body()
+        .ok_or_else(|| "The server's answer had no body.".to_owned())?;
+    let mut chunks = wasm_streams::ReadableStream::from_raw(raw).into_stream();
+    let mut reader = billing_core::sse::SseReader::new();
+    let mut deliver = |events: Vec<billing_core::sse::SseEvent>| {
+        for e in events {
+            on_event(
+                &e.event,
+                serde_json::from_str(&e.data).unwrap_or(Value::Null),
+            );
+        }
+    };
+    while let Some(chunk) = chunks.next().await {
+        let chunk =
+            chunk.map_err(|_| "The connection broke while the answer was arriving.".to_owned())?;
+        deliver(reader.feed(&js_sys::Uint8Array::new(&chunk).to_vec()));
+    }
+    deliver(reader.finish().into_iter().collect());
+    Ok(())
+}
+
 pub async fn get(key: &str, path: &str) -> Result<Value, String> {
     call(key, "GET", path, None).await
 }

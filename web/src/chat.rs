@@ -163,6 +163,10 @@ fn Conversation(thread_id: i64, on_sent: EventHandler<()>) -> Element {
     let mut model = use_signal(String::new);
     let mut count = use_signal(|| None::<(i64, i64)>);
     let mut generation = use_signal(|| 0u64);
+    // The answer as it arrives, until the stored turn replaces it.
+    let mut streaming = use_signal(|| None::<String>);
+    // The message being sent, shown until the stored turn is loaded.
+    let mut pending = use_signal(|| None::<String>);
 
     let thread = use_resource({
         let key = key.clone();
@@ -244,28 +248,42 @@ fn Conversation(thread_id: i64, on_sent: EventHandler<()>) -> Element {
             }
             sending.set(true);
             error.set(None);
+            pending.set(Some(content.clone()));
             let key = key.clone();
             spawn(async move {
-                let body = json!({"content": content, "model": model()});
-                match api::call(
+                let body = json!({"content": content, "model": model(), "stream": true});
+                let mut stored = false;
+                let streamed = api::stream(
                     &key,
-                    "POST",
                     &format!("/api/threads/{thread_id}/messages"),
-                    Some(body),
+                    body,
+                    |event, data| match event {
+                        "text_delta" => streaming.with_mut(|t| {
+                            t.get_or_insert_with(String::new)
+                                .push_str(data["text"].as_str().unwrap_or(""))
+                        }),
+                        "message_stop" => stored = true,
+                        "error" => error.set(Some(format!(
+                            "The answer broke off: {}",
+                            data["detail"].as_str().unwrap_or("the provider failed")
+                        ))),
+                        _ => {}
+                    },
                 )
-                .await
-                {
-                    Ok(_) => {
+                .await;
+                match streamed {
+                    Ok(()) if stored => {
                         text.set(String::new());
                         count.set(None);
-                        reload += 1;
-                        on_sent.call(());
                     }
-                    Err(e) => {
-                        error.set(Some(e));
-                        reload += 1;
-                    }
+                    Ok(()) => {}
+                    Err(e) => error.set(Some(e)),
                 }
+                // The stored turn (its cost, tokens and latency) replaces the streamed text.
+                streaming.set(None);
+                pending.set(None);
+                reload += 1;
+                on_sent.call(());
                 sending.set(false);
             });
         }
@@ -280,14 +298,21 @@ fn Conversation(thread_id: i64, on_sent: EventHandler<()>) -> Element {
             match &*messages.read() {
                 None => rsx! { p { class: "muted", "Loading messages…" } },
                 Some(Err(e)) => rsx! { p { class: "error", "{e}" } },
-                Some(Ok(list)) if list.is_empty() => rsx! { p { class: "muted", "No messages yet. Say something." } },
+                Some(Ok(list)) if list.is_empty() && pending().is_none() => rsx! { p { class: "muted", "No messages yet. Say something." } },
                 Some(Ok(list)) => rsx! {
                     for m in list.clone() {
                         Message { key: "{m[\"message_id\"]}", message: m.clone() }
                     }
                 },
             }
-            if sending() { div { class: "message assistant typing", id: "typing", span {} span {} span {} " the model is answering" } }
+            if let Some(p) = pending() {
+                div { class: "message user pending", "data-role": "user", div { class: "content", "{p}" } }
+            }
+            match streaming() {
+                Some(t) => rsx! { div { class: "message assistant streaming", id: "streaming-answer", "data-role": "assistant", div { class: "content", "{t}" } } },
+                None if sending() => rsx! { div { class: "message assistant typing", id: "typing", span {} span {} span {} " the model is answering" } },
+                None => rsx! {},
+            }
         }
         if let Some(e) = error() { p { class: "error", role: "alert", "{e}" } }
         div { class: "composer",

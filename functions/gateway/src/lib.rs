@@ -43,7 +43,7 @@
 
 use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
 use billing_core::pricing::{inference_call_cost, inference_resources};
-use billing_core::usage::StreamUsage;
+use billing_core::sse::MessageStream;
 use billing_core::{ModelName, Nanos, Usage};
 use billing_fn_common::cache::Cache;
 use billing_fn_common::db::{int, opt_text, text};
@@ -540,7 +540,7 @@ async fn messages(
     let _ = outgoing.set_status_code(200);
     let mut sink = outgoing.take_body();
     out.set(outgoing);
-    let mut reader = SseUsage::default();
+    let mut reader = MessageStream::new();
     let mut client_open = true;
     let mut chunks = response.take_body_stream();
     let mut translate = openai::Chunks {
@@ -555,9 +555,9 @@ async fn messages(
             Some(Ok(chunk)) => (reader.feed(&chunk), chunk),
             Some(Err(_)) => {
                 broken = true;
-                (reader.flush(), Vec::new())
+                (reader.finish(), Vec::new())
             }
-            None => (reader.flush(), Vec::new()),
+            None => (reader.finish(), Vec::new()),
         };
         let end = raw.is_empty();
         let out_bytes = match dialect {
@@ -609,6 +609,9 @@ async fn messages(
             let _ = sink.send(tail).await;
         }
     }
+    if let Some(e) = &reader.usage_error {
+        eprintln!("gateway: call {id}: a stream event's usage is invalid: {e}");
+    }
     if reader.started {
         let partial = !reader.stopped || failure.is_some();
         let usage = reader
@@ -640,94 +643,6 @@ async fn messages(
     }
     let _ = sink.close().await;
     Ok(())
-}
-
-/// Usage read from a Messages API event stream as it passes: events are
-/// split at blank lines (LF, CRLF or CR line ends, across chunk
-/// boundaries), and usage is folded by billing-core's [`StreamUsage`]
-/// (`message_start` sets it, each `message_delta` replaces what it carries).
-#[derive(Default)]
-struct SseUsage {
-    /// Bytes of the event being read, line ends made LF.
-    pending: Vec<u8>,
-    /// A CR that ended the last chunk (its LF may start the next).
-    carriage_return: bool,
-    usage: StreamUsage,
-    message_id: Option<String>,
-    started: bool,
-    stopped: bool,
-    /// The provider's `error` event, if one came.
-    error: Option<Value>,
-}
-
-/// Most bytes one event may take; a stream past it is not an event stream.
-const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
-
-impl SseUsage {
-    /// Reads a chunk; returns the `data` of each event it completed.
-    fn feed(&mut self, chunk: &[u8]) -> Vec<Value> {
-        let mut done = Vec::new();
-        for &b in chunk {
-            match b {
-                b'\r' => {
-                    self.carriage_return = true;
-                    self.line_end(&mut done);
-                }
-                b'\n' if self.carriage_return => self.carriage_return = false,
-                b'\n' => self.line_end(&mut done),
-                _ => {
-                    self.carriage_return = false;
-                    if self.pending.len() < MAX_EVENT_BYTES {
-                        self.pending.push(b);
-                    }
-                }
-            }
-        }
-        done
-    }
-
-    /// A line ended: a blank line ends the event.
-    fn line_end(&mut self, done: &mut Vec<Value>) {
-        if self.pending.last() == Some(&b'\n') || self.pending.is_empty() {
-            let text = String::from_utf8_lossy(&self.pending).into_owned();
-            self.pending.clear();
-            if let Some(v) = self.event(&text) {
-                done.push(v);
-            }
-        } else {
-            self.pending.push(b'\n');
-        }
-    }
-
-    /// The end of the stream: an event left without its blank line counts.
-    fn flush(&mut self) -> Vec<Value> {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        self.event(&text).into_iter().collect()
-    }
-
-    fn event(&mut self, text: &str) -> Option<Value> {
-        let data: String = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let v = serde_json::from_str::<Value>(&data).ok()?;
-        match v["type"].as_str() {
-            Some("message_start") => {
-                self.started = true;
-                self.message_id = v["message"]["id"].as_str().map(str::to_owned);
-            }
-            Some("message_stop") => self.stopped = true,
-            Some("error") => self.error = Some(v["error"].clone()),
-            _ => {}
-        }
-        if let Err(e) = self.usage.feed(&v) {
-            eprintln!("gateway: a stream event's usage is invalid: {e}");
-        }
-        Some(v)
-    }
 }
 
 /// One call through the gateway, for its record.
@@ -872,53 +787,5 @@ impl Call<'_> {
         })?;
         cache.publish("billing:outbox", b"gateway");
         Ok(cost)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Usage arrives in pieces across events and chunk boundaries; the last value of each field wins.
-    #[test]
-    fn stream_usage_is_cumulative() {
-        let stream = concat!(
-            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1,\"cache_read_input_tokens\":null}}}\n\n",
-            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n",
-            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15,\"input_tokens\":30,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n",
-            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-        );
-        // LF, CRLF and CR line ends, split anywhere across chunks, read alike.
-        for (ends, size) in [("\n", 7), ("\r\n", 1), ("\r", 5)] {
-            let text = stream.replace('\n', ends);
-            let mut r = SseUsage::default();
-            let mut events = 0;
-            for piece in text.as_bytes().chunks(size) {
-                events += r.feed(piece).len();
-            }
-            assert_eq!((events, r.started, r.stopped), (4, true, true), "{ends:?}");
-            assert_eq!(r.message_id.as_deref(), Some("msg_1"));
-            let u = r.usage.finish().unwrap();
-            assert_eq!(
-                (
-                    u.input_tokens,
-                    u.output_tokens,
-                    u.server_tool_use.web_search_requests
-                ),
-                (30, 15, 2)
-            );
-        }
-    }
-
-    // An error event is kept; an event cut off without its blank line still counts at the end of the stream.
-    #[test]
-    fn stream_error_and_last_event() {
-        let mut r = SseUsage::default();
-        r.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n");
-        r.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}");
-        assert!(r.error.is_none(), "not complete yet");
-        assert_eq!(r.flush().len(), 1);
-        assert_eq!(r.error.as_ref().unwrap()["type"], "overloaded_error");
-        assert!(r.started && !r.stopped);
     }
 }

@@ -5,6 +5,8 @@
 //!   three outbox events (raw-messages, llm-responses, token-metrics) in ONE
 //!   transaction, nudges the bridge through Redis, and answers 201 with the
 //!   answer, its usage per token class and its cost.
+//! - The same with `"stream": true`: the answer as server-sent events while
+//!   the model writes, stored and billed the same way at its end ([`stream`]).
 //! - `GET /api/threads/{id}/messages`: the history, paginated, with tokens,
 //!   cost and latency per message.
 //!
@@ -14,24 +16,32 @@
 mod history;
 mod provider;
 mod send;
+mod stream;
 
 use billing_fn_common::{respond, ApiError, ApiResult, Db};
-use spin_sdk::http::{Method, Request, Response};
+use send::Answer;
+use spin_sdk::http::{Method, Request, ResponseOutparam};
 use spin_sdk::http_component;
 
 #[http_component]
-async fn handle(req: Request) -> Response {
-    respond(route(&req).await)
+async fn handle(req: Request, out: ResponseOutparam) {
+    match route(&req).await {
+        Ok(Answer::Stream(turn)) => turn.run(out).await,
+        Ok(Answer::Whole(response)) => stream::write_whole(out, response).await,
+        Err(e) => stream::write_whole(out, respond(Err(e))).await,
+    }
 }
 
-async fn route(req: &Request) -> ApiResult<Response> {
+async fn route(req: &Request) -> ApiResult<Answer> {
     let (db, caller) = billing_fn_common::authenticated(req)?;
     let segs = billing_fn_common::input::segments(req);
     match (req.method(), segs.as_slice()) {
         (Method::Post, ["api", "threads", id, "messages"]) => {
-            send::send(&db, &caller, req, id).await
+            send::send(db, &caller, req, id).await
         }
-        (Method::Get, ["api", "threads", id, "messages"]) => history::list(&db, &caller, req, id),
+        (Method::Get, ["api", "threads", id, "messages"]) => {
+            history::list(&db, &caller, req, id).map(Answer::Whole)
+        }
         (_, ["api", "threads", _, "messages"]) => Err(ApiError::MethodNotAllowed(format!(
             "{} is not allowed here; use GET or POST",
             req.method()

@@ -11,7 +11,8 @@
 use billing_core::Usage;
 use billing_fn_common::ApiError;
 use serde_json::{json, Value};
-use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http::{IncomingResponse, Method, Request, Response};
+use std::future::Future;
 
 /// One turn of the conversation as the provider sees it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -89,8 +90,8 @@ impl Settings {
     }
 }
 
-enum Outcome {
-    Done(Reply),
+enum Outcome<T> {
+    Done(T),
     /// Worth another try, after at least this many ms.
     Retry {
         status: u16,
@@ -127,7 +128,7 @@ fn jitter_ms(max: u64) -> u64 {
 }
 
 /// Classifies an HTTP answer that is not a success.
-fn classify(status: u16, r: &Response) -> Outcome {
+fn classify<T>(status: u16, r: &Response) -> Outcome<T> {
     let rid = request_id(r);
     let msg = error_message(r.body());
     match status {
@@ -189,26 +190,46 @@ pub async fn call(
     build: impl Fn() -> Request,
     parse: impl Fn(&Response, u32) -> Result<Reply, ApiError>,
 ) -> Result<Reply, ApiError> {
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let outcome = match spin_sdk::http::send::<_, Response>(build()).await {
-            Err(e) => Outcome::Retry {
-                status: 502,
-                detail: format!("could not reach the model provider: {e}"),
-                request_id: None,
-                wait_ms: None,
-            },
-            Ok(r) => match *r.status() {
-                200 => match parse(&r, attempt) {
-                    Ok(reply) => Outcome::Done(reply),
-                    Err(e) => Outcome::Fail(e),
+    retrying(settings, |attempt| {
+        let request = build();
+        let parse = &parse;
+        async move {
+            match spin_sdk::http::send::<_, Response>(request).await {
+                Err(e) => unreachable_provider(e),
+                Ok(r) => match *r.status() {
+                    200 => match parse(&r, attempt) {
+                        Ok(reply) => Outcome::Done(reply),
+                        Err(e) => Outcome::Fail(e),
+                    },
+                    s => classify(s, &r),
                 },
-                s => classify(s, &r),
-            },
-        };
-        match outcome {
-            Outcome::Done(reply) => return Ok(reply),
+            }
+        }
+    })
+    .await
+}
+
+fn unreachable_provider<T>(e: impl std::fmt::Display) -> Outcome<T> {
+    Outcome::Retry {
+        status: 502,
+        detail: format!("could not reach the model provider: {e}"),
+        request_id: None,
+        wait_ms: None,
+    }
+}
+
+/// Runs `attempt` (given its number, from 1) until it is done, fails, or
+/// the retries are spent, sleeping between tries as the module says.
+async fn retrying<T, F, Fut>(settings: &Settings, attempt: F) -> Result<T, ApiError>
+where
+    F: Fn(u32) -> Fut,
+    Fut: Future<Output = Outcome<T>>,
+{
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        match attempt(n).await {
+            Outcome::Done(v) => return Ok(v),
             Outcome::Fail(e) => return Err(e),
             Outcome::Retry {
                 status,
@@ -216,16 +237,14 @@ pub async fn call(
                 request_id,
                 wait_ms,
             } => {
-                if attempt > settings.max_retries {
+                if n > settings.max_retries {
                     return Err(ApiError::Upstream {
                         status,
-                        detail: format!("{detail} (after {attempt} attempts)"),
+                        detail: format!("{detail} (after {n} attempts)"),
                         request_id,
                     });
                 }
-                let backoff = settings
-                    .retry_base_ms
-                    .saturating_mul(1 << (attempt - 1).min(10));
+                let backoff = settings.retry_base_ms.saturating_mul(1 << (n - 1).min(10));
                 let wait = wait_ms
                     .unwrap_or(0)
                     .max(backoff / 2 + jitter_ms(backoff / 2 + 1))
@@ -236,29 +255,66 @@ pub async fn call(
     }
 }
 
+fn messages_request(settings: &Settings, model: &str, turns: &[Turn], stream: bool) -> Request {
+    let mut body = json!({ "model": model, "max_tokens": settings.max_tokens, "messages": turns });
+    if stream {
+        body["stream"] = json!(true);
+    }
+    let mut b = Request::builder();
+    b.method(Method::Post)
+        .uri(format!("{}/v1/messages", settings.base_url))
+        .header("content-type", "application/json")
+        .header("anthropic-version", settings.version.clone());
+    if !settings.api_key.is_empty() {
+        b.header("x-api-key", settings.api_key.clone());
+    }
+    for (k, v) in &settings.passthrough {
+        b.header(k.clone(), v.clone());
+    }
+    b.body(body.to_string()).build()
+}
+
+/// Anthropic Messages API with `"stream": true`: the provider's answer once
+/// it is 200 (its body is the event stream, read by the caller) and the
+/// attempts it took. What fails before the stream begins is retried as
+/// [`call`] retries it; nothing is retried once the stream has begun.
+pub async fn anthropic_stream(
+    settings: &Settings,
+    model: &str,
+    turns: &[Turn],
+) -> Result<(IncomingResponse, u32), ApiError> {
+    retrying(settings, |attempt| {
+        let request = messages_request(settings, model, turns, true);
+        async move {
+            match spin_sdk::http::send::<_, IncomingResponse>(request).await {
+                Err(e) => unreachable_provider(e),
+                Ok(r) if r.status() == 200 => Outcome::Done((r, attempt)),
+                Ok(r) => {
+                    // Not a stream: the provider's error, read whole and classified.
+                    let status = r.status();
+                    let mut b = Response::builder();
+                    b.status(status);
+                    for (k, v) in r.headers().entries() {
+                        if let Ok(v) = String::from_utf8(v) {
+                            b.header(k, v);
+                        }
+                    }
+                    let body = r.into_body().await.unwrap_or_default();
+                    classify(status, &b.body(body).build())
+                }
+            }
+        }
+    })
+    .await
+}
+
 /// Anthropic Messages API.
 pub async fn anthropic(
     settings: &Settings,
     model: &str,
     turns: &[Turn],
 ) -> Result<Reply, ApiError> {
-    let body =
-        json!({ "model": model, "max_tokens": settings.max_tokens, "messages": turns }).to_string();
-    let url = format!("{}/v1/messages", settings.base_url);
-    let build = || {
-        let mut b = Request::builder();
-        b.method(Method::Post)
-            .uri(url.clone())
-            .header("content-type", "application/json")
-            .header("anthropic-version", settings.version.clone());
-        if !settings.api_key.is_empty() {
-            b.header("x-api-key", settings.api_key.clone());
-        }
-        for (k, v) in &settings.passthrough {
-            b.header(k.clone(), v.clone());
-        }
-        b.body(body.clone()).build()
-    };
+    let build = || messages_request(settings, model, turns, false);
     call(settings, build, |r, attempts| {
         let malformed = |what: &str| ApiError::Upstream {
             status: 502,

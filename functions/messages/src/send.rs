@@ -12,14 +12,14 @@
 //! failed call releases the claim; the claim of a request whose process
 //! died expires after `idempotency_claim_s` (default 300) seconds.
 
-use crate::provider::{self, Settings, Turn};
+use crate::provider::{self, Reply, Settings, Turn};
 use billing_core::events::{CloudEvent, EventData, LlmResponse, MessageSent, TokenMetrics};
 use billing_core::{ModelName, Usage};
 use billing_fn_common::cache::Cache;
 use billing_fn_common::db::{col, int, opt_text, text};
 use billing_fn_common::input::{json_body, text_field};
 use billing_fn_common::prices::{
-    model_by_id_cached, model_by_name_cached, price_in_force_cached, quote_at,
+    model_by_id_cached, model_by_name_cached, price_in_force_cached, quote_at, Model,
 };
 use billing_fn_common::{clock, json, ApiError, ApiResult, Caller, Db};
 use serde::Deserialize;
@@ -42,6 +42,9 @@ struct NewMessage {
     content: String,
     #[serde(default)]
     model: Option<String>,
+    /// Stream the answer as server-sent events (see [`crate::stream`]).
+    #[serde(default)]
+    stream: bool,
 }
 
 fn history_key(thread_id: i64) -> String {
@@ -173,10 +176,10 @@ fn replay_or_claim(db: &Db, user_id: i64, key: &str, hash: &str) -> ApiResult<Cl
 
 /// Gives up this request's claim after a failed call (a retry may call the
 /// model), unless a later request took the expired claim over.
-fn release(db: &Db, user_id: i64, key: &str, expires_ms: i64) {
+fn release(db: &Db, user_id: i64, claim: &Idempotency) {
     let _ = db.exec(
         "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2 AND expires_ms = ?3",
-        &[int(user_id), text(key), int(expires_ms)],
+        &[int(user_id), text(claim.key.clone()), int(claim.expires_ms)],
     );
 }
 
@@ -193,8 +196,15 @@ fn outbox<T: EventData>(db: &Db, ev: &CloudEvent<T>) -> ApiResult<()> {
     )
 }
 
-pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiResult<Response> {
-    let (thread_id, owner, thread_model, archived) = crate::visible_thread(db, caller, thread)?;
+/// What a `POST /api/threads/{id}/messages` becomes once its input is
+/// checked: an answer to write whole, or a turn to stream.
+pub enum Answer {
+    Whole(Response),
+    Stream(Box<crate::stream::StreamTurn>),
+}
+
+pub async fn send(db: Db, caller: &Caller, req: &Request, thread: &str) -> ApiResult<Answer> {
+    let (thread_id, owner, thread_model, archived) = crate::visible_thread(&db, caller, thread)?;
     if owner != caller.user_id {
         return Err(ApiError::Forbidden(
             "only the thread's owner can send messages to it".into(),
@@ -208,37 +218,92 @@ pub async fn send(db: &Db, caller: &Caller, req: &Request, thread: &str) -> ApiR
     let body: NewMessage = json_body(req, MAX_BODY_BYTES)?;
     let content = text_field("content", &body.content, MAX_CONTENT_CHARS)?;
     let idem = match idempotency_key(req)? {
-        Some(k) => {
+        Some(key) => {
             let hash = request_hash(thread_id, &body);
-            match replay_or_claim(db, caller.user_id, &k, &hash)? {
-                Claim::Replay(stored) => return Ok(stored),
-                Claim::Claimed { expires_ms } => Some((k, hash, expires_ms)),
+            match replay_or_claim(&db, caller.user_id, &key, &hash)? {
+                Claim::Replay(stored) if body.stream => {
+                    return Ok(Answer::Whole(crate::stream::replayed(stored)))
+                }
+                Claim::Replay(stored) => return Ok(Answer::Whole(stored)),
+                Claim::Claimed { expires_ms } => Some(Idempotency {
+                    key,
+                    hash,
+                    expires_ms,
+                }),
             }
         }
         None => None,
     };
-    let key_and_hash = idem.as_ref().map(|(k, h, _)| (k.clone(), h.clone()));
-    let answered = answer(
-        db,
+    let prepared = prepare(
+        &db,
         caller,
         req,
         thread_id,
         thread_model,
         content,
         body.model,
-        &key_and_hash,
-    )
-    .await;
-    if let (Err(_), Some((key, _, expires_ms))) = (&answered, &idem) {
-        release(db, caller.user_id, key, *expires_ms);
+    );
+    let turn = match prepared {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(i) = &idem {
+                release(&db, caller.user_id, i);
+            }
+            return Err(e);
+        }
+    };
+    let turn = PreparedTurn { idem, ..turn };
+    if body.stream {
+        return Ok(Answer::Stream(Box::new(crate::stream::StreamTurn::new(
+            db, turn,
+        ))));
     }
-    answered
+    let t0 = clock::monotonic_ms();
+    let result = match turn.model.provider.as_str() {
+        "anthropic" => provider::anthropic(&turn.settings, &turn.model.name, &turn.turns).await,
+        _ => provider::openai(&turn.settings, &turn.model.name, &turn.turns).await,
+    };
+    let latency_ms = clock::monotonic_ms() - t0;
+    let answered = match result {
+        Ok(reply) => turn.record(&db, &reply, latency_ms, None),
+        Err(e) => {
+            turn.record_failed(&db, &e);
+            Err(e)
+        }
+    };
+    match answered {
+        Ok(body) => Ok(Answer::Whole(json(201, &body))),
+        Err(e) => {
+            turn.release(&db);
+            Err(e)
+        }
+    }
 }
 
-/// The turn after its key (if any) is claimed: the model called, the turn
-/// stored and billed with the key's answer in one transaction.
-#[allow(clippy::too_many_arguments)]
-async fn answer(
+/// The request's Idempotency-Key, claimed for it.
+pub struct Idempotency {
+    key: String,
+    hash: String,
+    expires_ms: i64,
+}
+
+/// A turn ready for the model: checked, its model resolved and priced now,
+/// its key (if any) claimed, the conversation to send.
+pub struct PreparedTurn {
+    pub user_id: i64,
+    pub thread_id: i64,
+    pub content: String,
+    pub model: Model,
+    model_name: ModelName,
+    /// The conversation sent: the thread's answered turns and this message.
+    pub turns: Vec<Turn>,
+    pub settings: Settings,
+    idem: Option<Idempotency>,
+}
+
+/// Resolves the model (asked for, or the thread's), refuses one that cannot
+/// be billed now, and loads the conversation.
+fn prepare(
     db: &Db,
     caller: &Caller,
     req: &Request,
@@ -246,8 +311,7 @@ async fn answer(
     thread_model: i64,
     content: String,
     asked_model: Option<String>,
-    idem: &Option<(String, String)>,
-) -> ApiResult<Response> {
+) -> ApiResult<PreparedTurn> {
     let cache = Cache::open();
     let model = match &asked_model {
         Some(name) => model_by_name_cached(db, &cache, name)?
@@ -266,7 +330,7 @@ async fn answer(
     };
     let model_name = ModelName::parse(&model.name)?;
     // Refuse before paying the provider when the model cannot be billed now;
-    // the turn itself is priced at the answer's time, below.
+    // the turn itself is priced at the answer's time (`record`).
     price_in_force_cached(db, &cache, &model, clock::now())?.ok_or_else(|| {
         ApiError::invalid(
             "model",
@@ -276,168 +340,216 @@ async fn answer(
             ),
         )
     })?;
-
+    let settings = match model.provider.as_str() {
+        "anthropic" => Settings::anthropic(req),
+        "openai-compatible" => Settings::openai(),
+        other => {
+            return Err(ApiError::Internal(format!(
+                "model `{}` has an unknown provider `{other}`",
+                model.name
+            )))
+        }
+    };
     let mut turns = history(db, &cache, thread_id)?;
     turns.push(Turn {
         role: "user".into(),
         content: content.clone(),
     });
+    Ok(PreparedTurn {
+        user_id: caller.user_id,
+        thread_id,
+        content,
+        model,
+        model_name,
+        turns,
+        settings,
+        idem: None,
+    })
+}
 
-    let t0 = clock::monotonic_ms();
-    let result = match model.provider.as_str() {
-        "anthropic" => provider::anthropic(&Settings::anthropic(req), &model.name, &turns).await,
-        "openai-compatible" => provider::openai(&Settings::openai(), &model.name, &turns).await,
-        other => Err(ApiError::Internal(format!(
-            "model `{}` has an unknown provider `{other}`",
-            model.name
-        ))),
-    };
-    let latency_ms = clock::monotonic_ms() - t0;
-    let now = clock::now();
-
-    let reply = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Billed nothing; the user's message stays, marked failed with the reason.
-            db.exec(
-                "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, error, created_at) VALUES (?1, ?2, 'user', ?3, ?4, 'failed', ?5, ?6)",
-                &[int(thread_id), int(caller.user_id), text(content), int(model.model_id), text(e.detail()), text(now.to_rfc3339())],
-            )?;
-            return Err(e);
+impl PreparedTurn {
+    /// Gives up the turn's Idempotency-Key claim (a retry may call the model again).
+    pub fn release(&self, db: &Db) {
+        if let Some(i) = &self.idem {
+            release(db, self.user_id, i);
         }
-    };
-    // Priced once, at the answer's time: the instant the token-metrics event
-    // carries, so the cost shown here is the cost the bridge invoices.
-    let q = quote_at(db, &cache, &model, &reply.usage, now)?.ok_or_else(|| {
-        ApiError::Internal(format!("`{}` has no price in force at {now}", model.name))
-    })?;
-    let classes = reply.usage.by_class();
+    }
 
-    let body = db.transaction(|db| {
-        let ts = text(now.to_rfc3339());
-        let user_msg_id = db
-            .scalar_i64(
-                "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, created_at) VALUES (?1, ?2, 'user', ?3, ?4, 'ok', ?5) RETURNING message_id",
-                &[int(thread_id), int(caller.user_id), text(content.clone()), int(model.model_id), ts.clone()],
-            )?
-            .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-        let answer_id = db
-            .scalar_i64(
-                "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, reply_to_message_id, provider_message_id, stop_reason, latency_ms, created_at)
-                 VALUES (?1, ?2, 'assistant', ?3, ?4, 'ok', ?5, ?6, ?7, ?8, ?9) RETURNING message_id",
+    /// A call that failed before the provider answered: billed nothing, the
+    /// user's message kept, marked failed with the reason.
+    pub fn record_failed(&self, db: &Db, e: &ApiError) {
+        let now = clock::now();
+        let _ = db.exec(
+            "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, error, created_at) VALUES (?1, ?2, 'user', ?3, ?4, 'failed', ?5, ?6)",
+            &[int(self.thread_id), int(self.user_id), text(self.content.clone()), int(self.model.model_id), text(e.detail()), text(now.to_rfc3339())],
+        );
+    }
+
+    /// Stores and bills an answer, priced once at the answer's time (the
+    /// instant the token-metrics event carries, so the cost shown is the
+    /// cost the bridge invoices): the user message, the answer, its
+    /// `message_tokens` row and the three outbox events in ONE transaction,
+    /// with the key's stored answer. Returns the 201 body.
+    ///
+    /// `cut`: the provider's stream broke after it accepted the request
+    /// (the reason). The provider charges for it, so it is billed for the
+    /// usage reported; both messages are stored `failed` with the reason
+    /// (the answer's partial text kept), left out of the conversation sent
+    /// next, and the key is not stored (a retry asks the model again).
+    pub fn record(
+        &self,
+        db: &Db,
+        reply: &Reply,
+        latency_ms: u64,
+        cut: Option<&str>,
+    ) -> ApiResult<serde_json::Value> {
+        let cache = Cache::open();
+        let now = clock::now();
+        let model = &self.model;
+        let (thread_id, user_id) = (self.thread_id, self.user_id);
+        let q = quote_at(db, &cache, model, &reply.usage, now)?.ok_or_else(|| {
+            ApiError::Internal(format!("`{}` has no price in force at {now}", model.name))
+        })?;
+        let classes = reply.usage.by_class();
+        let status = if cut.is_some() { "failed" } else { "ok" };
+        let error = cut.map(str::to_owned);
+        let idem = if cut.is_some() {
+            None
+        } else {
+            self.idem.as_ref()
+        };
+        let body = db.transaction(|db| {
+            let ts = text(now.to_rfc3339());
+            let user_msg_id = db
+                .scalar_i64(
+                    "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, error, created_at) VALUES (?1, ?2, 'user', ?3, ?4, ?5, ?6, ?7) RETURNING message_id",
+                    &[int(thread_id), int(user_id), text(self.content.clone()), int(model.model_id), text(status), opt_text(error.clone()), ts.clone()],
+                )?
+                .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
+            let answer_id = db
+                .scalar_i64(
+                    "INSERT INTO user_thread_messages (thread_id, user_id, role, content, model_id, status, error, reply_to_message_id, provider_message_id, stop_reason, latency_ms, created_at)
+                     VALUES (?1, ?2, 'assistant', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING message_id",
+                    &[
+                        int(thread_id),
+                        int(user_id),
+                        text(reply.text.clone()),
+                        int(model.model_id),
+                        text(status),
+                        opt_text(error.clone()),
+                        int(user_msg_id),
+                        opt_text(reply.provider_message_id.clone()),
+                        opt_text(reply.stop_reason.clone()),
+                        int(latency_ms as i64),
+                        ts.clone(),
+                    ],
+                )?
+                .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
+            let u = &reply.usage;
+            db.exec(
+                "INSERT INTO message_tokens (message_id, thread_id, user_id, model_id, pricing_id, input_tokens, output_tokens, cache_creation_input_tokens,
+                     cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, cost_nanos, occurred_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 &[
+                    int(answer_id),
                     int(thread_id),
-                    int(caller.user_id),
-                    text(reply.text.clone()),
+                    int(user_id),
                     int(model.model_id),
-                    int(user_msg_id),
-                    opt_text(reply.provider_message_id.clone()),
-                    opt_text(reply.stop_reason.clone()),
-                    int(latency_ms as i64),
+                    int(q.pricing_id),
+                    int(u.input_tokens as i64),
+                    int(u.output_tokens as i64),
+                    int(u.cache_creation_input_tokens as i64),
+                    int(classes[2].1 as i64),
+                    int(classes[3].1 as i64),
+                    int(u.cache_read_input_tokens as i64),
+                    int(q.total.0),
                     ts.clone(),
                 ],
-            )?
-            .ok_or_else(|| ApiError::Internal("insert returned no id".into()))?;
-        let u = &reply.usage;
-        db.exec(
-            "INSERT INTO message_tokens (message_id, thread_id, user_id, model_id, pricing_id, input_tokens, output_tokens, cache_creation_input_tokens,
-                 cache_write_5m_tokens, cache_write_1h_tokens, cache_read_input_tokens, cost_nanos, occurred_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            &[
-                int(answer_id),
-                int(thread_id),
-                int(caller.user_id),
-                int(model.model_id),
-                int(q.pricing_id),
-                int(u.input_tokens as i64),
-                int(u.output_tokens as i64),
-                int(u.cache_creation_input_tokens as i64),
-                int(classes[2].1 as i64),
-                int(classes[3].1 as i64),
-                int(u.cache_read_input_tokens as i64),
-                int(q.total.0),
-                ts.clone(),
-            ],
-        )?;
-        db.exec("UPDATE user_threads SET updated_at = ?1 WHERE thread_id = ?2", &[ts, int(thread_id)])?;
-        let subject = Some(format!("threads/{thread_id}"));
-        let sent = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject.clone(), MessageSent {
-            user_id: caller.user_id,
-            thread_id,
-            message_id: user_msg_id,
-            model: model_name.clone(),
-            content: content.clone(),
-        });
-        let response = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject.clone(), LlmResponse {
-            user_id: caller.user_id,
-            thread_id,
-            message_id: answer_id,
-            reply_to_message_id: user_msg_id,
-            model: model_name.clone(),
-            provider: model.provider.clone(),
-            provider_message_id: reply.provider_message_id.clone(),
-            stop_reason: reply.stop_reason.clone(),
-            latency_ms,
-            content: reply.text.clone(),
-            usage: reply.usage.clone(),
-        });
-        let metrics = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject, TokenMetrics {
-            user_id: caller.user_id,
-            thread_id,
-            message_id: answer_id,
-            model: model_name.clone(),
-            usage: reply.usage.clone(),
-            latency_ms,
-        });
-        outbox(db, &sent)?;
-        outbox(db, &response)?;
-        outbox(db, &metrics)?;
-        let body = json!({
-            "thread_id": thread_id,
-            "user_message_id": user_msg_id,
-            "message": {
-                "message_id": answer_id,
-                "role": "assistant",
-                "content": reply.text,
-                "model": model.name,
-                "stop_reason": reply.stop_reason,
-                "latency_ms": latency_ms,
-                "created_at": now.to_rfc3339(),
-            },
-            "usage": usage_json(&reply.usage),
-            "cost": cost_json(&q),
-            "provider_attempts": reply.attempts,
-            "events": [sent.id, response.id, metrics.id],
-        });
-        if let Some((key, hash)) = idem {
-            // Inside the write transaction: a request with the same key that
-            // committed first (one that took over this request's expired
-            // claim) is seen here, and this one bills nothing.
-            if db.scalar_i64("SELECT 1 FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2", &[int(caller.user_id), text(key.clone())])?.is_some() {
-                return Err(ApiError::Conflict(format!(
-                    "another request with Idempotency-Key `{key}` was answered meanwhile; retry to get its answer"
-                )));
+            )?;
+            db.exec("UPDATE user_threads SET updated_at = ?1 WHERE thread_id = ?2", &[ts, int(thread_id)])?;
+            let subject = Some(format!("threads/{thread_id}"));
+            let sent = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject.clone(), MessageSent {
+                user_id,
+                thread_id,
+                message_id: user_msg_id,
+                model: self.model_name.clone(),
+                content: self.content.clone(),
+            });
+            let response = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject.clone(), LlmResponse {
+                user_id,
+                thread_id,
+                message_id: answer_id,
+                reply_to_message_id: user_msg_id,
+                model: self.model_name.clone(),
+                provider: model.provider.clone(),
+                provider_message_id: reply.provider_message_id.clone(),
+                stop_reason: reply.stop_reason.clone(),
+                latency_ms,
+                content: reply.text.clone(),
+                usage: reply.usage.clone(),
+            });
+            let metrics = CloudEvent::new(event_id()?, EVENT_SOURCE, now, subject, TokenMetrics {
+                user_id,
+                thread_id,
+                message_id: answer_id,
+                model: self.model_name.clone(),
+                usage: reply.usage.clone(),
+                latency_ms,
+            });
+            outbox(db, &sent)?;
+            outbox(db, &response)?;
+            outbox(db, &metrics)?;
+            let body = json!({
+                "thread_id": thread_id,
+                "user_message_id": user_msg_id,
+                "message": {
+                    "message_id": answer_id,
+                    "role": "assistant",
+                    "content": reply.text,
+                    "model": model.name,
+                    "status": status,
+                    "error": error,
+                    "stop_reason": reply.stop_reason,
+                    "latency_ms": latency_ms,
+                    "created_at": now.to_rfc3339(),
+                },
+                "usage": usage_json(&reply.usage),
+                "cost": cost_json(&q),
+                "provider_attempts": reply.attempts,
+                "events": [sent.id, response.id, metrics.id],
+            });
+            if let Some(Idempotency { key, hash, .. }) = idem {
+                // Inside the write transaction: a request with the same key that
+                // committed first (one that took over this request's expired
+                // claim) is seen here, and this one bills nothing.
+                if db.scalar_i64("SELECT 1 FROM idempotent_turns WHERE user_id = ?1 AND idempotency_key = ?2", &[int(user_id), text(key.clone())])?.is_some() {
+                    return Err(ApiError::Conflict(format!(
+                        "another request with Idempotency-Key `{key}` was answered meanwhile; retry to get its answer"
+                    )));
+                }
+                db.exec(
+                    "INSERT INTO idempotent_turns (user_id, idempotency_key, thread_id, request_hash, response) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    &[int(user_id), text(key.clone()), int(thread_id), text(hash.clone()), text(body.to_string())],
+                )?;
+                db.exec(
+                    "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2",
+                    &[int(user_id), text(key.clone())],
+                )?;
             }
-            db.exec(
-                "INSERT INTO idempotent_turns (user_id, idempotency_key, thread_id, request_hash, response) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[int(caller.user_id), text(key.clone()), int(thread_id), text(hash.clone()), text(body.to_string())],
-            )?;
-            db.exec(
-                "DELETE FROM idempotency_claims WHERE user_id = ?1 AND idempotency_key = ?2",
-                &[int(caller.user_id), text(key.clone())],
-            )?;
+            Ok(body)
+        })?;
+
+        if cut.is_none() {
+            let mut turns = self.turns.clone();
+            turns.push(Turn {
+                role: "assistant".into(),
+                content: reply.text.clone(),
+            });
+            cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
         }
+        cache.publish(OUTBOX_NUDGE, b"messages");
         Ok(body)
-    })?;
-
-    turns.push(Turn {
-        role: "assistant".into(),
-        content: reply.text.clone(),
-    });
-    cache.set_json(&history_key(thread_id), &turns, HISTORY_TTL_S);
-    cache.publish(OUTBOX_NUDGE, b"messages");
-
-    Ok(json(201, &body))
+    }
 }
 
 pub fn usage_json(u: &Usage) -> serde_json::Value {
