@@ -231,8 +231,47 @@ async fn anthropic_sdk_through_the_gateway() {
     );
     assert_eq!(keys.iter().filter(|k| k.is_none()).count(), 1, "{keys:?}");
 
-    // Billed once each by the bridge; the invoice totals what the gateway told.
+    // Billed once each by the bridge; the dashboard and the invoice total what the gateway told.
     bridge.wait_for(&s, 7).await;
+    let told_so_far: i64 = db
+        .query_row(
+            "SELECT sum(cost_nanos) FROM gateway_calls WHERE user_id = ?1",
+            [uid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let hour = 3_600_000;
+    let now = billing_e2e::now_plus(0).millis();
+    let range = |ms: i64| {
+        billing_core::Timestamp::from_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let summary_path = format!(
+        "/api/metrics/summary?from={}&to={}",
+        range(now / hour * hour - hour),
+        range(now / hour * hour + hour)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let dashboard = loop {
+        let d = s.call("GET", &summary_path, Some(&key), None).await;
+        assert_eq!(d.status, 200, "{:?}", d.body);
+        if d.body["cost_nanos"].as_i64() == Some(told_so_far)
+            || std::time::Instant::now() > deadline
+        {
+            break d.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (
+            dashboard["source"].as_str(),
+            dashboard["cost_nanos"].as_i64(),
+            dashboard["requests"].as_i64()
+        ),
+        (Some("redis"), Some(told_so_far), Some(7)),
+        "the dashboard: {dashboard}"
+    );
     bridge.stop().await;
     let billed: i64 = db
         .query_row(
@@ -254,21 +293,15 @@ async fn anthropic_sdk_through_the_gateway() {
     assert_eq!(inv.body["total_nanos"].as_i64(), Some(told));
 }
 
-// The official `openai` SDK's Chat Completions for an Anthropic model, plain and streamed (with include_usage):
-// OpenAI's shapes and usage (prompt = input + cache, completion = output), each call billed once, as told.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openai_sdk_chat_completions_through_the_gateway() {
-    let s = Stack::start().await;
-    let bridge = Bridge::start(&s).await;
-    let (uid, key) = s
-        .user("OpenAI-shaped team", "openai-shaped@example.com")
-        .await;
+/// What the openai SDK script saw for one model, the database checked against it: every streamed call's text and
+/// usage, each billed call's recorded usage equal to the SDK's and its cost to `price(input, output, cache read)`.
+async fn openai_sdk(s: &Stack, key: &str, model: &str) -> Vec<Value> {
     let seen = run_sdk(
         "openai_gateway.py",
         vec![
             ("APP", s.url("")),
-            ("KEY", key),
-            ("MODEL", "claude-sonnet-4-5".into()),
+            ("KEY", key.to_owned()),
+            ("MODEL", model.into()),
         ],
     )
     .await;
@@ -283,14 +316,28 @@ async fn openai_sdk_chat_completions_through_the_gateway() {
         "{streamed}"
     );
     assert_eq!(by("unknown-model")["error"], "NotFoundError");
+    // Not asked for: no usage chunk reaches the client, yet the call is billed.
+    let quiet = by("stream-no-usage");
+    assert_eq!(
+        (
+            quiet["usage_seen"].as_bool(),
+            quiet["empty_choices"].as_i64()
+        ),
+        (Some(false), Some(0)),
+        "{quiet}"
+    );
+    assert!(quiet["text"].as_str().is_some_and(|t| !t.is_empty()));
+    let cut = by("cut");
+    assert_eq!(cut["error"], "APIError", "the SDK raised: {cut}");
+    assert_eq!(cut["seen"].as_array().unwrap().len(), 1, "{cut}");
 
     let db = s.db();
     for v in [&plain, &streamed] {
-        let (input, output, w5, w1, read, cost): (i64, i64, i64, i64, i64, i64) = db
+        let (input, output, w5, w1, read): (i64, i64, i64, i64, i64) = db
             .query_row(
-                "SELECT input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, cost_nanos FROM gateway_calls WHERE call_id = ?1",
+                "SELECT input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens FROM gateway_calls WHERE call_id = ?1",
                 [v["call_id"].as_str().unwrap()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .unwrap();
         let u = &v["usage"];
@@ -303,30 +350,41 @@ async fn openai_sdk_chat_completions_through_the_gateway() {
             (Some(input + w5 + w1 + read), Some(output), Some(read)),
             "{v}"
         );
-        // Sonnet 4.5 at $3 / $15 per million (no cache here) plus $100 per million requests.
-        assert_eq!(
-            cost,
-            input * 3_000 + output * 15_000 + w5 * 3_750 + w1 * 6_000 + read * 300 + 100_000
-        );
     }
+    let told: i64 = db
+        .query_row(
+            "SELECT cost_nanos FROM gateway_calls WHERE call_id = ?1",
+            [plain["call_id"].as_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(
         plain["cost_nanos"]
             .as_str()
             .unwrap()
             .parse::<i64>()
             .unwrap(),
-        {
-            db.query_row(
-                "SELECT cost_nanos FROM gateway_calls WHERE call_id = ?1",
-                [plain["call_id"].as_str().unwrap()],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap()
-        }
+        told
     );
-    bridge.wait_for(&s, 2).await;
-    bridge.stop().await;
-    let (told, billed): (i64, i64) = db
+    seen
+}
+
+/// A call's recorded (input, output, cache write 5m + 1h, cache read, cost, partial, billing_error).
+fn recorded(s: &Stack, call_id: &str) -> (i64, i64, i64, i64, Option<i64>, i64, Option<String>) {
+    s.db()
+        .query_row(
+            "SELECT coalesce(input_tokens, 0), coalesce(output_tokens, 0), coalesce(cache_write_5m_tokens + cache_write_1h_tokens, 0),
+                    coalesce(cache_read_tokens, 0), cost_nanos, partial, billing_error FROM gateway_calls WHERE call_id = ?1",
+            [call_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )
+        .unwrap()
+}
+
+/// The ledger's and the invoice's total for a user, against what the gateway told.
+async fn reconcile(s: &Stack, uid: i64) {
+    let (told, billed): (i64, i64) = s
+        .db()
         .query_row(
             "SELECT (SELECT sum(cost_nanos) FROM gateway_calls WHERE user_id = ?1),
                     (SELECT sum(cost_nanos) FROM user_invoice_line_item WHERE user_id = ?1) + (SELECT sum(cost_nanos) FROM resource_invoice_line_item WHERE user_id = ?1)",
@@ -335,4 +393,91 @@ async fn openai_sdk_chat_completions_through_the_gateway() {
         )
         .unwrap();
     assert_eq!(billed, told);
+    let inv = s.invoice_until_now(uid).await;
+    assert_eq!(inv.body["total_nanos"].as_i64(), Some(told));
+}
+
+// The official `openai` SDK's Chat Completions for an Anthropic model, translated to the Messages API: OpenAI's
+// shapes and usage (prompt = input + cache, completion = output), plain and streamed, a cut stream raised by the SDK
+// and billed as partial; each call billed once, as told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_chat_completions_through_the_gateway() {
+    let s = Stack::start().await;
+    let bridge = Bridge::start(&s).await;
+    let (uid, key) = s
+        .user("OpenAI-shaped team", "openai-shaped@example.com")
+        .await;
+    let seen = openai_sdk(&s, &key, "claude-sonnet-4-5").await;
+    let by = |kind: &str| seen.iter().find(|v| v["kind"] == kind).unwrap().clone();
+    for kind in ["plain", "stream", "stream-no-usage", "cut"] {
+        let (input, output, write, read, cost, partial, error) =
+            recorded(&s, by(kind)["call_id"].as_str().unwrap());
+        // Sonnet 4.5 at $3 / $15 per million (no cache here) plus $100 per million requests.
+        assert_eq!(
+            cost,
+            Some(input * 3_000 + output * 15_000 + write * 3_750 + read * 300 + 100_000),
+            "{kind}"
+        );
+        assert_eq!((partial, error), ((kind == "cut") as i64, None), "{kind}");
+    }
+    bridge.wait_for(&s, 6).await;
+    bridge.stop().await;
+    reconcile(&s, uid).await;
+}
+
+// The same SDK for a model of an OpenAI-compatible provider: passed through to it (llm-sim's OpenAI shape here),
+// billed from OpenAI's usage; the usage chunk asked of the provider is not passed to a client that did not ask for it;
+// a stream broken before its usage chunk cannot be priced and is kept with billing_error, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_compatible_models_pass_through() {
+    let s = Stack::start_with(&[("OPENAI_BASE_URL", "/sim/openai")]).await;
+    {
+        let db = s.db();
+        db.execute("INSERT INTO dim_models (model_id, model_name, display_name, provider, family, context_window, max_output_tokens) VALUES (100, 'gpt-4o-mini', 'GPT-4o mini', 'openai-compatible', 'gpt', 128000, 16384)", []).unwrap();
+        // $0.15 input, $0.60 output, $0.075 cached input per million tokens (OpenAI's list price for gpt-4o-mini).
+        db.execute("INSERT INTO dim_token_pricing (model_id, effective_from, input_price, output_price, cache_write_5m_price, cache_write_1h_price, cache_read_price) VALUES (100, '2024-07-18T00:00:00.000Z', 150000, 600000, 150000, 150000, 75000)", []).unwrap();
+    }
+    let bridge = Bridge::start(&s).await;
+    let (uid, key) = s.user("OpenAI team", "openai-team@example.com").await;
+    let seen = openai_sdk(&s, &key, "gpt-4o-mini").await;
+    let by = |kind: &str| seen.iter().find(|v| v["kind"] == kind).unwrap().clone();
+    for kind in ["plain", "stream", "stream-no-usage"] {
+        let (input, output, _, read, cost, partial, error) =
+            recorded(&s, by(kind)["call_id"].as_str().unwrap());
+        assert!(input > 0 && output > 0, "{kind}");
+        assert_eq!(
+            (cost, partial, error),
+            (
+                Some(input * 150 + output * 600 + read * 75 + 100_000),
+                0,
+                None
+            ),
+            "{kind}"
+        );
+    }
+    // The long prefix sent again is read from the provider's cache: billed at the cached-input price.
+    let calls = by("cache")["calls"].clone();
+    let second = &calls[1];
+    let (input, output, _, read, cost, _, _) = recorded(&s, second["call_id"].as_str().unwrap());
+    assert!(read >= 1024, "{second}");
+    assert_eq!(
+        second["usage"]["prompt_tokens_details"]["cached_tokens"].as_i64(),
+        Some(read)
+    );
+    assert_eq!(cost, Some(input * 150 + output * 600 + read * 75 + 100_000));
+    assert_eq!(
+        second["cost_nanos"]
+            .as_str()
+            .map(|c| c.parse::<i64>().unwrap()),
+        cost
+    );
+    let (_, _, _, _, cost, _, error) = recorded(&s, by("cut")["call_id"].as_str().unwrap());
+    assert_eq!(cost, Some(0), "kept unpriced");
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("usage chunk")),
+        "{error:?}"
+    );
+    bridge.wait_for(&s, 5).await;
+    bridge.stop().await;
+    reconcile(&s, uid).await;
 }

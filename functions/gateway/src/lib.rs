@@ -33,9 +33,10 @@
 //! - `x-billing-user: <user id>` on an admin's (service) key bills that
 //!   user; on a user's key it is 403 `permission_error`.
 //!
-//! - `POST /v1/chat/completions`: OpenAI's Chat Completions for the same
-//!   (Anthropic) models, plain and streamed, translated to and from the
-//!   Messages API ([`openai`]), billed the same way.
+//! - `POST /v1/chat/completions`: OpenAI's Chat Completions, plain and
+//!   streamed, billed the same way: for Anthropic models translated to and
+//!   from the Messages API ([`openai`]); for models of an OpenAI-compatible
+//!   provider passed through to it ([`passthrough`]).
 //!
 //! Errors of our own use Anthropic's shape, `{"type": "error", "error":
 //! {"type", "message"}}` (OpenAI's, `{"error": {"message", "type"}}`, on
@@ -57,6 +58,7 @@ use spin_sdk::http::{
 use spin_sdk::http_component;
 
 mod openai;
+mod passthrough;
 
 /// Which API shape a call speaks: the Messages API as is, or OpenAI's Chat
 /// Completions translated to and from it ([`openai`]).
@@ -415,12 +417,6 @@ async fn messages(
             ),
         ));
     };
-    if model.provider != "anthropic" {
-        return Err((
-            out,
-            Failure::new(400, format!("model: `{}` is served by an OpenAI-compatible provider; this gateway forwards Anthropic models only", model.name)),
-        ));
-    }
     let now = clock::now();
     if refuse!(prices::price_in_force_cached(&db, &cache, &model, now)).is_none() {
         return Err((
@@ -430,6 +426,28 @@ async fn messages(
                 format!("model: `{}` has no price in force now", model.name),
             ),
         ));
+    }
+    match (model.provider.as_str(), dialect) {
+        ("anthropic", _) => {}
+        ("openai-compatible", Dialect::OpenAi) => {
+            let call = Call {
+                id: call_id(),
+                user_id: billed_user,
+                key_id: caller.key_id,
+                model: &model,
+                requested: &requested,
+                streamed,
+                status: 200,
+                t0: clock::monotonic_ms(),
+            };
+            return passthrough::chat_completions(headers, request, out, &db, &cache, call).await;
+        }
+        _ => {
+            return Err((
+                out,
+                Failure::new(400, format!("model: `{}` is served by an OpenAI-compatible provider; call it through /v1/chat/completions", model.name)),
+            ))
+        }
     }
 
     let include_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);

@@ -20,7 +20,12 @@
 //!   `x-sim-fail-key`). `GET /sim/v1/calls?key=K` tells how many calls a key saw.
 //! - `/sim/openai/v1/chat/completions` answers in the OpenAI-compatible
 //!   shape (`usage.prompt_tokens`, `prompt_tokens_details.cached_tokens`,
-//!   `completion_tokens`), for models whose provider is openai-compatible.
+//!   `completion_tokens`), for models whose provider is openai-compatible;
+//!   a system prompt of 1,024 tokens or more is cached as OpenAI caches a
+//!   long prefix (read, as `cached_tokens`, once seen);
+//!   with `"stream": true` as OpenAI streams (`chat.completion.chunk`s, the
+//!   usage chunk only with `stream_options.include_usage`, then `[DONE]`;
+//!   `x-sim-fail: cut-stream` ends it after the first content).
 
 use billing_core::tokenizer::count_text;
 use billing_fn_common::cache::Cache;
@@ -520,19 +525,97 @@ fn stream(
 /// are the ones a cache_control prefix would read.
 fn chat_completions(req: &Request, request_id: &str) -> Response {
     let cache = Cache::open();
-    let prompt = match parse_request(req, false, request_id) {
-        Ok((_, p)) => p,
-        Err(r) => return r,
+    let bad = |m: &str| {
+        Response::builder()
+            .status(400)
+            .header("content-type", "application/json")
+            .header("x-request-id", request_id)
+            .body(json!({"error": {"message": m, "type": "invalid_request_error", "param": null, "code": null}}).to_string())
+            .build()
+    };
+    let body: Value = match serde_json::from_slice(req.body()) {
+        Ok(v) => v,
+        Err(e) => return bad(&format!("request body is not valid JSON: {e}")),
+    };
+    // OpenAI's request as the Messages API sees it: system and developer
+    // messages are the system prompt; max_tokens is optional.
+    let mut as_messages = json!({"model": body["model"], "max_tokens": body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()).unwrap_or(4096)});
+    let (system, turns): (Vec<&Value>, Vec<&Value>) = body["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .partition(|m| m["role"] == "system" || m["role"] == "developer")
+        })
+        .unwrap_or_default();
+    if !system.is_empty() {
+        let text = system
+            .iter()
+            .filter_map(|m| m["content"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        // OpenAI caches a prompt prefix of 1,024 tokens or more by itself; here
+        // the system prompt is that prefix: read from the cache once seen.
+        let cached = count_text(body["model"].as_str().unwrap_or(""), &text).tokens >= 1024;
+        as_messages["system"] = if cached {
+            json!([{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}])
+        } else {
+            json!(text)
+        };
+    }
+    as_messages["messages"] = json!(turns);
+    let prompt = match Prompt::parse(&as_messages, false) {
+        Ok(p) => p,
+        Err(m) => return bad(&m),
     };
     let (input, w5, w1, read) = prompt.usage(&cache);
     let (text, output_tokens, stop) = answer(&prompt);
+    let id = format!("chatcmpl-sim-{}", &request_id[8..]);
+    let finish = if stop == "end_turn" { "stop" } else { "length" };
+    let usage = json!({"prompt_tokens": input + w5 + w1 + read, "completion_tokens": output_tokens, "total_tokens": input + w5 + w1 + read + output_tokens,
+                       "prompt_tokens_details": {"cached_tokens": read}});
+    if body["stream"].as_bool() == Some(true) {
+        // As OpenAI streams: a role chunk, content chunks, the finish chunk,
+        // the usage chunk (empty choices) only with stream_options.include_usage, then [DONE].
+        let cut = setting(req, "fail").as_deref() == Some("cut-stream");
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": 1_760_000_000, "model": prompt.model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        let words: Vec<&str> = text.split_inclusive(' ').collect();
+        for c in words.chunks(4) {
+            events.push(chunk(json!({"content": c.concat()}), Value::Null));
+        }
+        if cut {
+            events.truncate(2);
+        } else {
+            events.push(chunk(json!({}), json!(finish)));
+            if body["stream_options"]["include_usage"].as_bool() == Some(true) {
+                events.push(json!({"id": id, "object": "chat.completion.chunk", "created": 1_760_000_000, "model": prompt.model,
+                                   "choices": [], "usage": usage}));
+            }
+        }
+        let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        if !cut {
+            out.push_str("data: [DONE]\n\n");
+        }
+        return Response::builder()
+            .status(200)
+            .header("content-type", "text/event-stream")
+            .header("x-request-id", request_id)
+            .body(out)
+            .build();
+    }
     let reply = json!({
-        "id": format!("chatcmpl-sim-{}", &request_id[8..]),
+        "id": id,
         "object": "chat.completion",
+        "created": 1_760_000_000,
         "model": prompt.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": if stop == "end_turn" { "stop" } else { "length" }}],
-        "usage": {"prompt_tokens": input + w5 + w1 + read, "completion_tokens": output_tokens, "total_tokens": input + w5 + w1 + read + output_tokens,
-                  "prompt_tokens_details": {"cached_tokens": read}},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage,
     });
     Response::builder()
         .status(200)
