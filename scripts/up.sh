@@ -106,6 +106,9 @@ if [ "$DATA" != "$PWD/data" ]; then
 fi
 
 say "starting billing-host on http://127.0.0.1:$PORT"
+# Model calls may take minutes and carry large prompts: the components that
+# make or serve them get 15 minutes and 32 MiB (docker-compose.yml says the same).
+export BILLING_HOST_COMPONENT_LIMITS="${BILLING_HOST_COMPONENT_LIMITS:-gateway:timeout_ms=900000,max_body_bytes=33554432;messages:timeout_ms=900000;llm-sim:timeout_ms=900000,max_body_bytes=33554432}"
 target/debug/billing-host up --runtime-config-file "$RUNTIME_CONFIG" --listen "127.0.0.1:$PORT" 2>"$DATA/host.log" &
 pids+=($!)
 for _ in $(seq 300); do

@@ -43,6 +43,14 @@ enum Cmd {
         /// Largest request body, in bytes.
         #[arg(long, env = "BILLING_HOST_MAX_BODY_BYTES", default_value_t = 2 << 20)]
         max_body_bytes: usize,
+        /// One component's own limits, `ID:timeout_ms=N,max_body_bytes=N`
+        /// (repeatable; `;`-separated in the environment variable).
+        #[arg(
+            long = "component-limits",
+            env = "BILLING_HOST_COMPONENT_LIMITS",
+            value_delimiter = ';'
+        )]
+        component_limits: Vec<String>,
     },
     /// Run each component's build command, like `spin build`.
     Build {
@@ -86,11 +94,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             memory_mib,
             timeout_ms,
             max_body_bytes,
+            component_limits,
         } => {
             let limits = Limits {
                 memory_bytes: memory_mib << 20,
                 timeout: Duration::from_millis(timeout_ms),
                 max_body_bytes,
+                components: billing_host::runtime::parse_component_limits(&component_limits)
+                    .map_err(|e| anyhow::anyhow!("--component-limits: {e}"))?,
                 ..Limits::default()
             };
             let rt = tokio::runtime::Runtime::new()?;

@@ -27,12 +27,91 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 pub struct Limits {
     /// Most linear memory one instance may grow to.
     pub memory_bytes: usize,
-    /// Wall-clock time a request may take, guest CPU and awaited I/O alike.
+    /// Wall-clock time a request may take, guest CPU and awaited I/O alike
+    /// (a streamed answer included: the instance is stopped at the limit).
     pub timeout: Duration,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: usize,
     pub redis_connect_timeout: Duration,
     pub redis_response_timeout: Duration,
+    /// Per component id, what differs from the limits above (a gateway
+    /// passing on a ten-minute generation needs more time and a larger
+    /// body than a dashboard query). Spin itself puts no time limit on a
+    /// request; these limits are this host's guard against a runaway
+    /// instance.
+    pub components: HashMap<String, ComponentLimits>,
+}
+
+/// One component's own limits; `None` keeps the app-wide one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ComponentLimits {
+    pub timeout: Option<Duration>,
+    pub max_body_bytes: Option<usize>,
+}
+
+impl Limits {
+    /// The time limit of a request to `component`.
+    pub fn timeout_for(&self, component: &str) -> Duration {
+        self.components
+            .get(component)
+            .and_then(|c| c.timeout)
+            .unwrap_or(self.timeout)
+    }
+
+    /// The body limit of a request to `component`, in bytes.
+    pub fn max_body_for(&self, component: &str) -> usize {
+        self.components
+            .get(component)
+            .and_then(|c| c.max_body_bytes)
+            .unwrap_or(self.max_body_bytes)
+    }
+}
+
+impl std::str::FromStr for ComponentLimits {
+    type Err = String;
+
+    /// `timeout_ms=N,max_body_bytes=N` (either or both).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut limits = ComponentLimits::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not key=value"))?;
+            let n: u64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("{key}: `{value}` is not a whole number"))?;
+            if n == 0 {
+                return Err(format!("{key} must be above 0"));
+            }
+            match key.trim() {
+                "timeout_ms" => limits.timeout = Some(Duration::from_millis(n)),
+                "max_body_bytes" => limits.max_body_bytes = Some(n as usize),
+                other => {
+                    return Err(format!(
+                        "unknown limit `{other}` (timeout_ms, max_body_bytes)"
+                    ))
+                }
+            }
+        }
+        Ok(limits)
+    }
+}
+
+/// Parses `ID:timeout_ms=N,max_body_bytes=N` entries (as given to
+/// `--component-limits`, or `;`-separated in `BILLING_HOST_COMPONENT_LIMITS`).
+pub fn parse_component_limits(
+    entries: &[String],
+) -> Result<HashMap<String, ComponentLimits>, String> {
+    let mut out = HashMap::new();
+    for e in entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let (id, spec) = e
+            .split_once(':')
+            .ok_or_else(|| format!("`{e}`: expected COMPONENT:timeout_ms=N,max_body_bytes=N"))?;
+        let limits = spec.parse().map_err(|m| format!("{id}: {m}"))?;
+        out.insert(id.trim().to_owned(), limits);
+    }
+    Ok(out)
 }
 
 impl Default for Limits {
@@ -43,6 +122,7 @@ impl Default for Limits {
             max_body_bytes: 2 << 20,
             redis_connect_timeout: Duration::from_secs(1),
             redis_response_timeout: Duration::from_secs(2),
+            components: HashMap::new(),
         }
     }
 }
@@ -245,6 +325,15 @@ impl App {
                 }
             }
         }
+        let mut unknown: Vec<&String> = limits
+            .components
+            .keys()
+            .filter(|id| !m.component.contains_key(id.as_str()))
+            .collect();
+        unknown.sort();
+        if !unknown.is_empty() {
+            bail!("limits are set for components the manifest does not declare: {unknown:?}");
+        }
         if !undefined.is_empty() {
             bail!(
                 "One or more components use SQLite databases which are not defined.\nCheck the spelling, or pass a runtime configuration file that defines these stores.\nDetails:\n{}",
@@ -394,9 +483,48 @@ impl App {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (self.limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let timeout = self.limits.timeout_for(&component.id);
+        let ticks = (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_limits_parse_and_apply() {
+        let parsed = parse_component_limits(&[
+            "gateway:timeout_ms=900000,max_body_bytes=33554432".into(),
+            " messages : timeout_ms=60000 ".into(),
+            String::new(),
+        ])
+        .unwrap();
+        let limits = Limits {
+            components: parsed,
+            ..Limits::default()
+        };
+        assert_eq!(limits.timeout_for("gateway"), Duration::from_secs(900));
+        assert_eq!(limits.max_body_for("gateway"), 32 << 20);
+        assert_eq!(limits.timeout_for("messages"), Duration::from_secs(60));
+        assert_eq!(
+            limits.max_body_for("messages"),
+            2 << 20,
+            "the app-wide body limit"
+        );
+        assert_eq!(limits.timeout_for("metrics"), Duration::from_secs(30));
+        for (bad, why) in [
+            ("gateway", "expected COMPONENT:"),
+            ("gateway:timeout=5", "unknown limit `timeout`"),
+            ("gateway:timeout_ms=soon", "not a whole number"),
+            ("gateway:timeout_ms=0", "above 0"),
+            ("gateway:timeout_ms", "not key=value"),
+        ] {
+            let e = parse_component_limits(&[bad.into()]).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -158,12 +158,15 @@ async fn dispatch(
         Ok(r) => r,
         Err(Failure::TooLarge) => text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body exceeds {} bytes", app.limits.max_body_bytes),
+            &format!(
+                "request body exceeds {} bytes",
+                app.limits.max_body_for(&component)
+            ),
         ),
         Err(Failure::Timeout) => {
             tracing::warn!(
                 component,
-                timeout_ms = app.limits.timeout.as_millis() as u64,
+                timeout_ms = app.limits.timeout_for(&component).as_millis() as u64,
                 "Request exceeded its time limit."
             );
             text(
@@ -239,7 +242,7 @@ async fn run(
     route: &RouteMatch,
     client: SocketAddr,
 ) -> Result<Response<Body>, Failure> {
-    let limit = app.limits.max_body_bytes;
+    let limit = app.limits.max_body_for(&info.id);
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -249,7 +252,7 @@ async fn run(
         return Err(Failure::TooLarge);
     }
     let (mut parts, body) = req.into_parts();
-    let deadline = Instant::now() + app.limits.timeout;
+    let deadline = Instant::now() + app.limits.timeout_for(&info.id);
     let body =
         match tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
             Err(_) => return Err(Failure::Timeout),
@@ -290,7 +293,7 @@ async fn run(
         .new_response_outparam(tx)
         .map_err(|e| Failure::Guest(e.into()))?;
     let pre = info.pre.clone();
-    let timeout = app.limits.timeout;
+    let timeout = app.limits.timeout_for(&info.id);
     let task = tokio::spawn(async move {
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;

@@ -60,6 +60,11 @@ impl Stack {
     /// horizon is 100 years here, so tests may use fixed historical dates;
     /// the horizon itself is tested with `COLLECTOR_HORIZON_DAYS` set.
     pub async fn start_with(vars: &[(&str, &str)]) -> Self {
+        Self::start_with_limits(vars, Limits::default()).await
+    }
+
+    /// [`Stack::start_with`] under the given host limits.
+    pub async fn start_with_limits(vars: &[(&str, &str)], limits: Limits) -> Self {
         build_components();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("billing.db");
@@ -77,8 +82,7 @@ impl Stack {
             "[sqlite_database.default]\ntype = \"spin\"\npath = \"billing.db\"\n[[config_provider]]\ntype = \"env\"\ndotenv_path = \".env\"\n",
         )
         .unwrap();
-        let app = App::load(&repo_root().join("spin.toml"), Some(&rc), Limits::default())
-            .expect("app loads");
+        let app = App::load(&repo_root().join("spin.toml"), Some(&rc), limits).expect("app loads");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

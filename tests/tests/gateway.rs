@@ -481,3 +481,123 @@ async fn openai_compatible_models_pass_through() {
     bridge.stop().await;
     reconcile(&s, uid).await;
 }
+
+// The host's limits per component: with an app-wide limit of 1 s, the gateway (and llm-sim behind it) run under their
+// own 20 s, so a streamed call of several seconds and a slow plain call finish and are billed, while the chat turn,
+// under the app-wide limit, is stopped at 1 s. The gateway's own body limit admits a body the app-wide 2 MiB refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_calls_run_under_the_gateways_own_limits() {
+    use billing_host::runtime::ComponentLimits;
+    use std::time::{Duration, Instant};
+    let own = ComponentLimits {
+        timeout: Some(Duration::from_secs(20)),
+        max_body_bytes: Some(32 << 20),
+    };
+    let limits = billing_host::Limits {
+        timeout: Duration::from_secs(1),
+        components: [
+            ("gateway".to_owned(), own.clone()),
+            ("llm-sim".to_owned(), own),
+        ]
+        .into(),
+        ..billing_host::Limits::default()
+    };
+    let s = Stack::start_with_limits(&[], limits).await;
+    let (uid, key) = s.user("Patient team", "patient@example.com").await;
+    let client = reqwest::Client::new();
+    let call = |extra: (&'static str, &'static str), stream: bool| {
+        client
+            .post(s.url("/v1/messages"))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .header(extra.0, extra.1)
+            .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 256, "stream": stream,
+                          "messages": [{"role": "user", "content": "Write a long answer about billing streams."}]}))
+            .send()
+    };
+
+    let t0 = Instant::now();
+    let r = call(("x-sim-stream-delay-ms", "250"), true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took > Duration::from_millis(1500),
+        "the stream took {took:?}"
+    );
+    assert!(
+        body.contains("event: message_stop") && body.contains(": x-billing-cost-nanos="),
+        "{body}"
+    );
+
+    let t0 = Instant::now();
+    let r = call(("x-sim-latency-ms", "1500"), false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(t0.elapsed() > Duration::from_millis(1500));
+    assert!(r.headers().contains_key("x-billing-cost-nanos"));
+
+    let billed: Vec<(i64, i64)> = s
+        .db()
+        .prepare(
+            "SELECT partial, cost_nanos FROM gateway_calls WHERE user_id = ?1 ORDER BY occurred_at",
+        )
+        .unwrap()
+        .query_map([uid], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(billed.len(), 2, "{billed:?}");
+    assert!(
+        billed
+            .iter()
+            .all(|(partial, cost)| *partial == 0 && *cost > 0),
+        "{billed:?}"
+    );
+
+    // The chat turn runs under the app-wide second: stopped, 504.
+    let tid = s
+        .call(
+            "POST",
+            "/api/threads",
+            Some(&key),
+            Some(json!({"title": "Slow"})),
+        )
+        .await
+        .body["thread_id"]
+        .as_i64()
+        .unwrap();
+    let r = s
+        .call_with(
+            "POST",
+            &format!("/api/threads/{tid}/messages"),
+            &key,
+            &[("x-sim-latency-ms", "1500")],
+            json!({"content": "Slowly, please."}),
+        )
+        .await;
+    assert_eq!(r.status, 504, "{:?}", r.body);
+
+    // 3 MiB: within the gateway's own body limit (refused by the gateway itself, as not JSON)...
+    let big = vec![b'x'; 3 << 20];
+    let r = client
+        .post(s.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not JSON"));
+    // ...elsewhere refused by the host from the declared length, before the body is read.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "POST /api/tokens/count HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = conn.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
