@@ -378,6 +378,38 @@ fn price_event(
     }
 }
 
+/// What an inference call of `usage` on `model` at `at` costs when billed
+/// as [`process`] bills an `llm-billing.inference` event (the token quote
+/// and its fees, plus the request's resource price; compute time 0 ms),
+/// in nano-USD; `Err(reason)` when it can never be priced.
+pub fn inference_cost(
+    tx: &Transaction<'_>,
+    user_id: i64,
+    model: &str,
+    at: Timestamp,
+    usage: &Usage,
+) -> Result<std::result::Result<billing_core::Nanos, String>> {
+    let mut lookups = Lookups::default();
+    let priced = match price_event(tx, &mut lookups, user_id, model, at, usage)? {
+        Ok(p) => p,
+        Err(Outcome::Poison { reason, .. }) => return Ok(Err(reason)),
+        Err(_) => return Ok(Err("cannot be priced".into())),
+    };
+    let at_text = at.to_rfc3339();
+    let mut versions = Vec::new();
+    for (resource, quantity) in inference_resources(0) {
+        let version = if quantity == 0 {
+            None
+        } else {
+            resource_price_at(tx, resource, &at_text)?
+        };
+        versions.push((version, quantity));
+    }
+    Ok(inference_call_cost(&priced.quote, &versions)
+        .map(|(_, cost)| cost)
+        .map_err(|e| e.to_string()))
+}
+
 /// Whether the thread and the message exist here (one statement for both).
 fn thread_and_message(
     tx: &Transaction<'_>,

@@ -84,6 +84,11 @@ pub struct RelayConfig {
     /// lease in SQLite renewed every round. Another takes over when the
     /// lease is this old, in ms. Example: 15000.
     pub lease_ms: u64,
+    /// A gateway call still open this long after its last write (its
+    /// gateway instance ended before the stream did: killed, or stopped
+    /// at its time limit) is billed by the bridge with the usage it
+    /// recorded, in s; keep it above the gateway's time limit. Example: 1800.
+    pub open_gateway_calls_after_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +156,7 @@ impl Default for RelayConfig {
             poll_interval_ms: 500,
             delivery_timeout_ms: 10_000,
             lease_ms: 15_000,
+            open_gateway_calls_after_s: 1800,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod consumer;
 pub mod kafka;
 pub mod live;
 pub mod metrics;
+pub mod open_calls;
 pub mod relay;
 pub mod service;
 pub mod topics;

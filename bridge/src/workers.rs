@@ -2,6 +2,7 @@
 //! components' Redis nudges, polling meanwhile) and one consumer of the
 //! event topics. `billing-bridge run` starts them beside its HTTP side; the
 //! end-to-end tests and the benchmark start them in their own process.
+//! Beside them, a small task bills gateway calls left open ([`crate::open_calls`]).
 
 use crate::aggregates::Aggregates;
 use crate::config::RelayConfig;
@@ -31,6 +32,11 @@ impl Workers {
         mark_ttl_s: u64,
         stop: watch::Receiver<bool>,
     ) -> Result<Self> {
+        tokio::spawn(bill_open_calls(
+            database.to_owned(),
+            relay_cfg.open_gateway_calls_after_s,
+            stop.clone(),
+        ));
         let relay = relay::Relay::with(database, brokers, relay_cfg)?;
         let (nudge_tx, nudge_rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(relay::listen_for_nudges(redis_url.to_owned(), nudge_tx));
@@ -85,5 +91,38 @@ impl Workers {
             handle.await??;
         }
         Ok(())
+    }
+}
+
+/// Every `after_s` (at most 30 s), bills the gateway calls open longer than
+/// `after_s`; a failed round is logged and tried again next time.
+async fn bill_open_calls(
+    database: std::path::PathBuf,
+    after_s: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = std::time::Duration::from_secs(after_s.clamp(1, 30));
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let database = database.clone();
+        let round = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let mut conn = billing_migrations::open(&database)?;
+            let before =
+                billing_core::Timestamp::from_millis(crate::now_ms() - after_s as i64 * 1000)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::open_calls::bill_stale(&mut conn, before, 100)
+        })
+        .await;
+        match round {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                error = format!("{e:#}"),
+                "Billing open gateway calls failed; trying again later."
+            ),
+            Err(e) => tracing::error!(error = %e, "Billing open gateway calls panicked."),
+        }
     }
 }

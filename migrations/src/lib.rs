@@ -132,6 +132,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0012_gateway_calls.sql",
         include_str!("../0012_gateway_calls.sql"),
     ),
+    (
+        "0013_open_gateway_calls.sql",
+        include_str!("../0013_open_gateway_calls.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

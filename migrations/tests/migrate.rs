@@ -36,7 +36,8 @@ fn second_run_is_a_no_op() {
             "0009_customer_scoped_identity.sql",
             "0010_idempotency_claims.sql",
             "0011_retired_aliases.sql",
-            "0012_gateway_calls.sql"
+            "0012_gateway_calls.sql",
+            "0013_open_gateway_calls.sql"
         ]
     );
     let mode: String = conn

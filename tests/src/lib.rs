@@ -281,6 +281,11 @@ pub struct Bridge {
 
 impl Bridge {
     pub async fn start(stack: &Stack) -> Self {
+        Self::start_billing_open_calls_after(stack, 1800).await
+    }
+
+    /// [`Bridge::start`], billing gateway calls left open for `open_after_s`.
+    pub async fn start_billing_open_calls_after(stack: &Stack, open_after_s: u64) -> Self {
         use billing_bridge::config::{RelayConfig, TopicsConfig};
         let kafka = billing_testkit::Kafka::start(stack.dir.path());
         let db = stack.dir.path().join("billing.db");
@@ -302,6 +307,7 @@ impl Bridge {
             batch_size: 100,
             poll_interval_ms: 200,
             delivery_timeout_ms: 5000,
+            open_gateway_calls_after_s: open_after_s,
             ..RelayConfig::default()
         };
         let settings = billing_bridge::consumer::Settings {

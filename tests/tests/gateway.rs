@@ -601,3 +601,70 @@ async fn long_calls_run_under_the_gateways_own_limits() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+// A stream whose gateway instance ends before the stream does (stopped here by its 1.5 s time limit, as a killed
+// process would be) was recorded open at message_start: the bridge bills it with what the provider had reported
+// (input and one output token), once, and the invoice holds it. Without the open record it would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlived_by_its_gateway_is_billed_by_the_bridge() {
+    use billing_host::runtime::ComponentLimits;
+    use std::time::Duration;
+    let limits = billing_host::Limits {
+        components: [(
+            "gateway".to_owned(),
+            ComponentLimits {
+                timeout: Some(Duration::from_millis(1500)),
+                max_body_bytes: None,
+            },
+        )]
+        .into(),
+        ..billing_host::Limits::default()
+    };
+    let s = Stack::start_with_limits(&[], limits).await;
+    let bridge = Bridge::start_billing_open_calls_after(&s, 1).await;
+    let (uid, key) = s.user("Abandoned", "abandoned@example.com").await;
+    let r = reqwest::Client::new()
+        .post(s.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-sim-stream-delay-ms", "400")
+        .json(&json!({"model": "claude-haiku-4-5", "max_tokens": 256, "stream": true,
+                      "messages": [{"role": "user", "content": "A long answer, please, about open streams."}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let call_id = r.headers()["x-billing-call-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = r.text().await.unwrap_or_default();
+    assert!(
+        body.contains("message_start") && !body.contains("message_stop"),
+        "{body}"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let row: (i64, i64, i64, i64, Option<String>) = s
+            .db()
+            .query_row(
+                "SELECT input_tokens, output_tokens, cost_nanos, partial, open_usage FROM gateway_calls WHERE call_id = ?1",
+                [&call_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        if row.4.is_none() || std::time::Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (input, output, cost, partial, open) = row;
+    assert_eq!((output, partial, open), (1, 1, None), "billed, as partial");
+    // Haiku 4.5: $1 / $5 per million tokens, plus $100 per million requests.
+    assert_eq!(cost, input * 1_000 + 5_000 + 100_000);
+    bridge.wait_for(&s, 1).await;
+    bridge.stop().await;
+    let inv = s.invoice_until_now(uid).await;
+    assert_eq!(inv.body["total_nanos"].as_i64(), Some(cost));
+}

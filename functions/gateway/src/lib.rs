@@ -513,11 +513,12 @@ async fn messages(
             }
             let usage = Usage::from_response_json(&v)
                 .map_err(|e| Failure::new(502, format!("the provider's usage: {e}")));
-            match usage
-                .and_then(|u| call.bill_with_retries(&db, &cache, &u, v["id"].as_str(), false))
-            {
-                Ok(cost) => headers.push(("x-billing-cost-nanos".into(), cost.0.to_string())),
-                Err(e) => call.unbilled(&db, &e.message),
+            match &usage {
+                Ok(u) => match call.bill_with_retries(&db, &cache, u, v["id"].as_str(), false) {
+                    Ok(cost) => headers.push(("x-billing-cost-nanos".into(), cost.0.to_string())),
+                    Err(e) => call.unbilled(&db, &e.message, Some(u)),
+                },
+                Err(e) => call.unbilled(&db, &e.message, None),
             }
         } else {
             call.status = status;
@@ -568,6 +569,7 @@ async fn messages(
         include_usage,
     };
     let mut broken = false;
+    let mut opened = false;
     loop {
         let (events, raw) = match chunks.next().await {
             Some(Ok(chunk)) => (reader.feed(&chunk), chunk),
@@ -585,6 +587,13 @@ async fn messages(
         if client_open && !out_bytes.is_empty() && sink.send(out_bytes).await.is_err() {
             // The client went away; the provider goes on and charges: keep reading to bill it.
             client_open = false;
+        }
+        if reader.started && !opened && !end {
+            // After the client has the first bytes: recorded open, billed even if this instance ends early.
+            opened = true;
+            if let Ok(u) = reader.usage.clone().finish() {
+                call.open(&db, &u);
+            }
         }
         if end {
             break;
@@ -637,9 +646,13 @@ async fn messages(
             .clone()
             .finish()
             .map_err(|e| Failure::new(502, format!("the provider's usage: {e}")));
-        match usage.and_then(|u| {
-            call.bill_with_retries(&db, &cache, &u, reader.message_id.as_deref(), partial)
-        }) {
+        let billed = match &usage {
+            Ok(u) => call
+                .bill_with_retries(&db, &cache, u, reader.message_id.as_deref(), partial)
+                .map_err(|e| (e, Some(u))),
+            Err(e) => Err((Failure::new(e.status, e.message.clone()), None)),
+        };
+        match billed {
             Ok(cost) => {
                 if client_open {
                     let _ = sink
@@ -653,7 +666,7 @@ async fn messages(
                         .await;
                 }
             }
-            Err(e) => call.unbilled(&db, &e.message),
+            Err((e, u)) => call.unbilled(&db, &e.message, u),
         }
     } else {
         call.status = 502;
@@ -721,15 +734,46 @@ impl Call<'_> {
     }
 
     /// A call the provider answered but that could not be billed: kept with
-    /// why (`billing_error`), for an admin to reconcile, and loud in the logs.
-    fn unbilled(&self, db: &Db, why: &str) {
+    /// why (`billing_error`), for an admin to reconcile, and loud in the
+    /// logs. With its usage known, it is kept open (`open_usage`): the
+    /// bridge bills it later (migration 0013).
+    fn unbilled(&self, db: &Db, why: &str, usage: Option<&Usage>) {
         eprintln!("gateway call {}: answered but not billed: {why}", self.id);
+        let open = usage.and_then(|u| serde_json::to_string(u).ok());
         let _ = db.exec(
-            "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at, key_id, billing_error)
-             VALUES (?1, ?2, ?3, ?4, 200, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, latency_ms, occurred_at, key_id, billing_error, open_usage)
+             VALUES (?1, ?2, ?3, ?4, 200, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (call_id) DO UPDATE SET billing_error = excluded.billing_error, open_usage = coalesce(excluded.open_usage, open_usage)
+             WHERE gateway_calls.open_usage IS NOT NULL",
             &[text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested), int(self.streamed as i64),
-              int(self.latency_ms()), text(clock::now().to_rfc3339()), self.key(), text(why)],
+              int(self.latency_ms()), text(clock::now().to_rfc3339()), self.key(), text(why), opt_text(open)],
         );
+    }
+
+    /// A stream the provider accepted (its `message_start` came): the call
+    /// recorded open with the usage reported so far, so that it is billed
+    /// even if this instance ends before the stream does (migration 0013).
+    fn open(&self, db: &Db, usage: &Usage) {
+        let classes = usage.by_class();
+        let recorded = serde_json::to_string(usage).map_err(|e| e.to_string()).and_then(|open| {
+            db.exec(
+                "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, http_status, streamed, partial, latency_ms,
+                     input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, occurred_at, key_id, open_usage)
+                 VALUES (?1, ?2, ?3, ?4, 200, 1, 1, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                &[
+                    text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested), int(self.latency_ms()),
+                    int(classes[0].1 as i64), int(classes[1].1 as i64), int(classes[2].1 as i64), int(classes[3].1 as i64), int(classes[4].1 as i64),
+                    int(usage.server_tool_use.web_search_requests as i64), text(clock::now().to_rfc3339()), self.key(), text(open),
+                ],
+            )
+            .map_err(|e| e.detail())
+        });
+        if let Err(e) = recorded {
+            eprintln!(
+                "gateway call {}: could not record the open stream: {e}",
+                self.id
+            );
+        }
     }
 
     /// Prices the answer's usage at the answer's time and writes the call's
@@ -786,11 +830,20 @@ impl Call<'_> {
         );
         let classes = usage.by_class();
         let web_searches = usage.server_tool_use.web_search_requests;
-        db.transaction(|db| {
-            db.exec(
+        let billed = db.transaction(|db| {
+            // A row still open (this stream's, or this call's failed write) is
+            // completed; one the bridge already billed is left as it is.
+            let written = db.scalar_i64(
                 "INSERT INTO gateway_calls (call_id, user_id, model_id, requested_model, provider_message_id, http_status, streamed, partial, latency_ms,
                      input_tokens, output_tokens, cache_write_5m_tokens, cache_write_1h_tokens, cache_read_tokens, web_search_requests, cost_nanos, occurred_at, key_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 200, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 200, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 ON CONFLICT (call_id) DO UPDATE SET provider_message_id = excluded.provider_message_id, partial = excluded.partial,
+                     latency_ms = excluded.latency_ms, input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+                     cache_write_5m_tokens = excluded.cache_write_5m_tokens, cache_write_1h_tokens = excluded.cache_write_1h_tokens,
+                     cache_read_tokens = excluded.cache_read_tokens, web_search_requests = excluded.web_search_requests,
+                     cost_nanos = excluded.cost_nanos, occurred_at = excluded.occurred_at, billing_error = NULL, open_usage = NULL
+                 WHERE gateway_calls.open_usage IS NOT NULL
+                 RETURNING 1",
                 &[
                     text(self.id.clone()), int(self.user_id), int(self.model.model_id), text(self.requested),
                     opt_text(provider_message_id.map(str::to_owned)), int(self.streamed as i64), int(partial as i64), int(latency_ms),
@@ -798,12 +851,17 @@ impl Call<'_> {
                     int(web_searches as i64), int(cost.0), text(now.to_rfc3339()), self.key(),
                 ],
             )?;
+            if written.is_none() {
+                // Billed by the bridge meanwhile: what it billed stands.
+                return Ok(Nanos(db.scalar_i64("SELECT cost_nanos FROM gateway_calls WHERE call_id = ?1", &[text(self.id.clone())])?.unwrap_or(0)));
+            }
             db.exec(
                 "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
                 &[text(InferenceEvent::TOPIC), text(event.key()), text(EVENT_SOURCE), text(self.id.clone()), text(event.to_json())],
-            )
+            )?;
+            Ok(cost)
         })?;
         cache.publish("billing:outbox", b"gateway");
-        Ok(cost)
+        Ok(billed)
     }
 }

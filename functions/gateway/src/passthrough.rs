@@ -14,7 +14,7 @@
 //! with `billing_error` for reconciliation, and the client's stream ends
 //! in an error chunk (the SDKs raise it).
 
-use crate::{fields, whole, Call, Failure, Refused, Whole};
+use crate::{fields, whole, Call, Refused, Whole};
 use billing_core::sse::SseReader;
 use billing_core::Usage;
 use billing_fn_common::cache::Cache;
@@ -81,12 +81,12 @@ pub(crate) async fn chat_completions(
         let bytes = response.into_body().await.unwrap_or_default();
         if status == 200 {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let billed = Usage::from_response_json(&v)
-                .map_err(|e| Failure::new(502, format!("the provider's usage: {e}")))
-                .and_then(|u| call.bill_with_retries(db, cache, &u, v["id"].as_str(), false));
-            match billed {
-                Ok(cost) => passed.push(("x-billing-cost-nanos".into(), cost.0.to_string())),
-                Err(e) => call.unbilled(db, &e.message),
+            match Usage::from_response_json(&v) {
+                Ok(u) => match call.bill_with_retries(db, cache, &u, v["id"].as_str(), false) {
+                    Ok(cost) => passed.push(("x-billing-cost-nanos".into(), cost.0.to_string())),
+                    Err(e) => call.unbilled(db, &e.message, Some(&u)),
+                },
+                Err(e) => call.unbilled(db, &format!("the provider's usage: {e}"), None),
             }
         } else {
             call.status = status;
@@ -180,12 +180,13 @@ pub(crate) async fn chat_completions(
                         let _ = sink.send(comment.into_bytes()).await;
                     }
                 }
-                Err(e) => call.unbilled(db, &e.message),
+                Err(e) => call.unbilled(db, &e.message, Some(&u)),
             }
         }
         None => call.unbilled(
             db,
             "the stream ended before its usage chunk, so it cannot be priced; the provider may charge for it",
+            None,
         ),
     }
     let _ = sink.close().await;
