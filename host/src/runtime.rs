@@ -156,6 +156,9 @@ pub struct App {
     redis_down: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Idle SQLite connections per database label (see `spin_apis::SqlitePool`).
     pub(crate) sqlite_pool: Arc<crate::spin_apis::SqlitePool>,
+    /// One multiplexed Redis connection per address, shared by the guests
+    /// (see `spin_apis::RedisConnection`): no TCP connect per request.
+    redis_shared: std::sync::Mutex<HashMap<String, redis::aio::MultiplexedConnection>>,
 }
 
 /// The store data of one request.
@@ -427,7 +430,27 @@ impl App {
             self_addr: OnceLock::new(),
             redis_down: Default::default(),
             sqlite_pool: Default::default(),
+            redis_shared: Default::default(),
         }))
+    }
+
+    /// The shared connection to a Redis address, if there is one.
+    pub(crate) fn redis_shared(&self, address: &str) -> Option<redis::aio::MultiplexedConnection> {
+        let shared = self.redis_shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.get(address).cloned()
+    }
+
+    /// Shares a new connection to `address` (a connection made meanwhile by
+    /// another request is replaced; both work).
+    pub(crate) fn share_redis(&self, address: &str, conn: redis::aio::MultiplexedConnection) {
+        let mut shared = self.redis_shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.insert(address.to_owned(), conn);
+    }
+
+    /// Stops sharing the connection to `address` (it failed).
+    pub(crate) fn unshare_redis(&self, address: &str) {
+        let mut shared = self.redis_shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.remove(address);
     }
 
     /// Logs a change in a Redis address's reachability, once per change.

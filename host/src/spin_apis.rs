@@ -35,8 +35,43 @@ pub struct SqliteConnection {
     conn: Option<Arc<Mutex<Pooled>>>,
 }
 
+/// A guest's Redis connection: the app's shared connection to the address
+/// (one multiplexed TCP connection, reused by every instance), or its own
+/// once it ran a command that changes a connection's state
+/// ([`redis_command_changes_state`]: MULTI, SELECT, SUBSCRIBE, ...), so no
+/// guest can change another's.
 pub struct RedisConnection {
+    address: String,
     conn: redis::aio::MultiplexedConnection,
+    shared: bool,
+}
+
+/// Redis commands whose effect outlives the command on its connection.
+fn redis_command_changes_state(command: &str) -> bool {
+    const STATEFUL: &[&str] = &[
+        "SELECT",
+        "MULTI",
+        "EXEC",
+        "DISCARD",
+        "WATCH",
+        "UNWATCH",
+        "CLIENT",
+        "SUBSCRIBE",
+        "SSUBSCRIBE",
+        "PSUBSCRIBE",
+        "UNSUBSCRIBE",
+        "SUNSUBSCRIBE",
+        "PUNSUBSCRIBE",
+        "MONITOR",
+        "RESET",
+        "AUTH",
+        "HELLO",
+        "QUIT",
+        "READONLY",
+        "READWRITE",
+        "ASKING",
+    ];
+    STATEFUL.iter().any(|c| c.eq_ignore_ascii_case(command))
 }
 
 /// A rusqlite connection and whether it may serve another request.
@@ -533,6 +568,58 @@ impl InstanceState {
             .map(|c| c.conn.clone())
             .map_err(|e| r2::Error::Other(e.to_string()))
     }
+
+    /// Runs one command on the guest's connection. A connection that failed
+    /// (dropped, timed out, refused) is no longer shared: the next `open`
+    /// connects afresh, as a guest's own connection would.
+    async fn redis_run<T: redis::FromRedisValue>(
+        &mut self,
+        r: &Resource<RedisConnection>,
+        cmd: redis::Cmd,
+    ) -> Result<T, r2::Error> {
+        let mut c = self.redis(r)?;
+        match cmd.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                {
+                    if let Ok(rc) = self.table.get(r) {
+                        if rc.shared {
+                            self.app.unshare_redis(&rc.address);
+                        }
+                    }
+                }
+                Err(redis_error(e))
+            }
+        }
+    }
+}
+
+/// A new connection to `address`, with the app's timeouts.
+async fn redis_connect(
+    app: Arc<crate::runtime::App>,
+    address: &str,
+) -> Result<redis::aio::MultiplexedConnection, r2::Error> {
+    let client = redis::Client::open(address).map_err(|_| r2::Error::InvalidAddress)?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(app.limits.redis_connect_timeout)
+        .set_response_timeout(app.limits.redis_response_timeout);
+    match client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(c) => {
+            app.redis_reachable(address, true, "");
+            Ok(c)
+        }
+        Err(e) => {
+            app.redis_reachable(address, false, &e.to_string());
+            Err(redis_error(e))
+        }
+    }
 }
 
 impl r2::Host for InstanceState {}
@@ -545,27 +632,22 @@ impl r2::HostConnection for InstanceState {
         if self.redis_connections >= MAX_REDIS_CONNECTIONS {
             return Err(r2::Error::TooManyConnections);
         }
-        let client =
-            redis::Client::open(address.as_str()).map_err(|_| r2::Error::InvalidAddress)?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.app.limits.redis_connect_timeout)
-            .set_response_timeout(self.app.limits.redis_response_timeout);
-        let conn = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(c) => {
-                self.app.redis_reachable(&address, true, "");
+        let shared = self.app.redis_shared(&address);
+        let conn = match shared {
+            Some(c) => c,
+            None => {
+                let c = redis_connect(self.app.clone(), &address).await?;
+                self.app.share_redis(&address, c.clone());
                 c
-            }
-            Err(e) => {
-                self.app.redis_reachable(&address, false, &e.to_string());
-                return Err(redis_error(e));
             }
         };
         self.redis_connections += 1;
         self.table
-            .push(RedisConnection { conn })
+            .push(RedisConnection {
+                address,
+                conn,
+                shared: true,
+            })
             .map_err(|e| r2::Error::Other(e.to_string()))
     }
 
@@ -575,14 +657,12 @@ impl r2::HostConnection for InstanceState {
         channel: String,
         payload: Vec<u8>,
     ) -> Result<(), r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async::<i64>(&mut c)
-            .await
-            .map(|_| ())
-            .map_err(redis_error)
+        self.redis_run::<i64>(
+            &this,
+            redis::cmd("PUBLISH").arg(channel).arg(payload).clone(),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn get(
@@ -590,12 +670,8 @@ impl r2::HostConnection for InstanceState {
         this: Resource<RedisConnection>,
         key: String,
     ) -> Result<Option<Vec<u8>>, r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut c)
+        self.redis_run(&this, redis::cmd("GET").arg(key).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn set(
@@ -604,13 +680,8 @@ impl r2::HostConnection for InstanceState {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut c)
+        self.redis_run::<()>(&this, redis::cmd("SET").arg(key).arg(value).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn incr(
@@ -618,12 +689,8 @@ impl r2::HostConnection for InstanceState {
         this: Resource<RedisConnection>,
         key: String,
     ) -> Result<i64, r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("INCR")
-            .arg(key)
-            .query_async(&mut c)
+        self.redis_run(&this, redis::cmd("INCR").arg(key).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn del(
@@ -631,12 +698,8 @@ impl r2::HostConnection for InstanceState {
         this: Resource<RedisConnection>,
         keys: Vec<String>,
     ) -> Result<u32, r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut c)
+        self.redis_run(&this, redis::cmd("DEL").arg(keys).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn sadd(
@@ -645,13 +708,8 @@ impl r2::HostConnection for InstanceState {
         key: String,
         values: Vec<String>,
     ) -> Result<u32, r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("SADD")
-            .arg(key)
-            .arg(values)
-            .query_async(&mut c)
+        self.redis_run(&this, redis::cmd("SADD").arg(key).arg(values).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn smembers(
@@ -659,12 +717,8 @@ impl r2::HostConnection for InstanceState {
         this: Resource<RedisConnection>,
         key: String,
     ) -> Result<Vec<String>, r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("SMEMBERS")
-            .arg(key)
-            .query_async(&mut c)
+        self.redis_run(&this, redis::cmd("SMEMBERS").arg(key).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn srem(
@@ -673,13 +727,8 @@ impl r2::HostConnection for InstanceState {
         key: String,
         values: Vec<String>,
     ) -> Result<u32, r2::Error> {
-        let mut c = self.redis(&this)?;
-        redis::cmd("SREM")
-            .arg(key)
-            .arg(values)
-            .query_async(&mut c)
+        self.redis_run(&this, redis::cmd("SREM").arg(key).arg(values).clone())
             .await
-            .map_err(redis_error)
     }
 
     async fn execute(
@@ -688,7 +737,24 @@ impl r2::HostConnection for InstanceState {
         command: String,
         arguments: Vec<r2::RedisParameter>,
     ) -> Result<Vec<r2::RedisResult>, r2::Error> {
-        let mut c = self.redis(&this)?;
+        if redis_command_changes_state(&command) {
+            // From here on this guest's own connection, as Spin gives every guest.
+            let shared = self.table.get(&this).map(|c| c.shared).unwrap_or(false);
+            if shared {
+                let address = self
+                    .table
+                    .get(&this)
+                    .map(|c| c.address.clone())
+                    .map_err(|e| r2::Error::Other(e.to_string()))?;
+                let own = redis_connect(self.app.clone(), &address).await?;
+                let rc = self
+                    .table
+                    .get_mut(&this)
+                    .map_err(|e| r2::Error::Other(e.to_string()))?;
+                rc.conn = own;
+                rc.shared = false;
+            }
+        }
         let mut cmd = redis::cmd(&command);
         for a in arguments {
             match a {
@@ -696,7 +762,7 @@ impl r2::HostConnection for InstanceState {
                 r2::RedisParameter::Binary(b) => cmd.arg(b),
             };
         }
-        let v: redis::Value = cmd.query_async(&mut c).await.map_err(redis_error)?;
+        let v: redis::Value = self.redis_run(&this, cmd).await?;
         let mut out = Vec::new();
         flatten(v, &mut out);
         Ok(out)
