@@ -304,7 +304,7 @@ async fn bad_input_writes_nothing() {
     );
 }
 
-// Redis stopped mid-test: chats keep working, history comes from SQLite.
+// Redis stopped mid-test: chats keep working, history comes from SQLite; Redis back: the cache is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down() {
     let mut s = Stack::start().await;
@@ -332,6 +332,28 @@ async fn redis_down() {
         4
     );
     assert_eq!(s.count("outbox"), 6);
+
+    // Redis back (empty, on the same port): the host's shared connection to it failed and is made again, so the
+    // cache is used again (the thread's history written to the new Redis).
+    s.redis.restart();
+    let third = s
+        .call("POST", &path, Some(&key), Some(json!({"content": "three"})))
+        .await;
+    assert_eq!(third.status, 201, "{:?}", third.body);
+    let fourth = s
+        .call("POST", &path, Some(&key), Some(json!({"content": "four"})))
+        .await;
+    assert_eq!(fourth.status, 201, "{:?}", fourth.body);
+    let client = redis::Client::open(s.redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let history: Option<String> = redis::cmd("GET")
+        .arg(format!("thread:{tid}:history"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let turns: Vec<Value> =
+        serde_json::from_str(&history.expect("the history is cached again")).unwrap();
+    assert_eq!(turns.len(), 8, "{turns:?}");
 }
 
 // A model whose provider is openai-compatible goes through the chat-completions client; its usage maps onto our classes and is priced.
