@@ -251,7 +251,10 @@ async fn redis() {
     );
     let (status, body) = post(&url, "get k").await;
     assert_eq!(status, 200);
-    assert!(body.starts_with("err:other:"), "open fails once the server is known down: {body}");
+    assert!(
+        body.starts_with("err:other:"),
+        "open fails once the server is known down: {body}"
+    );
 
     // Back on the same port: a new connection is made and shared.
     redis.restart();

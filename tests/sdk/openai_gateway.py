@@ -79,3 +79,6 @@ for _ in range(2):
     cached.append(dict(usage=done.usage.model_dump(), call_id=raw.headers.get("x-billing-call-id"),
                        cost_nanos=raw.headers.get("x-billing-cost-nanos")))
 out(kind="cache", calls=cached)
+
+# The models the gateway bills, read by the SDK.
+out(kind="models", ids=[m.id for m in client.models.list()])

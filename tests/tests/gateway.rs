@@ -329,6 +329,15 @@ async fn openai_sdk(s: &Stack, key: &str, model: &str) -> Vec<Value> {
     assert!(quiet["text"].as_str().is_some_and(|t| !t.is_empty()));
     let cut = by("cut");
     assert_eq!(cut["error"], "APIError", "the SDK raised: {cut}");
+    let listed = by("models");
+    assert!(
+        listed["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == "claude-haiku-4-5-20251001"),
+        "{listed}"
+    );
     assert_eq!(cut["seen"].as_array().unwrap().len(), 1, "{cut}");
 
     let db = s.db();

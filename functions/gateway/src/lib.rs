@@ -29,7 +29,7 @@
 //! - `POST /v1/messages/count_tokens`: the provider's count, passed through
 //!   (not billed: Anthropic does not charge for it).
 //! - `GET /v1/models`: the models this gateway bills (active, with a price
-//!   in force), in Anthropic's list shape.
+//!   in force), in a list both SDKs read (Anthropic's and OpenAI's fields).
 //! - `x-billing-user: <user id>` on an admin's (service) key bills that
 //!   user; on a user's key it is 403 `permission_error`.
 //!
@@ -304,15 +304,22 @@ async fn models(headers: &[(String, String)], out: ResponseOutparam) -> Result<(
              ORDER BY released_at DESC, model_name",
             &[text(now)],
         )?;
+        // Each item carries both vendors' fields (Anthropic's type,
+        // display_name, created_at; OpenAI's object, created, owned_by), so
+        // `models.list()` reads in either official SDK.
         let data: Vec<Value> = r
             .rows()
             .map(|row| {
+                let created_at = row.get::<&str>("created_at").unwrap_or_default();
+                let created = billing_core::Timestamp::parse(created_at)
+                    .map(|t| t.millis() / 1000)
+                    .unwrap_or(0);
                 json!({"type": "model", "id": row.get::<&str>("model_name"), "display_name": row.get::<&str>("display_name"),
-                       "created_at": row.get::<&str>("created_at")})
+                       "created_at": created_at, "object": "model", "created": created, "owned_by": "llm-billing"})
             })
             .collect();
         Ok(
-            json!({"data": data, "has_more": false, "first_id": data.first().map(|m| m["id"].clone()), "last_id": data.last().map(|m| m["id"].clone())}),
+            json!({"object": "list", "data": data, "has_more": false, "first_id": data.first().map(|m| m["id"].clone()), "last_id": data.last().map(|m| m["id"].clone())}),
         )
     })();
     match listed {
