@@ -80,17 +80,20 @@ const GIVE_BACK_LAST_CHAR: usize = 1;
 /// call, which cost more than the walk for pieces of a few bytes). A DFA
 /// reports a match one byte late: entering a match state on the byte at
 /// `i` means a match ended at `i`.
-fn next_piece(dfa: &dense::DFA<&'static [u32]>, bytes: &[u8], at: usize) -> (usize, usize) {
-    let config = regex_automata::util::start::Config::new()
-        .anchored(Anchored::Yes)
-        .look_behind(at.checked_sub(1).map(|i| bytes[i]));
-    let mut state = dfa
-        .start_state(&config)
-        .expect("an anchored start state exists");
+fn next_piece(
+    dfa: &dense::DFA<&'static [u32]>,
+    starts: &mut StartStates,
+    bytes: &[u8],
+    at: usize,
+) -> (usize, usize) {
+    let mut state = starts.get(dfa, at.checked_sub(1).map(|i| bytes[i]));
     let mut found = None;
     let mut i = at;
     while i < bytes.len() {
-        state = dfa.next_state(state, bytes[i]);
+        // SAFETY: `state` came from this DFA (its start state or a
+        // transition), which is all `next_state_unchecked` asks; the DFA's
+        // bytes are checked valid by `dfa_data_is_valid`.
+        state = unsafe { dfa.next_state_unchecked(state, bytes[i]) };
         if dfa.is_special_state(state) {
             if dfa.is_match_state(state) {
                 found = Some((dfa.match_pattern(state, 0).as_usize(), i));
@@ -107,6 +110,35 @@ fn next_piece(dfa: &dense::DFA<&'static [u32]>, bytes: &[u8], at: usize) -> (usi
         }
     }
     found.expect("every character starts a piece")
+}
+
+/// The anchored start state for each look-behind byte (and for none), found
+/// once per count: `start_state` costs more than a short piece's walk.
+struct StartStates {
+    by_byte: [Option<regex_automata::util::primitives::StateID>; 257],
+}
+
+impl StartStates {
+    fn new() -> Self {
+        Self {
+            by_byte: [None; 257],
+        }
+    }
+
+    fn get(
+        &mut self,
+        dfa: &dense::DFA<&'static [u32]>,
+        look_behind: Option<u8>,
+    ) -> regex_automata::util::primitives::StateID {
+        let slot = look_behind.map_or(256, usize::from);
+        *self.by_byte[slot].get_or_insert_with(|| {
+            let config = regex_automata::util::start::Config::new()
+                .anchored(Anchored::Yes)
+                .look_behind(look_behind);
+            dfa.start_state(&config)
+                .expect("an anchored start state exists")
+        })
+    }
 }
 
 fn u32_at(bytes: &[u8], i: usize) -> u32 {
@@ -173,8 +205,9 @@ impl Encoding {
         let mut at = 0;
         let mut tokens = 0;
         let mut parts = Vec::new();
+        let mut starts = StartStates::new();
         while at < bytes.len() {
-            let (pattern, mut end) = next_piece(&dfa, bytes, at);
+            let (pattern, mut end) = next_piece(&dfa, &mut starts, bytes, at);
             if pattern == GIVE_BACK_LAST_CHAR {
                 end -= text[..end].chars().next_back().map_or(0, char::len_utf8);
             }
