@@ -8,17 +8,21 @@
 //!    good (a constraint) becomes poison without spoiling the batch;
 //! 2. sends poison to `dead-letter` with `dlq-reason`, `dlq-code`,
 //!    `dlq-topic`, `dlq-partition`, `dlq-offset` headers;
-//! 3. then, in a second stage that runs while the next batch is written
-//!    to SQLite, applies the facts to the Redis aggregates
+//! 3. then, in a second stage that runs while the next batches are
+//!    written to SQLite, applies the facts to the Redis aggregates
 //!    ([`crate::aggregates`]), guarded by each event's mark, which also
 //!    sends the live notices, and produces a `processed-events` record per
 //!    billed event of the stage (a replay produces them again: no record is
 //!    lost when the bridge dies between Redis and the broker);
 //! 4. only once that stage is done stores the batch's offsets (committed
 //!    in the background and on shutdown) and raises its partitions'
-//!    watermarks (`aggregated_offsets`, written with the next batch). One
-//!    batch at a time is in the second stage, so offsets are stored in
-//!    order. A redelivered event first consumed at or below its
+//!    watermarks (`aggregated_offsets`, written with the next batch).
+//!    Second stages run one batch at a time, in order, so offsets are
+//!    stored in order; batches wait for theirs in a queue of at most
+//!    [`MAX_PENDING_FACTS`] facts. So while Redis (or the broker's
+//!    processed-events) is away, billing into SQLite goes on and the
+//!    aggregates catch up when it returns; only a longer outage makes the
+//!    first stage wait. A redelivered event first consumed at or below its
 //!    partition's watermark skips the second stage, whatever its age; one
 //!    above it runs it again, its mark guarding the aggregates.
 //!
@@ -44,6 +48,11 @@ use tokio::sync::watch;
 
 /// How long a dead letter or processed-events record may wait for the broker, in ms.
 const PRODUCE_TIMEOUT_MS: u64 = 10_000;
+
+/// Most facts of written batches waiting for their second stage (Redis,
+/// processed-events); above it the first stage waits. About 60 s of
+/// 5,000 events/s, a few hundred bytes each.
+pub const MAX_PENDING_FACTS: usize = 300_000;
 
 /// The topics the consumers read.
 pub const TOPICS: [&str; 4] = [
@@ -232,7 +241,19 @@ pub async fn run(
         },
     )?;
     consumer.subscribe(&TOPICS)?;
-    let mut in_flight: Option<InFlight> = None;
+    // The second stage: one task for the life of the loop, fed in order.
+    let (queue, queued) = tokio::sync::mpsc::unbounded_channel::<Staging>();
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<Vec<(String, i32, i64)>>();
+    let backlog = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_FACTS));
+    let stage = tokio::spawn(second_stage(
+        std::mem::replace(aggregates, aggregates.detached()),
+        producer.clone(),
+        brokers.to_owned(),
+        stop.clone(),
+        queued,
+        done_tx,
+        backlog.clone(),
+    ));
     // Watermarks of finished second stages, stored with the next batch.
     let mut aggregated = Watermarks::new();
     loop {
@@ -266,6 +287,11 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        // Second stages finished meanwhile: their offsets stored, their
+        // watermarks written with this batch.
+        while let Ok(offsets) = done.try_recv() {
+            settle(&consumer, &offsets, &mut aggregated);
+        }
         let Some((facts, items)) =
             write(&batch, &aggregated, conn, &mut producer, brokers, &mut stop).await?
         else {
@@ -275,36 +301,44 @@ pub async fn run(
             );
             break;
         };
-        // At most one batch in its second stage: the previous one's must end
-        // (its offsets stored) before this one's starts.
         aggregated.clear();
-        if let Some(previous) = in_flight.take() {
-            if !previous
-                .finish(&consumer, aggregates, &mut producer, &mut aggregated)
-                .await?
-            {
-                break;
-            }
-        }
         let offsets = batch
             .iter()
             .map(|m| (m.topic().to_owned(), m.partition(), m.offset()))
             .collect();
-        // The second stage (Redis aggregates, then processed-events) runs
-        // while the next batch is written to SQLite.
-        let task = tokio::spawn(announce(
-            std::mem::replace(aggregates, aggregates.detached()),
-            facts,
-            items,
-            producer.clone(),
-            brokers.to_owned(),
-            stop.clone(),
-        ));
-        in_flight = Some(InFlight { task, offsets });
+        // Room in the queue: waits only when the second stage is far behind.
+        let permits = facts.len().clamp(1, MAX_PENDING_FACTS) as u32;
+        let room = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            p = backlog.clone().acquire_many_owned(permits) => p.ok(),
+        };
+        let Some(room) = room else { break };
+        metrics().set(
+            "billing_bridge_second_stage_backlog_facts",
+            String::new(),
+            (MAX_PENDING_FACTS - backlog.available_permits()) as i64,
+        );
+        if queue
+            .send(Staging {
+                facts,
+                items,
+                offsets,
+                _room: room,
+            })
+            .is_err()
+        {
+            anyhow::bail!("the aggregates and processed-events stage ended");
+        }
     }
-    if let Some(last) = in_flight.take() {
-        last.finish(&consumer, aggregates, &mut producer, &mut aggregated)
-            .await?;
+    // What is queued is finished if it can be (Redis and the broker up),
+    // until the stop's own backoff gives up on it.
+    drop(queue);
+    let (returned, _) = stage
+        .await
+        .context("the aggregates and processed-events stage panicked")??;
+    *aggregates = returned;
+    while let Ok(offsets) = done.try_recv() {
+        settle(&consumer, &offsets, &mut aggregated);
     }
     if !aggregated.is_empty() {
         // Best effort: without it, the marks still guard a redelivery.
@@ -324,6 +358,81 @@ pub async fn run(
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
     }
     Ok(())
+}
+
+/// A written batch waiting for its second stage, holding its room in the queue.
+struct Staging {
+    facts: Vec<Fact>,
+    items: Vec<usize>,
+    offsets: Vec<(String, i32, i64)>,
+    _room: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A batch whose second stage finished: its offsets stored (committed in
+/// the background) and its partitions' watermarks raised.
+fn settle(
+    consumer: &StreamConsumer<crate::kafka::LagContext>,
+    offsets: &[(String, i32, i64)],
+    aggregated: &mut Watermarks,
+) {
+    for (topic, partition, offset) in offsets {
+        let w = aggregated
+            .entry((topic.clone(), *partition))
+            .or_insert(*offset);
+        *w = (*w).max(*offset);
+        if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
+            // The partition moved to another member; that member replays it.
+            tracing::debug!(error = %e, partition, "Offset not stored.");
+        }
+    }
+}
+
+/// The second stage, batch after batch in the order written: each batch's
+/// [`announce`], retried until it finishes; its offsets then reported as
+/// done. Ends when the queue closes and is empty, or at the first batch
+/// that could not finish before the stop (it and what follows are
+/// delivered again). Hands back the aggregates and its producer.
+async fn second_stage(
+    mut aggregates: Aggregates,
+    mut producer: FutureProducer,
+    brokers: String,
+    stop: watch::Receiver<bool>,
+    mut queued: tokio::sync::mpsc::UnboundedReceiver<Staging>,
+    done: tokio::sync::mpsc::UnboundedSender<Vec<(String, i32, i64)>>,
+    backlog: std::sync::Arc<tokio::sync::Semaphore>,
+) -> Result<(Aggregates, FutureProducer)> {
+    while let Some(Staging {
+        facts,
+        items,
+        offsets,
+        _room,
+    }) = queued.recv().await
+    {
+        let (returned, fresh, finished) = announce(
+            aggregates,
+            facts,
+            items,
+            producer.clone(),
+            brokers.clone(),
+            stop.clone(),
+        )
+        .await?;
+        aggregates = returned;
+        if let Some(p) = fresh {
+            producer = p;
+        }
+        if !finished {
+            break;
+        }
+        let _ = done.send(offsets);
+        drop(_room);
+        metrics().set(
+            "billing_bridge_second_stage_backlog_facts",
+            String::new(),
+            (MAX_PENDING_FACTS - backlog.available_permits()) as i64,
+        );
+    }
+    Ok((aggregates, producer))
 }
 
 /// The first stage of a batch: its SQLite transaction, then its dead
@@ -510,46 +619,6 @@ async fn announce(
 /// What a second stage hands back: the aggregates, a fresh producer if it
 /// made one, and whether it finished.
 type Staged = (Aggregates, Option<FutureProducer>, bool);
-
-/// A batch in its second stage.
-struct InFlight {
-    task: tokio::task::JoinHandle<Result<Staged>>,
-    offsets: Vec<(String, i32, i64)>,
-}
-
-impl InFlight {
-    /// Waits for the stage, takes the aggregates and the producer back, and
-    /// stores the batch's offsets if it finished. Returns whether it did.
-    async fn finish(
-        self,
-        consumer: &StreamConsumer<crate::kafka::LagContext>,
-        aggregates: &mut Aggregates,
-        producer: &mut FutureProducer,
-        aggregated: &mut Watermarks,
-    ) -> Result<bool> {
-        let (returned, used, finished) = self
-            .task
-            .await
-            .context("the aggregates and processed-events stage panicked")??;
-        *aggregates = returned;
-        if let Some(fresh) = used {
-            *producer = fresh;
-        }
-        if finished {
-            for (topic, partition, offset) in &self.offsets {
-                let w = aggregated
-                    .entry((topic.clone(), *partition))
-                    .or_insert(*offset);
-                *w = (*w).max(*offset);
-                if let Err(e) = consumer.store_offset(topic, *partition, *offset) {
-                    // The partition moved to another member; that member replays it.
-                    tracing::debug!(error = %e, partition, "Offset not stored.");
-                }
-            }
-        }
-        Ok(finished)
-    }
-}
 
 /// Waits for a batch's `processed-events` deliveries, sending again what
 /// failed with a fresh producer (and then sets `replaced`). Returns false

@@ -82,6 +82,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "Open live-update (SSE) connections.",
     ),
+    (
+        "billing_bridge_second_stage_backlog_facts",
+        "gauge",
+        "Facts of batches written to SQLite still waiting for the Redis aggregates and processed-events (grows while Redis is away).",
+    ),
 ];
 
 pub fn global() -> &'static Metrics {

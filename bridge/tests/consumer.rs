@@ -738,3 +738,112 @@ async fn late_redelivery_counts_once_and_records_are_not_lost() {
     }
     assert_eq!(ids, ["inference-events:late-1", "inference-events:late-1"]);
 }
+
+// Redis away: billing into SQLite goes on, batch after batch (ledger and line items for every event), and when Redis
+// is back (empty here, a restarted server) the aggregates take every event billed meanwhile, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_goes_on_while_redis_is_away() {
+    let (_dir, kafka, db) = broker_and_database(1).await;
+    let mut redis = Redis::start();
+    let raw = producer(&kafka.brokers(), 5000).unwrap();
+    let mut conn = billing_migrations::open(&db).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let settings = Settings {
+        group: "bridge-test-redis-away".into(),
+        batch_size: 100,
+        batch_wait_ms: 5,
+        fetch_wait_ms: 50,
+        session_timeout_ms: 45_000,
+        instance_id: None,
+    };
+    let mut aggregates = Aggregates::new(&redis.url(), 3600);
+    let brokers = kafka.brokers();
+    let consumer = tokio::spawn(async move {
+        billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, stop_rx)
+            .await
+    });
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let billed = || -> (i64, i64) {
+        check
+            .query_row(
+                "SELECT (SELECT count(*) FROM processed_events), (SELECT count(*) FROM resource_invoice_line_item)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let wait_for = |n: i64| {
+        let billed = &billed;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while billed().0 < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "only {} of {n} events billed",
+                    billed().0
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let send = |id: String| {
+        let raw = &raw;
+        async move {
+            let ev = inference(&id, 100, 0);
+            raw.send(
+                FutureRecord::to("inference-events")
+                    .key("2")
+                    .payload(&ev.to_json()),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        }
+    };
+
+    send("before".into()).await;
+    wait_for(1).await;
+    assert_eq!(requests_counted(&redis).await, Some(1));
+
+    // Away: five rounds of four events, each round a batch of its own, all billed in SQLite.
+    redis.stop();
+    for round in 0..5 {
+        for i in 0..4 {
+            send(format!("away-{round}-{i}")).await;
+        }
+        wait_for(1 + 4 * (round + 1)).await;
+    }
+    let (events, lines) = billed();
+    assert_eq!(events, 21);
+    assert!(lines >= 21, "every event has its line items: {lines}");
+
+    // Back: the twenty billed meanwhile reach the aggregates, once each.
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = tokio::time::timeout(Duration::from_secs(1), requests_counted(&redis))
+            .await
+            .ok()
+            .flatten();
+        if counted == Some(20) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the aggregates hold {counted:?} of the 20 events billed while Redis was away"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    send("after".into()).await;
+    wait_for(22).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while requests_counted(&redis).await != Some(21) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next event counted once"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_tx.send(true);
+    consumer.await.unwrap().unwrap();
+}
