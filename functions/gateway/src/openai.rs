@@ -77,7 +77,7 @@ pub fn to_messages_request(v: &Value, default_max_tokens: u64) -> Result<Value, 
         .ok_or_else(|| Failure::new(400, "the body must be a JSON object"))?;
     if let Some((k, v)) = obj
         .iter()
-        .find(|(k, v)| !KNOWN.contains(&k.as_str()) && !(v.is_null() || neutral(k, v)))
+        .find(|(k, v)| !KNOWN.contains(&k.as_str()) && !v.is_null() && !neutral(k, v))
     {
         return Err(Failure::new(
             400,

@@ -116,9 +116,9 @@ fn route(req: &Request) -> Response {
     let digest = hex::encode(Sha256::digest(req.body()));
     let request_id = format!("req_sim_{}", &digest[..24]);
     match (req.method(), req.path()) {
-        (Method::Post, "/sim/v1/messages") => messages(&req, &request_id, false),
-        (Method::Post, "/sim/v1/messages/count_tokens") => messages(&req, &request_id, true),
-        (Method::Post, "/sim/openai/v1/chat/completions") => chat_completions(&req, &request_id),
+        (Method::Post, "/sim/v1/messages") => messages(req, &request_id, false),
+        (Method::Post, "/sim/v1/messages/count_tokens") => messages(req, &request_id, true),
+        (Method::Post, "/sim/openai/v1/chat/completions") => chat_completions(req, &request_id),
         (Method::Get, "/sim/v1/calls") => {
             let key = req.query().strip_prefix("key=").unwrap_or("");
             let n = Cache::open()
