@@ -395,19 +395,38 @@ pub fn inference_cost(
         Err(Outcome::Poison { reason, .. }) => return Ok(Err(reason)),
         Err(_) => return Ok(Err("cannot be priced".into())),
     };
-    let at_text = at.to_rfc3339();
-    let mut versions = Vec::new();
-    for (resource, quantity) in inference_resources(0) {
-        let version = if quantity == 0 {
-            None
-        } else {
-            resource_price_at(tx, resource, &at_text)?
-        };
-        versions.push((version, quantity));
-    }
+    let versions = inference_resource_versions(tx, 0, &at.to_rfc3339())?;
     Ok(inference_call_cost(&priced.quote, &versions)
         .map(|(_, cost)| cost)
         .map_err(|e| e.to_string()))
+}
+
+/// The resource price versions in force at `at` for an inference call's
+/// resources (billing-core `inference_resources`: one request, `compute_ms`
+/// of compute), with their quantities; a resource without a price then is
+/// not billed (and logged).
+fn inference_resource_versions(
+    tx: &Transaction<'_>,
+    compute_ms: u64,
+    at: &str,
+) -> Result<Vec<(Option<ResourcePriceVersion>, u64)>> {
+    let mut versions = Vec::new();
+    for (resource, quantity) in inference_resources(compute_ms) {
+        let version = if quantity == 0 {
+            None
+        } else {
+            resource_price_at(tx, resource, at)?
+        };
+        if quantity > 0 && version.is_none() {
+            tracing::warn!(
+                resource,
+                at,
+                "No resource price in force; the resource is not billed."
+            );
+        }
+        versions.push((version, quantity));
+    }
+    Ok(versions)
 }
 
 /// Whether the thread and the message exist here (one statement for both).
@@ -696,22 +715,7 @@ fn bill_inference(
     let at = ev.time.to_rfc3339();
     // Priced before anything is written, so an event that cannot be priced
     // leaves no rows behind.
-    let mut versions = Vec::new();
-    for (resource, quantity) in inference_resources(d.compute_ms) {
-        let version = if quantity == 0 {
-            None
-        } else {
-            resource_price_at(tx, resource, &at)?
-        };
-        if quantity > 0 && version.is_none() {
-            tracing::warn!(
-                resource,
-                at,
-                "No resource price in force; the resource is not billed."
-            );
-        }
-        versions.push((version, quantity));
-    }
+    let versions = inference_resource_versions(tx, d.compute_ms, &at)?;
     let (mut resources, cost) = match inference_call_cost(&priced.quote, &versions) {
         Ok(x) => x,
         Err(e) => return Ok(poison("invalid_usage", e.to_string())),

@@ -16,12 +16,9 @@
 
 use crate::billing::inference_cost;
 use anyhow::{Context, Result};
-use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
+use billing_core::events::{gateway_call_event, EventData, InferenceEvent, GATEWAY_SOURCE};
 use billing_core::{ModelName, Timestamp, Usage};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
-
-/// The gateway's event source.
-pub const GATEWAY_SOURCE: &str = "/functions/gateway";
 
 /// Bills every gateway call open since before `open_before`, at most
 /// `limit` of them; returns how many were billed.
@@ -80,25 +77,15 @@ fn bill_one(conn: &mut Connection, call_id: &str) -> Result<bool> {
         Ok(c) => c,
         Err(why) => return close_unpriced(tx, call_id, &why),
     };
-    let event = CloudEvent::new(
-        call_id.to_owned(),
-        GATEWAY_SOURCE,
+    let event = gateway_call_event(
+        call_id,
         at,
-        Some(format!("gateway/{call_id}")),
-        InferenceEvent {
-            user_id,
-            model: name,
-            request_id: provider_id.unwrap_or_else(|| call_id.to_owned()),
-            status: if partial == 1 {
-                InferenceStatus::Failed
-            } else {
-                InferenceStatus::Succeeded
-            },
-            http_status: Some(200),
-            latency_ms: latency_ms.max(0) as u64,
-            compute_ms: 0,
-            usage,
-        },
+        user_id,
+        name,
+        provider_id.as_deref(),
+        partial == 1,
+        latency_ms.max(0) as u64,
+        usage,
     );
     tx.execute(
         "UPDATE gateway_calls SET cost_nanos = ?2, open_usage = NULL, billing_error = NULL WHERE call_id = ?1",

@@ -105,15 +105,15 @@ fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     c
 }
 
-/// Runs the consumers in `group` until `processed_events` holds `n` rows (30 s at most)
-/// and `settle` more has passed, then stops them, which commits their offsets.
-async fn consume_until(
+/// Starts one consumer of `group` (batches of 100); stop it with the sender.
+fn spawn_consumer(
     db: &std::path::Path,
     brokers: &str,
     redis: &Redis,
     group: &str,
-    n: i64,
-    settle: Duration,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let mut conn = billing_migrations::open(db).unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -131,6 +131,20 @@ async fn consume_until(
         billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, stop_rx)
             .await
     });
+    (stop_tx, consumer)
+}
+
+/// Runs the consumers in `group` until `processed_events` holds `n` rows (30 s at most)
+/// and `settle` more has passed, then stops them, which commits their offsets.
+async fn consume_until(
+    db: &std::path::Path,
+    brokers: &str,
+    redis: &Redis,
+    group: &str,
+    n: i64,
+    settle: Duration,
+) {
+    let (stop_tx, consumer) = spawn_consumer(db, brokers, redis, group);
     let check = rusqlite::Connection::open(db).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while check
@@ -746,22 +760,8 @@ async fn billing_goes_on_while_redis_is_away() {
     let (_dir, kafka, db) = broker_and_database(1).await;
     let mut redis = Redis::start();
     let raw = producer(&kafka.brokers(), 5000).unwrap();
-    let mut conn = billing_migrations::open(&db).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let settings = Settings {
-        group: "bridge-test-redis-away".into(),
-        batch_size: 100,
-        batch_wait_ms: 5,
-        fetch_wait_ms: 50,
-        session_timeout_ms: 45_000,
-        instance_id: None,
-    };
-    let mut aggregates = Aggregates::new(&redis.url(), 3600);
-    let brokers = kafka.brokers();
-    let consumer = tokio::spawn(async move {
-        billing_bridge::consumer::run(&brokers, &settings, &mut conn, &mut aggregates, stop_rx)
-            .await
-    });
+    let (stop_tx, consumer) =
+        spawn_consumer(&db, &kafka.brokers(), &redis, "bridge-test-redis-away");
     let check = rusqlite::Connection::open(&db).unwrap();
     let billed = || -> (i64, i64) {
         check

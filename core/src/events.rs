@@ -452,6 +452,49 @@ pub struct InferenceEvent {
     pub usage: Usage,
 }
 
+/// The event source of calls through the LLM gateway (reserved: clients cannot send it).
+pub const GATEWAY_SOURCE: &str = "/functions/gateway";
+
+/// What a gateway call is billed as, whoever writes it (the gateway when
+/// the call ends, the bridge for a call left open): an
+/// `llm-billing.inference` event with source [`GATEWAY_SOURCE`], id = the
+/// call id (so the ledger bills a call once whoever is first), subject
+/// `gateway/{call_id}`, at `at`; `partial` (cut, or ended by an error)
+/// makes it `failed`, billed for what it used; compute time is the
+/// provider's (0 ms).
+#[allow(clippy::too_many_arguments)]
+pub fn gateway_call_event(
+    call_id: &str,
+    at: Timestamp,
+    user_id: i64,
+    model: ModelName,
+    provider_request_id: Option<&str>,
+    partial: bool,
+    latency_ms: u64,
+    usage: Usage,
+) -> CloudEvent<InferenceEvent> {
+    CloudEvent::new(
+        call_id.to_owned(),
+        GATEWAY_SOURCE,
+        at,
+        Some(format!("gateway/{call_id}")),
+        InferenceEvent {
+            user_id,
+            model,
+            request_id: provider_request_id.unwrap_or(call_id).to_owned(),
+            status: if partial {
+                InferenceStatus::Failed
+            } else {
+                InferenceStatus::Succeeded
+            },
+            http_status: Some(200),
+            latency_ms,
+            compute_ms: 0,
+            usage,
+        },
+    )
+}
+
 impl EventData for InferenceEvent {
     const TYPE: &'static str = "llm-billing.inference";
     const TOPIC: &'static str = topics::INFERENCE_EVENTS;

@@ -118,7 +118,9 @@ impl ApiError {
         }
     }
 
-    pub fn into_response(self) -> Response {
+    /// The RFC 9457 problem object (`type`, `title`, `status`, `detail`,
+    /// and `errors` or `request_id` where they apply), as [`Self::into_response`] sends it.
+    pub fn body(&self) -> serde_json::Value {
         let status = self.status();
         let (slug, title) = self.slug_and_title();
         let mut body = json!({
@@ -127,10 +129,10 @@ impl ApiError {
             "status": status,
             "detail": self.detail(),
         });
-        if let ApiError::Invalid(errors) = &self {
+        if let ApiError::Invalid(errors) = self {
             body["errors"] = json!(errors);
         }
-        if let ApiError::InvalidBatch(errors) = &self {
+        if let ApiError::InvalidBatch(errors) = self {
             body["errors"] = json!(errors
                 .iter()
                 .map(|(i, e)| json!({"index": i, "field": e.field, "reason": e.reason}))
@@ -139,10 +141,16 @@ impl ApiError {
         if let ApiError::Upstream {
             request_id: Some(id),
             ..
-        } = &self
+        } = self
         {
             body["request_id"] = json!(id);
         }
+        body
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.body();
         let mut b = Response::builder();
         b.status(status)
             .header("content-type", "application/problem+json");

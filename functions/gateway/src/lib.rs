@@ -42,7 +42,7 @@
 //! {"type", "message"}}` (OpenAI's, `{"error": {"message", "type"}}`, on
 //! `/v1/chat/completions`), so the SDKs raise their usual exceptions.
 
-use billing_core::events::{CloudEvent, EventData, InferenceEvent, InferenceStatus};
+use billing_core::events::{gateway_call_event, EventData, InferenceEvent, GATEWAY_SOURCE};
 use billing_core::pricing::{inference_call_cost, inference_resources};
 use billing_core::sse::MessageStream;
 use billing_core::{ModelName, Nanos, Usage};
@@ -68,8 +68,6 @@ enum Dialect {
     OpenAi,
 }
 
-/// The event source of gateway calls (reserved: clients cannot send it).
-pub const EVENT_SOURCE: &str = "/functions/gateway";
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 const DEFAULT_VERSION: &str = "2023-06-01";
 /// A stream still going this long after the call was sent (ms) is recorded
@@ -378,6 +376,23 @@ fn to_provider(headers: &[(String, String)], path: &str, body: Vec<u8>) -> Reque
     forward.body(body).build()
 }
 
+/// The provider's response headers a tenant gets (`names`, lower-case);
+/// the rest (its rate limits, say) stay here.
+fn passed_on(response: &IncomingResponse, names: &[&str]) -> Vec<(String, String)> {
+    response
+        .headers()
+        .entries()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let k = k.to_ascii_lowercase();
+            names
+                .contains(&k.as_str())
+                .then(|| Some((k, String::from_utf8(v).ok()?)))
+                .flatten()
+        })
+        .collect()
+}
+
 /// Sends a request to the provider; its response streams.
 async fn send(request: Request) -> Result<IncomingResponse, Failure> {
     spin_sdk::http::send(request)
@@ -482,18 +497,7 @@ async fn messages(
         Err(f) => return Err((out, f)),
     };
     let status = response.status();
-    let mut provider_headers: Vec<(String, String)> = response
-        .headers()
-        .entries()
-        .into_iter()
-        .filter(|(k, _)| {
-            matches!(
-                k.to_ascii_lowercase().as_str(),
-                "content-type" | "request-id" | "retry-after"
-            )
-        })
-        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
-        .collect();
+    let mut provider_headers = passed_on(&response, &["content-type", "request-id", "retry-after"]);
     if dialect == Dialect::OpenAi {
         // The openai SDKs read the request id from x-request-id.
         if let Some(rid) = provider_headers
@@ -819,27 +823,17 @@ impl Call<'_> {
         }
         let (_, cost) =
             inference_call_cost(&quote, &versions).map_err(|e| Failure::new(500, e.to_string()))?;
-        let event = CloudEvent::new(
-            self.id.clone(),
-            EVENT_SOURCE,
+        let model =
+            ModelName::parse(&self.model.name).map_err(|e| Failure::new(500, e.to_string()))?;
+        let event = gateway_call_event(
+            &self.id,
             now,
-            Some(format!("gateway/{}", self.id)),
-            InferenceEvent {
-                user_id: self.user_id,
-                model: ModelName::parse(&self.model.name)
-                    .map_err(|e| Failure::new(500, e.to_string()))?,
-                request_id: provider_message_id.unwrap_or(&self.id).to_owned(),
-                // A partial answer (cut, or ended by an error) is billed for what it used.
-                status: if partial {
-                    InferenceStatus::Failed
-                } else {
-                    InferenceStatus::Succeeded
-                },
-                http_status: Some(200),
-                latency_ms: latency_ms as u64,
-                compute_ms: 0,
-                usage: usage.clone(),
-            },
+            self.user_id,
+            model,
+            provider_message_id,
+            partial,
+            latency_ms as u64,
+            usage.clone(),
         );
         let classes = usage.by_class();
         let web_searches = usage.server_tool_use.web_search_requests;
@@ -870,7 +864,7 @@ impl Call<'_> {
             }
             db.exec(
                 "INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-                &[text(InferenceEvent::TOPIC), text(event.key()), text(EVENT_SOURCE), text(self.id.clone()), text(event.to_json())],
+                &[text(InferenceEvent::TOPIC), text(event.key()), text(GATEWAY_SOURCE), text(self.id.clone()), text(event.to_json())],
             )?;
             Ok(cost)
         })?;

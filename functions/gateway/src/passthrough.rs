@@ -63,18 +63,7 @@ pub(crate) async fn chat_completions(
         Err(f) => return Err((out, f)),
     };
     let status = response.status();
-    let mut passed: Vec<(String, String)> = response
-        .headers()
-        .entries()
-        .into_iter()
-        .filter(|(k, _)| {
-            matches!(
-                k.to_ascii_lowercase().as_str(),
-                "content-type" | "x-request-id" | "retry-after"
-            )
-        })
-        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), String::from_utf8(v).ok()?)))
-        .collect();
+    let mut passed = crate::passed_on(&response, &["content-type", "x-request-id", "retry-after"]);
     passed.push(("x-billing-call-id".into(), call.id.clone()));
 
     if status != 200 || !call.streamed {

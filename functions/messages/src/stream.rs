@@ -235,10 +235,9 @@ enum Opened {
     Whole(Reply),
 }
 
-/// An `error` event: the problem `respond` would answer, with the billed turn.
+/// An `error` event: the problem a plain send would answer, with the billed turn.
 fn problem(e: ApiError, turn: Option<Value>) -> Vec<u8> {
-    let r = respond(Err(e));
-    let mut v: Value = serde_json::from_slice(r.body()).unwrap_or(Value::Null);
+    let mut v = e.body();
     if let Some(t) = turn {
         v["turn"] = t;
     }
