@@ -31,8 +31,14 @@ pub fn bill_stale(conn: &mut Connection, open_before: Timestamp, limit: usize) -
         .collect::<rusqlite::Result<_>>()?;
     let mut billed = 0;
     for id in ids {
-        if bill_one(conn, &id).with_context(|| format!("gateway call {id}"))? {
-            billed += 1;
+        // One call that fails (its row, say) does not hold up the others.
+        match bill_one(conn, &id).with_context(|| format!("gateway call {id}")) {
+            Ok(true) => billed += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "An open gateway call was not billed; trying again later."
+            ),
         }
     }
     Ok(billed)

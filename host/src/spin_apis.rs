@@ -46,7 +46,8 @@ pub struct RedisConnection {
     shared: bool,
 }
 
-/// Redis commands whose effect outlives the command on its connection.
+/// Redis commands whose effect outlives the command on its connection, or
+/// that block it (they would hold the shared connection for every guest).
 fn redis_command_changes_state(command: &str) -> bool {
     const STATEFUL: &[&str] = &[
         "SELECT",
@@ -70,6 +71,21 @@ fn redis_command_changes_state(command: &str) -> bool {
         "READONLY",
         "READWRITE",
         "ASKING",
+        // Blocking: they would hold the shared connection for every guest.
+        "BLPOP",
+        "BRPOP",
+        "BLMOVE",
+        "BRPOPLPUSH",
+        "BLMPOP",
+        "BZPOPMIN",
+        "BZPOPMAX",
+        "BZMPOP",
+        "XREAD",
+        "XREADGROUP",
+        "WAIT",
+        "WAITAOF",
+        "SYNC",
+        "PSYNC",
     ];
     STATEFUL.iter().any(|c| c.eq_ignore_ascii_case(command))
 }

@@ -239,6 +239,22 @@ async fn redis() {
     let wrong_scheme = app.url("/redis?addr=http://127.0.0.1:80");
     assert_eq!(post(&wrong_scheme, "get k").await.1, "err:invalid-address:");
 
+    // A blocking command gets a connection of its own: another request meanwhile is not held up behind it on the
+    // shared one.
+    let blocking = tokio::spawn({
+        let url = url.clone();
+        async move { post(&url, "exec BLPOP nothing-here 1.5").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(post(&url, "set k fast\nget k").await.1, "ok:OK|fast");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(800),
+        "held up {:?} behind another guest's BLPOP",
+        t0.elapsed()
+    );
+    let _ = blocking.await;
+
     // The server goes away. The host shares one connection per address, so the first request after finds it
     // broken at its first command (as a guest of Spin does whose server goes away between `open` and a command);
     // the broken connection is not shared again, and the next `open` fails as in Spin. Both are `other`, not a crash.

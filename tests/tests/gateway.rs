@@ -482,6 +482,19 @@ async fn openai_compatible_models_pass_through() {
     );
     let (_, _, _, _, cost, _, error) = recorded(&s, by("cut")["call_id"].as_str().unwrap());
     assert_eq!(cost, Some(0), "kept unpriced");
+    // stream_options that is not an object: refused naming the field, not a crash.
+    let bad = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": "gpt-4o-mini", "stream": true, "stream_options": true,
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("stream_options"));
     assert!(
         error.as_deref().is_some_and(|e| e.contains("usage chunk")),
         "{error:?}"

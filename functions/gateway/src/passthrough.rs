@@ -14,7 +14,7 @@
 //! with `billing_error` for reconciliation, and the client's stream ends
 //! in an error chunk (the SDKs raise it).
 
-use crate::{fields, whole, Call, Refused, Whole};
+use crate::{fields, whole, Call, Failure, Refused, Whole};
 use billing_core::sse::SseReader;
 use billing_core::Usage;
 use billing_fn_common::cache::Cache;
@@ -38,6 +38,9 @@ pub(crate) async fn chat_completions(
     cache: &Cache,
     mut call: Call<'_>,
 ) -> Result<(), Refused> {
+    if !(request["stream_options"].is_null() || request["stream_options"].is_object()) {
+        return Err((out, Failure::new(400, "stream_options: must be an object")));
+    }
     let client_wants_usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
     if call.streamed {
         request["stream_options"]["include_usage"] = json!(true);
