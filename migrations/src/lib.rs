@@ -136,6 +136,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0013_open_gateway_calls.sql",
         include_str!("../0013_open_gateway_calls.sql"),
     ),
+    (
+        "0014_line_item_class_check.sql",
+        include_str!("../0014_line_item_class_check.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

@@ -37,7 +37,8 @@ fn second_run_is_a_no_op() {
             "0010_idempotency_claims.sql",
             "0011_retired_aliases.sql",
             "0012_gateway_calls.sql",
-            "0013_open_gateway_calls.sql"
+            "0013_open_gateway_calls.sql",
+            "0014_line_item_class_check.sql"
         ]
     );
     let mode: String = conn
@@ -308,6 +309,110 @@ fn outbox_rebuild_keeps_rows_and_ids() {
         )
         .unwrap();
     assert_eq!(indexes, 0);
+    assert!(billing_migrations::foreign_key_violations(&conn)
+        .unwrap()
+        .is_empty());
+}
+
+// 0014 rebuilds the line items with the token-class rule as comparisons:
+// every row stays as it was (ids, invoices, times), the rule still refuses
+// an unknown class and a repeated (event, class), the invoices' index is
+// back, and an insert no longer builds a temporary b-tree per row.
+#[test]
+fn line_item_rebuild_keeps_rows_and_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = open(&dir.path().join("b.db")).unwrap();
+    let all = embedded();
+    let before: Vec<Migration> = all
+        .iter()
+        .filter(|m| m.file.as_str() < "0014")
+        .cloned()
+        .collect();
+    migrate(&mut conn, &before).unwrap();
+    conn.execute_batch(
+        "INSERT INTO user_invoices (invoice_id, user_id, period_start, period_end, total_nanos)
+             VALUES (7, 2, '2026-01-01T00:00:00.000Z', '2026-02-01T00:00:00.000Z', 20000);",
+    )
+    .unwrap();
+    let insert = |id: i64, event: &str, class: &str, invoice: Option<i64>| {
+        conn.execute(
+            "INSERT INTO user_invoice_line_item (line_item_id, source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at, invoice_id, created_at)
+             VALUES (?1, 's', ?2, 2, 5, 5, ?3, 10, 1000000, 10000, '2026-01-01T00:00:00.000Z', ?4, '2026-01-02T03:04:05.678Z')",
+            rusqlite::params![id, event, class, invoice],
+        )
+    };
+    insert(3, "e1", "input", Some(7)).unwrap();
+    insert(9, "e1", "cache_read", Some(7)).unwrap();
+    insert(12, "e2", "cache_write_1h", None).unwrap();
+    let rows = |conn: &Connection| -> Vec<Vec<String>> {
+        conn.prepare("SELECT * FROM user_invoice_line_item ORDER BY line_item_id")
+            .unwrap()
+            .query_map([], |r| {
+                (0..15)
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
+                    .collect()
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let kept = rows(&conn);
+    assert_eq!(kept.len(), 3);
+    let report = migrate(&mut conn, &all).unwrap();
+    assert_eq!(report.applied, ["0014_line_item_class_check.sql"]);
+    assert_eq!(rows(&conn), kept, "every row and column as it was");
+
+    let line = |class: &str| {
+        conn.execute(
+            &format!("INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at) VALUES ('s', 'e3', 2, 5, 5, '{class}', 10, 1000000, 10000, '2026-01-01T00:00:00.000Z')"),
+            [],
+        )
+    };
+    for class in [
+        "input",
+        "output",
+        "cache_write_5m",
+        "cache_write_1h",
+        "cache_read",
+    ] {
+        line(class).unwrap();
+    }
+    assert!(line("input").is_err(), "same event and class twice");
+    assert!(line("bogus").is_err(), "unknown class");
+    assert!(line("INPUT").is_err(), "the class is compared exactly");
+    assert_eq!(
+        conn.last_insert_rowid(),
+        17,
+        "new ids go on from the highest kept one"
+    );
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'user_invoice_line_item' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "sqlite_autoindex_user_invoice_line_item_1",
+            "user_invoice_line_item_billing"
+        ]
+    );
+    let program: Vec<String> = conn
+        .prepare("EXPLAIN INSERT INTO user_invoice_line_item (source, event_id, user_id, model_id, pricing_id, token_class, tokens, unit_price, cost_nanos, occurred_at) VALUES ('s', 'e4', 2, 5, 5, 'input', 1, 1, 1, '2026-01-01T00:00:00.000Z')")
+        .unwrap()
+        .query_map([], |r| r.get(1))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        !program.iter().any(|op| op == "OpenEphemeral"),
+        "the insert builds a temporary b-tree: {program:?}"
+    );
     assert!(billing_migrations::foreign_key_violations(&conn)
         .unwrap()
         .is_empty());
