@@ -230,10 +230,79 @@ pub enum Op {
 /// The changes of many facts, merged: one increment per (key, field), one
 /// add per set member, the greatest score per sorted-set member. Applying
 /// them is the same as applying every fact's changes one by one.
+///
+/// Facts are first summed per (user, model, minute) and per thread, which
+/// is all their changes depend on; [`Changes::ops`] spreads the sums over
+/// the buckets' fields (about a hundred per group). A batch of thousands
+/// of events from a few hundred users and models thus sums a few hundred
+/// groups instead of a hundred fields per event, which was a third of the
+/// bridge's second stage (perf of `billing-bench bridge`, 2026-12-01).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
+    /// The models seen, each once; groups refer to them by index.
+    models: Vec<String>,
+    /// (user, model index, start of the minute in ms) → [`METRICS`] summed.
+    groups: std::collections::HashMap<(i64, usize, i64), [i64; METRICS.len()]>,
+    /// thread → its counters summed and the user and model of its latest fact.
+    threads: std::collections::HashMap<i64, ThreadSum>,
+    /// (thread, user) → the time of the latest event, in ms.
+    thread_times: std::collections::HashMap<(i64, i64), i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ThreadSum {
+    metrics: [i64; METRICS.len()],
+    user_id: i64,
+    model: usize,
+}
+
+/// Index of a metric in [`METRICS`].
+fn metric(name: &str) -> usize {
+    METRICS
+        .iter()
+        .position(|m| *m == name)
+        .expect("a metric of METRICS")
+}
+
+/// Adds `from` into `into`, saturating: ingest bounds every event far below
+/// `i64::MAX`, so a saturated figure means bad data slipped in, and billing
+/// for others goes on. All figures are non-negative, so the order of the
+/// additions does not change a saturated sum.
+fn add_into(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
+    for (a, b) in into.iter_mut().zip(from) {
+        *a = a.saturating_add(*b);
+    }
+}
+
+/// What one fact adds to every metric, in [`METRICS`] order.
+fn fact_metrics(f: &Fact) -> [i64; METRICS.len()] {
+    let mut m = [0i64; METRICS.len()];
+    if f.kind.is_billed() {
+        m[metric("cost")] = f.cost_nanos;
+        for (class, n) in TokenClass::ALL.iter().zip(f.tokens) {
+            m[metric(tok_metric(*class))] = n as i64;
+        }
+        m[metric(if f.kind == Kind::Turn {
+            "turns"
+        } else {
+            "requests"
+        })] = 1;
+        m[metric("lat_sum")] = f.latency_ms as i64;
+        m[metric("lat_n")] = 1;
+    } else if f.kind == Kind::Message {
+        m[metric("messages")] = 1;
+    } else {
+        m[metric("responses")] = 1;
+        m[metric("resp_lat_sum")] = f.latency_ms as i64;
+    }
+    m
+}
+
+/// The merged changes spread over keys and fields, ordered.
+#[derive(Default)]
+struct Expanded {
     /// key → field → by; nested so that adding to an existing field
-    /// allocates nothing (a fact touches about a hundred fields).
+    /// allocates nothing.
     incr: BTreeMap<String, BTreeMap<String, i64>>,
     set: BTreeMap<(String, String), String>,
     members: BTreeMap<String, std::collections::BTreeSet<String>>,
@@ -241,7 +310,7 @@ pub struct Changes {
     zmax: BTreeMap<(String, String), i64>,
 }
 
-impl Changes {
+impl Expanded {
     fn incr(&mut self, key: &str, field: &str, by: i64) {
         if by == 0 {
             return;
@@ -251,9 +320,6 @@ impl Changes {
         }
         let fields = self.incr.get_mut(key).expect("inserted above");
         match fields.get_mut(field) {
-            // Saturates rather than wraps or panics: ingest bounds every
-            // event far below this, so a saturated figure means bad data
-            // slipped in, and billing for others goes on.
             Some(v) => *v = v.saturating_add(by),
             None => {
                 fields.insert(field.to_owned(), by);
@@ -261,46 +327,24 @@ impl Changes {
         }
     }
 
-    /// Adds what `fact` changes.
-    pub fn add(&mut self, fact: &Fact) {
-        let f = fact;
-        let mut metrics: Vec<(&str, i64)> = Vec::with_capacity(10);
-        let billed = f.kind.is_billed();
-        if billed {
-            metrics.push(("cost", f.cost_nanos));
-            for (class, n) in TokenClass::ALL.iter().zip(f.tokens) {
-                metrics.push((tok_metric(*class), n as i64));
-            }
-            metrics.push((
-                if f.kind == Kind::Turn {
-                    "turns"
-                } else {
-                    "requests"
-                },
-                1,
-            ));
-            metrics.push(("lat_sum", f.latency_ms as i64));
-            metrics.push(("lat_n", 1));
-        } else if f.kind == Kind::Message {
-            metrics.push(("messages", 1));
-        } else {
-            metrics.push(("responses", 1));
-            metrics.push(("resp_lat_sum", f.latency_ms as i64));
-        }
-        let user = f.user_id.to_string();
+    /// Adds a group: `metrics` of `user_id` on `model` in the minute starting at `minute_ms`.
+    fn add_group(&mut self, user_id: i64, model: &str, minute_ms: i64, metrics: &[i64]) {
+        let user = user_id.to_string();
+        let at = Timestamp::from_millis(minute_ms).expect("the minute of a valid timestamp");
         // Field names are `{dim}|{metric}`, built in one buffer.
         let prefixes: Vec<String> = [
             dim(None, None),
-            dim(Some(f.user_id), None),
-            dim(None, Some(&f.model)),
-            dim(Some(f.user_id), Some(&f.model)),
+            dim(Some(user_id), None),
+            dim(None, Some(model)),
+            dim(Some(user_id), Some(model)),
         ]
         .into_iter()
         .map(|d| field(&d, ""))
         .collect();
+        let cost = metrics[metric("cost")];
         let mut name = String::new();
         for res in [Res::Minute, Res::Hour, Res::Day] {
-            let bucket = res.bucket(f.occurred_at);
+            let bucket = res.bucket(at);
             let key = bucket_key(res, &bucket);
             // Minutes keep no per-user-and-model figures.
             let dims = if res == Res::Minute { 3 } else { 4 };
@@ -310,19 +354,18 @@ impl Changes {
                     .or_default()
                     .insert(user.clone());
                 self.members
-                    .entry(model_users_key(res, &bucket, &f.model))
+                    .entry(model_users_key(res, &bucket, model))
                     .or_default()
                     .insert(user.clone());
-                if billed {
-                    let score = self
-                        .zincr
-                        .entry((top_key(res, &bucket), user.clone()))
-                        .or_default();
-                    *score = score.saturating_add(f.cost_nanos);
-                }
+                // Only billed facts have a cost.
+                let score = self
+                    .zincr
+                    .entry((top_key(res, &bucket), user.clone()))
+                    .or_default();
+                *score = score.saturating_add(cost);
             }
             for prefix in &prefixes[..dims] {
-                for (m, by) in &metrics {
+                for (m, by) in METRICS.iter().zip(metrics) {
                     name.clear();
                     name.push_str(prefix);
                     name.push_str(m);
@@ -330,66 +373,105 @@ impl Changes {
                 }
             }
         }
+    }
+}
+
+impl Changes {
+    fn model_index(&mut self, model: &str) -> usize {
+        match self.models.iter().position(|m| m == model) {
+            Some(i) => i,
+            None => {
+                self.models.push(model.to_owned());
+                self.models.len() - 1
+            }
+        }
+    }
+
+    /// Adds what `fact` changes.
+    pub fn add(&mut self, fact: &Fact) {
+        let f = fact;
+        let metrics = fact_metrics(f);
+        let model = self.model_index(&f.model);
+        let minute = Res::Minute.floor(f.occurred_at.millis());
+        add_into(
+            self.groups
+                .entry((f.user_id, model, minute))
+                .or_insert([0; METRICS.len()]),
+            &metrics,
+        );
         if let (Some(t), Kind::Turn | Kind::Message) = (f.thread_id, f.kind) {
-            let key = thread_key(t);
-            for (m, by) in &metrics {
-                self.incr(&key, m, *by);
-            }
-            self.set.insert((key.clone(), "user".into()), user.clone());
-            self.set.insert((key, "model".into()), f.model.clone());
+            let thread = self.threads.entry(t).or_insert(ThreadSum {
+                metrics: [0; METRICS.len()],
+                user_id: f.user_id,
+                model,
+            });
+            add_into(&mut thread.metrics, &metrics);
+            // The latest fact's user and model, as setting them one by one would leave them.
+            thread.user_id = f.user_id;
+            thread.model = model;
             let ms = f.occurred_at.millis();
-            for k in [threads_key(None), threads_key(Some(f.user_id))] {
-                let e = self.zmax.entry((k, t.to_string())).or_insert(ms);
-                *e = (*e).max(ms);
-            }
+            let e = self.thread_times.entry((t, f.user_id)).or_insert(ms);
+            *e = (*e).max(ms);
         }
     }
 
     /// The merged changes, in a fixed order.
     pub fn ops(&self) -> Vec<Op> {
+        let mut x = Expanded::default();
+        for (&(user_id, model, minute), metrics) in &self.groups {
+            x.add_group(user_id, &self.models[model], minute, metrics);
+        }
+        for (&t, sum) in &self.threads {
+            let key = thread_key(t);
+            for (m, by) in METRICS.iter().zip(&sum.metrics) {
+                x.incr(&key, m, *by);
+            }
+            x.set
+                .insert((key.clone(), "user".into()), sum.user_id.to_string());
+            x.set
+                .insert((key, "model".into()), self.models[sum.model].clone());
+        }
+        for (&(t, user_id), &ms) in &self.thread_times {
+            for k in [threads_key(None), threads_key(Some(user_id))] {
+                let e = x.zmax.entry((k, t.to_string())).or_insert(ms);
+                *e = (*e).max(ms);
+            }
+        }
         let mut out = Vec::new();
-        out.extend(self.incr.iter().flat_map(|(key, fields)| {
-            fields.iter().map(move |(field, by)| Op::HashIncr {
+        out.extend(x.incr.into_iter().flat_map(|(key, fields)| {
+            fields.into_iter().map(move |(field, by)| Op::HashIncr {
                 key: key.clone(),
-                field: field.clone(),
-                by: *by,
+                field,
+                by,
             })
         }));
-        out.extend(self.set.iter().map(|((key, field), value)| Op::HashSet {
-            key: key.clone(),
-            field: field.clone(),
-            value: value.clone(),
+        out.extend(x.set.into_iter().map(|((key, field), value)| Op::HashSet {
+            key,
+            field,
+            value,
         }));
-        out.extend(self.members.iter().flat_map(|(key, ms)| {
-            ms.iter().map(move |m| Op::SetAdd {
+        out.extend(x.members.into_iter().flat_map(|(key, ms)| {
+            ms.into_iter().map(move |member| Op::SetAdd {
                 key: key.clone(),
-                member: m.clone(),
+                member,
             })
         }));
         out.extend(
-            self.zincr
-                .iter()
-                .filter(|(_, by)| **by != 0)
-                .map(|((key, member), by)| Op::ZIncr {
-                    key: key.clone(),
-                    member: member.clone(),
-                    by: *by,
-                }),
+            x.zincr
+                .into_iter()
+                .filter(|(_, by)| *by != 0)
+                .map(|((key, member), by)| Op::ZIncr { key, member, by }),
         );
-        out.extend(self.zmax.iter().map(|((key, member), score)| Op::ZMax {
-            key: key.clone(),
-            member: member.clone(),
-            score: *score,
+        out.extend(x.zmax.into_iter().map(|((key, member), score)| Op::ZMax {
+            key,
+            member,
+            score,
         }));
         out
     }
 
     pub fn is_empty(&self) -> bool {
-        self.incr.is_empty()
-            && self.set.is_empty()
-            && self.members.is_empty()
-            && self.zincr.is_empty()
-            && self.zmax.is_empty()
+        self.groups.is_empty() && self.threads.is_empty()
     }
 }
 
@@ -478,6 +560,220 @@ mod tests {
             key: "billing:agg:users:h:2026-03-10T12".into(),
             member: "3".into()
         }));
+    }
+
+    /// The ops of `facts` applied one by one: each fact's own changes,
+    /// merged as Redis would apply them in order (increments add, a hash
+    /// field keeps the last value, sets unite, scores add or keep the
+    /// greatest).
+    fn one_by_one(facts: &[Fact]) -> Vec<Op> {
+        let mut incr: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut set: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut members: std::collections::BTreeSet<(String, String)> = Default::default();
+        let mut zincr: BTreeMap<(String, String), i64> = BTreeMap::new();
+        let mut zmax: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for f in facts {
+            let mut c = Changes::default();
+            c.add(f);
+            for op in c.ops() {
+                match op {
+                    Op::HashIncr { key, field, by } => *incr.entry((key, field)).or_default() += by,
+                    Op::HashSet { key, field, value } => {
+                        set.insert((key, field), value);
+                    }
+                    Op::SetAdd { key, member } => {
+                        members.insert((key, member));
+                    }
+                    Op::ZIncr { key, member, by } => *zincr.entry((key, member)).or_default() += by,
+                    Op::ZMax { key, member, score } => {
+                        let e = zmax.entry((key, member)).or_insert(score);
+                        *e = (*e).max(score);
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Op> = incr
+            .into_iter()
+            .map(|((key, field), by)| Op::HashIncr { key, field, by })
+            .collect();
+        out.extend(
+            set.into_iter()
+                .map(|((key, field), value)| Op::HashSet { key, field, value }),
+        );
+        out.extend(
+            members
+                .into_iter()
+                .map(|(key, member)| Op::SetAdd { key, member }),
+        );
+        out.extend(
+            zincr
+                .into_iter()
+                .map(|((key, member), by)| Op::ZIncr { key, member, by }),
+        );
+        out.extend(
+            zmax.into_iter()
+                .map(|((key, member), score)| Op::ZMax { key, member, score }),
+        );
+        out
+    }
+
+    /// One fact's changes, written out by hand from the key layout above:
+    /// what the grouping must reproduce for a single fact.
+    #[test]
+    fn one_fact_changes_every_bucket_and_dimension() {
+        let f = fact(Kind::Turn, "a", 2, "2026-03-10T12:34:56.789Z", 700);
+        let mut c = Changes::default();
+        c.add(&f);
+        let ops = c.ops();
+        let m = "claude-haiku-4-5-20251001";
+        let mut fields = Vec::new();
+        for (key, dims) in [
+            (
+                "billing:agg:m:2026-03-10T12:34",
+                vec!["*".to_owned(), "u:2".into(), format!("m:{m}")],
+            ),
+            (
+                "billing:agg:h:2026-03-10T12",
+                vec![
+                    "*".to_owned(),
+                    "u:2".into(),
+                    format!("m:{m}"),
+                    format!("um:2:{m}"),
+                ],
+            ),
+            (
+                "billing:agg:d:2026-03-10",
+                vec![
+                    "*".to_owned(),
+                    "u:2".into(),
+                    format!("m:{m}"),
+                    format!("um:2:{m}"),
+                ],
+            ),
+        ] {
+            for d in dims {
+                for (metric, by) in [
+                    ("cost", 700),
+                    ("tok:input", 10),
+                    ("tok:output", 20),
+                    ("tok:cache_read", 5),
+                    ("turns", 1),
+                    ("lat_sum", 100),
+                    ("lat_n", 1),
+                ] {
+                    fields.push((key.to_owned(), format!("{d}|{metric}"), by));
+                }
+            }
+        }
+        for (metric, by) in [
+            ("cost", 700),
+            ("tok:input", 10),
+            ("tok:output", 20),
+            ("tok:cache_read", 5),
+            ("turns", 1),
+            ("lat_sum", 100),
+            ("lat_n", 1),
+        ] {
+            fields.push(("billing:agg:thread:9".to_owned(), metric.to_owned(), by));
+        }
+        fields.sort();
+        let incr: Vec<(String, String, i64)> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::HashIncr { key, field, by } => Some((key.clone(), field.clone(), *by)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(incr, fields);
+        let rest: Vec<&Op> = ops
+            .iter()
+            .filter(|o| !matches!(o, Op::HashIncr { .. }))
+            .collect();
+        let ms = Timestamp::parse("2026-03-10T12:34:56.789Z")
+            .unwrap()
+            .millis();
+        let s = |k: &str, mbr: &str| Op::SetAdd {
+            key: k.into(),
+            member: mbr.into(),
+        };
+        assert_eq!(
+            rest,
+            [
+                &Op::HashSet {
+                    key: "billing:agg:thread:9".into(),
+                    field: "model".into(),
+                    value: m.into()
+                },
+                &Op::HashSet {
+                    key: "billing:agg:thread:9".into(),
+                    field: "user".into(),
+                    value: "2".into()
+                },
+                &s("billing:agg:users:d:2026-03-10", "2"),
+                &s(&format!("billing:agg:users:d:2026-03-10:m:{m}"), "2"),
+                &s("billing:agg:users:h:2026-03-10T12", "2"),
+                &s(&format!("billing:agg:users:h:2026-03-10T12:m:{m}"), "2"),
+                &Op::ZIncr {
+                    key: "billing:agg:top:d:2026-03-10".into(),
+                    member: "2".into(),
+                    by: 700
+                },
+                &Op::ZIncr {
+                    key: "billing:agg:top:h:2026-03-10T12".into(),
+                    member: "2".into(),
+                    by: 700
+                },
+                &Op::ZMax {
+                    key: "billing:agg:threads:all".into(),
+                    member: "9".into(),
+                    score: ms
+                },
+                &Op::ZMax {
+                    key: "billing:agg:threads:u:2".into(),
+                    member: "9".into(),
+                    score: ms
+                },
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        /// Many facts merged give what applying them one by one gives:
+        /// users, models, kinds, threads (one of them moved between users)
+        /// and times around minute, hour and day edges.
+        #[test]
+        fn merged_changes_equal_one_by_one(
+            raw in proptest::collection::vec(
+                (0usize..4, 1i64..6, 0usize..3, proptest::option::of(1i64..5), 0i64..(3 * 86_400_000), 0i64..10_000, 0u64..3_000, [0u64..50, 0u64..50, 0u64..3, 0u64..3, 0u64..50]),
+                0..60,
+            )
+        ) {
+            let models = ["claude-haiku-4-5-20251001", "claude-sonnet-4-5", "gpt-4o"];
+            let kinds = [Kind::Turn, Kind::Inference, Kind::Message, Kind::Response];
+            let base = Timestamp::parse("2026-03-09T23:58:00Z").unwrap().millis();
+            let facts: Vec<Fact> = raw
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, user, model, thread, at, cost, latency, tokens))| Fact {
+                    kind: kinds[k],
+                    source: "/t".into(),
+                    id: i.to_string(),
+                    user_id: user,
+                    model: models[model].into(),
+                    thread_id: thread,
+                    occurred_at: Timestamp::from_millis(base + at).unwrap(),
+                    latency_ms: latency,
+                    cost_nanos: cost,
+                    tokens,
+                })
+                .collect();
+            let mut merged = Changes::default();
+            for f in &facts {
+                merged.add(f);
+            }
+            proptest::prop_assert_eq!(merged.ops(), one_by_one(&facts));
+            proptest::prop_assert_eq!(merged.is_empty(), facts.is_empty());
+        }
     }
 
     // A range is covered by whole days inside and hours at the edges, each hour once.
