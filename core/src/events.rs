@@ -126,7 +126,16 @@ impl<T: EventData> CloudEvent<T> {
         }
     }
 
+    /// Reads and checks an event. The usual valid event is read in one
+    /// pass ([`plain_event`]); anything else takes the full path, which
+    /// names every problem (field, reason).
     pub fn from_json(s: &str) -> Result<Self, Vec<FieldError>> {
+        if let Some(ev) = serde_json::from_str::<Plain<'_, T>>(s)
+            .ok()
+            .and_then(plain_event)
+        {
+            return Ok(ev);
+        }
         let v: Value = serde_json::from_str(s)
             .map_err(|e| vec![FieldError::new("event", format!("not JSON: {e}"))])?;
         Self::from_value(v)
@@ -170,36 +179,39 @@ fn plain_attr(s: &str, max: usize) -> bool {
 /// decides. What this accepts, that accepts too, as the same events.
 pub fn plain_batch<T: EventData>(body: &[u8]) -> Option<Vec<CloudEvent<T>>> {
     let plain: Vec<Plain<T>> = serde_json::from_slice(body).ok()?;
-    let mut errors = Vec::new();
-    let mut events = Vec::with_capacity(plain.len());
-    for p in plain {
-        let fits = p.specversion == SPEC_VERSION
-            && plain_attr(p.id, MAX_ID_LEN)
-            && plain_attr(p.source, MAX_SOURCE_LEN)
-            && p.event_type == T::TYPE
-            && plain_attr(p.time, 64)
-            && matches!(p.datacontenttype, None | Some(Some("application/json")));
-        if !fits {
-            return None;
-        }
-        let time = Timestamp::parse(p.time).ok()?;
-        p.data.check(&mut errors);
-        if !errors.is_empty() {
-            return None;
-        }
-        events.push(CloudEvent {
-            specversion: p.specversion.to_owned(),
-            id: p.id.to_owned(),
-            source: p.source.to_owned(),
-            event_type: p.event_type.to_owned(),
-            time,
-            subject: p.subject,
-            datacontenttype: p.datacontenttype.flatten().map(str::to_owned),
-            dataschema: p.dataschema,
-            data: p.data,
-        });
+    plain.into_iter().map(plain_event).collect()
+}
+
+/// One event read in one pass, when it is usual and valid; `None` sends it
+/// to the full path. What this accepts, the full path accepts too, as the
+/// same event.
+fn plain_event<T: EventData>(p: Plain<'_, T>) -> Option<CloudEvent<T>> {
+    let fits = p.specversion == SPEC_VERSION
+        && plain_attr(p.id, MAX_ID_LEN)
+        && plain_attr(p.source, MAX_SOURCE_LEN)
+        && p.event_type == T::TYPE
+        && plain_attr(p.time, 64)
+        && matches!(p.datacontenttype, None | Some(Some("application/json")));
+    if !fits {
+        return None;
     }
-    Some(events)
+    let time = Timestamp::parse(p.time).ok()?;
+    let mut errors = Vec::new();
+    p.data.check(&mut errors);
+    if !errors.is_empty() {
+        return None;
+    }
+    Some(CloudEvent {
+        specversion: p.specversion.to_owned(),
+        id: p.id.to_owned(),
+        source: p.source.to_owned(),
+        event_type: p.event_type.to_owned(),
+        time,
+        subject: p.subject,
+        datacontenttype: p.datacontenttype.flatten().map(str::to_owned),
+        dataschema: p.dataschema,
+        data: p.data,
+    })
 }
 
 /// Checks the envelope attributes of a JSON event: required attributes,
@@ -670,6 +682,20 @@ mod tests {
                     .map(CloudEvent::from_value)
                     .collect();
             let plain = plain_batch::<InferenceEvent>(body.as_bytes());
+            // One event alone: `from_json` (one pass, else the full path)
+            // reads it as the full path does.
+            let one = CloudEvent::<InferenceEvent>::from_json(&v);
+            let one_full =
+                CloudEvent::<InferenceEvent>::from_value(serde_json::from_str(&v).unwrap());
+            assert_eq!(one, one_full, "{v}");
+            assert_eq!(
+                serde_json::from_str::<super::Plain<'_, InferenceEvent>>(&v)
+                    .ok()
+                    .and_then(plain_event)
+                    .is_some(),
+                way == Plain,
+                "{v}: read in one pass"
+            );
             match (way, plain, full) {
                 (Plain, Some(plain), Ok(full)) => assert_eq!(plain, full, "{v}"),
                 (FullOnly, None, Ok(_)) | (Refused, None, Err(_)) => {}
