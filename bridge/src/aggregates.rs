@@ -39,17 +39,38 @@ if redis.call('EXISTS', ARGV[1]) == 1 then
 end
 local ttl, stream, kept = ARGV[2], ARGV[3], ARGV[4]
 local n = tonumber(ARGV[5])
-local seen = {}
+-- The marks grouped by hash (one per day), then read and set a few
+-- hundred fields per call: a call per mark cost more than the rest.
+local keys, fields, at = {}, {}, {}
 for j = 0, n - 1 do
-  if redis.call('HEXISTS', ARGV[6 + 2 * j], ARGV[7 + 2 * j]) == 1 then seen[#seen + 1] = j end
+  local k = ARGV[6 + 2 * j]
+  if fields[k] == nil then keys[#keys + 1] = k; fields[k] = {}; at[k] = {} end
+  fields[k][#fields[k] + 1] = ARGV[7 + 2 * j]
+  at[k][#at[k] + 1] = j
+end
+local chunk = 500
+local seen = {}
+for _, k in ipairs(keys) do
+  local f = fields[k]
+  for i = 1, #f, chunk do
+    local got = redis.call('HMGET', k, unpack(f, i, math.min(i + chunk - 1, #f)))
+    for g = 1, #got do
+      if got[g] then seen[#seen + 1] = at[k][i + g - 1] end
+    end
+  end
 end
 if #seen > 0 then return seen end
-local expire = {}
-for j = 0, n - 1 do
-  redis.call('HSET', ARGV[6 + 2 * j], ARGV[7 + 2 * j], 1)
-  expire[ARGV[6 + 2 * j]] = true
+for _, k in ipairs(keys) do
+  local f = fields[k]
+  for i = 1, #f, chunk do
+    local args = {}
+    for g = i, math.min(i + chunk - 1, #f) do
+      args[#args + 1] = f[g]; args[#args + 1] = 1
+    end
+    redis.call('HSET', k, unpack(args))
+  end
+  redis.call('EXPIRE', k, ttl)
 end
-for k, _ in pairs(expire) do redis.call('EXPIRE', k, ttl) end
 local p = 6 + 2 * n
 local m = tonumber(ARGV[p]); p = p + 1
 for j = 1, m do
