@@ -5,13 +5,33 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, below Linux's ephemeral range
+/// (32768–60999 by default). A port the OS picks (`bind` to port 0) comes
+/// from that range, where outgoing connections — the tests' many Kafka and
+/// Redis clients — also get their local ports, so one could take it before
+/// the server meant for it binds; and two picks in a row may repeat. Each
+/// process walks 20000–32767 from its own starting point, never handing
+/// out a port twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 32_768 - LOW;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN
+    };
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}–32767")
 }
 
 /// Waits until something accepts TCP connections on `port`.
