@@ -32,7 +32,9 @@
 
 use crate::aggregates::Aggregates;
 use crate::billing::{self, Fact, Origin, Outcome};
-use crate::metrics::{global as metrics, labels};
+use crate::kafka::{Drain, Offset};
+use crate::metrics::global as metrics;
+use crate::telemetry::{self, emit};
 use anyhow::{Context, Result};
 use billing_core::events::{
     topics, CloudEvent, EventData, InferenceEvent, LlmResponse, MessageSent, ProcessedEvent,
@@ -43,6 +45,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rusqlite::{Connection, TransactionBehavior};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -231,6 +234,9 @@ pub async fn run(
     // Dead letters and processed-events; replaced after a failed delivery,
     // like the relay's, so a broker that lost its producer state takes it.
     let mut producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+    // The second stages in flight, shared with the rebalance callback,
+    // which lets them finish before partitions go.
+    let drain = Arc::new(Drain::default());
     let consumer = crate::kafka::group_consumer(
         brokers,
         &crate::kafka::Membership {
@@ -239,11 +245,15 @@ pub async fn run(
             fetch_wait_ms: settings.fetch_wait_ms,
             session_timeout_ms: settings.session_timeout_ms,
         },
+        drain.clone(),
     )?;
+    // Dropped before the consumer (declared after it), whichever way this
+    // returns: closing revokes the partitions, and nothing queued then
+    // will finish any more.
+    let _abandon = Abandon(drain.clone());
     consumer.subscribe(&TOPICS)?;
     // The second stage: one task for the life of the loop, fed in order.
     let (queue, queued) = tokio::sync::mpsc::unbounded_channel::<Staging>();
-    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<Vec<(String, i32, i64)>>();
     let backlog = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_FACTS));
     let stage = tokio::spawn(second_stage(
         std::mem::replace(aggregates, aggregates.detached()),
@@ -251,7 +261,7 @@ pub async fn run(
         brokers.to_owned(),
         stop.clone(),
         queued,
-        done_tx,
+        drain.clone(),
         backlog.clone(),
     ));
     // Watermarks of finished second stages, stored with the next batch.
@@ -264,13 +274,15 @@ pub async fn run(
         let first = match first {
             Ok(m) => m,
             Err(e) => {
-                metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
+                emit(telemetry::KafkaReceiveFailed {
+                    error: &e,
+                    in_batch: false,
+                });
                 // A fatal error (another member fenced this one's static
                 // name, say) never clears: retrying would bill nothing for good.
                 if let Some((code, reason)) = consumer.client().fatal_error() {
                     anyhow::bail!("fatal Kafka consumer error ({code:?}): {reason}");
                 }
-                tracing::warn!(error = %e, "Kafka receive failed; retrying.");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -281,7 +293,10 @@ pub async fn run(
             match tokio::time::timeout_at(until, consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(m),
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Kafka receive failed inside a batch.");
+                    emit(telemetry::KafkaReceiveFailed {
+                        error: &e,
+                        in_batch: true,
+                    });
                     break;
                 }
                 Err(_) => break,
@@ -289,9 +304,7 @@ pub async fn run(
         }
         // Second stages finished meanwhile: their offsets stored, their
         // watermarks written with this batch.
-        while let Ok(offsets) = done.try_recv() {
-            settle(&consumer, &offsets, &mut aggregated);
-        }
+        settle(&consumer, &drain.take_finished(), &mut aggregated);
         let Some((facts, items)) =
             write(&batch, &aggregated, conn, &mut producer, brokers, &mut stop).await?
         else {
@@ -313,11 +326,10 @@ pub async fn run(
             p = backlog.clone().acquire_many_owned(permits) => p.ok(),
         };
         let Some(room) = room else { break };
-        metrics().set(
-            "billing_bridge_second_stage_backlog_facts",
-            String::new(),
-            (MAX_PENDING_FACTS - backlog.available_permits()) as i64,
-        );
+        emit(telemetry::SecondStageBacklog {
+            facts: MAX_PENDING_FACTS - backlog.available_permits(),
+        });
+        drain.queued();
         if queue
             .send(Staging {
                 facts,
@@ -333,13 +345,11 @@ pub async fn run(
     // What is queued is finished if it can be (Redis and the broker up),
     // until the stop's own backoff gives up on it.
     drop(queue);
-    let (returned, _) = stage
-        .await
-        .context("the aggregates and processed-events stage panicked")??;
+    let joined = stage.await;
+    drain.abandon();
+    let (returned, _) = joined.context("the aggregates and processed-events stage panicked")??;
     *aggregates = returned;
-    while let Ok(offsets) = done.try_recv() {
-        settle(&consumer, &offsets, &mut aggregated);
-    }
+    settle(&consumer, &drain.take_finished(), &mut aggregated);
     if !aggregated.is_empty() {
         // Best effort: without it, the marks still guard a redelivery.
         let stored = tokio::task::block_in_place(|| -> Result<()> {
@@ -360,11 +370,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Releases a revocation's wait on drop (see [`Drain::abandon`]).
+struct Abandon(Arc<Drain>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 /// A written batch waiting for its second stage, holding its room in the queue.
 struct Staging {
     facts: Vec<Fact>,
     items: Vec<usize>,
-    offsets: Vec<(String, i32, i64)>,
+    offsets: Vec<Offset>,
     _room: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -372,7 +391,7 @@ struct Staging {
 /// the background) and its partitions' watermarks raised.
 fn settle(
     consumer: &StreamConsumer<crate::kafka::LagContext>,
-    offsets: &[(String, i32, i64)],
+    offsets: &[Offset],
     aggregated: &mut Watermarks,
 ) {
     for (topic, partition, offset) in offsets {
@@ -398,7 +417,7 @@ async fn second_stage(
     brokers: String,
     stop: watch::Receiver<bool>,
     mut queued: tokio::sync::mpsc::UnboundedReceiver<Staging>,
-    done: tokio::sync::mpsc::UnboundedSender<Vec<(String, i32, i64)>>,
+    drain: Arc<Drain>,
     backlog: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<(Aggregates, FutureProducer)> {
     while let Some(Staging {
@@ -422,15 +441,18 @@ async fn second_stage(
             producer = p;
         }
         if !finished {
+            // Stopping: it and what is queued behind it are delivered again.
+            drain.finished(Vec::new());
+            while queued.try_recv().is_ok() {
+                drain.finished(Vec::new());
+            }
             break;
         }
-        let _ = done.send(offsets);
+        drain.finished(offsets);
         drop(_room);
-        metrics().set(
-            "billing_bridge_second_stage_backlog_facts",
-            String::new(),
-            (MAX_PENDING_FACTS - backlog.available_permits()) as i64,
-        );
+        emit(telemetry::SecondStageBacklog {
+            facts: MAX_PENDING_FACTS - backlog.available_permits(),
+        });
     }
     Ok((aggregates, producer))
 }
@@ -453,12 +475,10 @@ async fn write(
         match tokio::task::block_in_place(|| handle_batch(conn, batch, aggregated)) {
             Ok(o) => break o,
             Err(e) => {
-                metrics().inc("billing_bridge_sqlite_errors_total", String::new(), 1);
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    messages = batch.len(),
-                    "Writing the batch failed; retrying."
-                );
+                emit(telemetry::BatchWriteFailed {
+                    error: &e,
+                    messages: batch.len(),
+                });
                 if !back_off(&mut backoff, stop).await {
                     return Ok(None);
                 }
@@ -500,25 +520,22 @@ async fn write(
                 let mut backoff = Duration::from_millis(50);
                 while let Err(e) = dead_letter(producer, msg, code, &reason).await {
                     *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
-                    metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
-                    tracing::warn!(error = %e, "Dead-letter delivery failed; retrying.");
+                    emit(telemetry::KafkaDeliveryFailed {
+                        what: "dead-letter",
+                        records: 1,
+                        error: &e,
+                    });
                     if !back_off(&mut backoff, stop).await {
                         return Ok(None);
                     }
                 }
-                metrics().inc(
-                    "billing_bridge_dead_letters_total",
-                    labels(&[("reason", code)]),
-                    1,
-                );
-                tracing::warn!(
-                    reason,
+                emit(telemetry::DeadLettered {
                     code,
-                    topic = msg.topic(),
-                    partition = msg.partition(),
-                    offset = msg.offset(),
-                    "Sent an event that can never be handled to dead-letter."
-                );
+                    reason: &reason,
+                    topic: msg.topic(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                });
                 "dead_letter"
             }
         };
@@ -531,12 +548,12 @@ async fn write(
         }
     }
     // Counted once per batch and label, not once per event under the registry's lock.
-    for ((topic, outcome), n) in counted {
-        metrics().inc(
-            "billing_bridge_events_total",
-            labels(&[("topic", topic), ("outcome", outcome)]),
-            n,
-        );
+    for ((topic, outcome), count) in counted {
+        emit(telemetry::EventsHandled {
+            topic,
+            outcome,
+            count,
+        });
     }
     Ok(Some((facts, items)))
 }
@@ -562,11 +579,7 @@ async fn announce(
         match aggregates.apply(&facts).await {
             Ok(a) => break a,
             Err(e) => {
-                metrics().inc("billing_bridge_redis_errors_total", String::new(), 1);
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "Updating the aggregates failed; retrying."
-                );
+                emit(telemetry::AggregatesFailed { error: &e });
                 if !back_off(&mut backoff, stop).await {
                     return Ok((aggregates, None, false));
                 }
@@ -643,11 +656,11 @@ async fn deliver(
     }
     let mut backoff = Duration::from_millis(50);
     while !failed.is_empty() {
-        metrics().inc("billing_bridge_kafka_errors_total", String::new(), 1);
-        tracing::warn!(
-            failed = failed.len(),
-            "Producing processed-events failed; retrying."
-        );
+        emit(telemetry::KafkaDeliveryFailed {
+            what: "processed-events",
+            records: failed.len(),
+            error: &"the broker did not acknowledge them",
+        });
         *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
         *replaced = true;
         if !back_off(&mut backoff, stop).await {

@@ -4,9 +4,8 @@
 //! behind `/readyz`. Nothing here depends on one broker's quirks; any
 //! Kafka-protocol cluster works through `brokers`.
 
-use crate::metrics::{global as metrics, labels};
 use anyhow::{Context, Result};
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, ClientContext, Statistics};
 
@@ -37,7 +36,11 @@ pub struct Membership<'a> {
 /// A member of `m.group`: offsets stored only by the caller after the
 /// writes they cover (`enable.auto.offset.store=false`), committed in the
 /// background.
-pub fn group_consumer(brokers: &str, m: &Membership<'_>) -> Result<StreamConsumer<LagContext>> {
+pub fn group_consumer(
+    brokers: &str,
+    m: &Membership<'_>,
+    drain: std::sync::Arc<Drain>,
+) -> Result<StreamConsumer<LagContext>> {
     let mut config = ClientConfig::new();
     if let Some(id) = m.instance_id {
         config.set("group.instance.id", id);
@@ -56,7 +59,10 @@ pub fn group_consumer(brokers: &str, m: &Membership<'_>) -> Result<StreamConsume
             "heartbeat.interval.ms",
             (m.session_timeout_ms / 3).clamp(100, 3000).to_string(),
         )
-        .create_with_context(LagContext)
+        .create_with_context(LagContext {
+            drain,
+            group: m.group.to_owned(),
+        })
         .context("creating the Kafka consumer")
 }
 
@@ -69,19 +75,91 @@ pub fn metadata_client(brokers: &str) -> Result<BaseConsumer> {
         .context("creating the Kafka client for /readyz")
 }
 
-/// Feeds consumer lag per partition into the metrics from librdkafka's statistics.
-pub struct LagContext;
+/// Feeds consumer lag per partition into the metrics from librdkafka's
+/// statistics, and drains the second stages before partitions go.
+pub struct LagContext {
+    drain: std::sync::Arc<Drain>,
+    group: String,
+}
+
+/// Offsets of one (topic, partition): (topic, partition, offset).
+pub type Offset = (String, i32, i64);
+
+/// The batches written to SQLite whose second stage (Redis aggregates,
+/// processed-events) has not finished, and the offsets of those that
+/// finished, not yet taken by the consumer loop. Shared by the loop, its
+/// second stage and the rebalance callback: before partitions are revoked
+/// the callback waits (at most [`DRAIN_WAIT`]) until nothing is queued,
+/// stores the finished batches' offsets and commits them, so the member
+/// that gets the partitions next starts after them instead of replaying
+/// them (a replay changes nothing — every step is guarded — but repeats
+/// the work and the processed-events records).
+#[derive(Default)]
+pub struct Drain {
+    state: std::sync::Mutex<DrainState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct DrainState {
+    queued: usize,
+    finished: Vec<Offset>,
+}
+
+/// Longest a revocation waits for queued second stages (Redis or the
+/// broker away makes them wait); the partitions then go anyway and the
+/// next member replays what was not finished.
+pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+impl Drain {
+    /// A written batch was queued for its second stage.
+    pub fn queued(&self) {
+        self.state.lock().unwrap().queued += 1;
+    }
+
+    /// A queued batch's second stage finished (`offsets`), or gave up (none).
+    pub fn finished(&self, offsets: Vec<Offset>) {
+        let mut s = self.state.lock().unwrap();
+        s.queued = s.queued.saturating_sub(1);
+        s.finished.extend(offsets);
+        self.changed.notify_all();
+    }
+
+    /// Nothing more will finish (the second stage ended): a revocation
+    /// waits no longer.
+    pub fn abandon(&self) {
+        self.state.lock().unwrap().queued = 0;
+        self.changed.notify_all();
+    }
+
+    /// The finished batches' offsets not yet taken.
+    pub fn take_finished(&self) -> Vec<Offset> {
+        std::mem::take(&mut self.state.lock().unwrap().finished)
+    }
+
+    /// Waits until nothing is queued or `wait` passed; returns whether it
+    /// drained and a copy of the finished offsets (left for the loop,
+    /// which also raises its watermarks from them).
+    fn wait_drained(&self, wait: std::time::Duration) -> (bool, Vec<Offset>) {
+        let s = self.state.lock().unwrap();
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, wait, |s| s.queued > 0)
+            .unwrap();
+        (s.queued == 0, s.finished.clone())
+    }
+}
 
 impl ClientContext for LagContext {
     fn stats(&self, stats: Statistics) {
         for (topic, t) in &stats.topics {
             for (partition, p) in &t.partitions {
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    metrics().set(
-                        "billing_bridge_consumer_lag",
-                        labels(&[("topic", topic), ("partition", &partition.to_string())]),
-                        p.consumer_lag,
-                    );
+                    crate::telemetry::emit(crate::telemetry::ConsumerLag {
+                        topic,
+                        partition: *partition,
+                        lag: p.consumer_lag,
+                    });
                 }
             }
         }
@@ -89,6 +167,41 @@ impl ClientContext for LagContext {
 }
 
 impl ConsumerContext for LagContext {
+    /// Before partitions are revoked: the queued second stages finished
+    /// and their offsets committed (see [`Drain`]). Runs inside the
+    /// consumer loop's `recv`, between batches, so no first stage is in
+    /// flight; the wait gives the runtime's worker to other tasks
+    /// (`block_in_place`), as the second stage must run meanwhile.
+    fn pre_rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        let rdkafka::consumer::Rebalance::Revoke(_) = rebalance else {
+            return;
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let started = std::time::Instant::now();
+        let (drained, finished) = if multi_thread {
+            tokio::task::block_in_place(|| self.drain.wait_drained(DRAIN_WAIT))
+        } else {
+            // A single-threaded runtime would run the second stage only
+            // after this returns: waiting could only time out.
+            self.drain.wait_drained(std::time::Duration::ZERO)
+        };
+        for (topic, partition, offset) in &finished {
+            let _ = base.store_offset(topic, *partition, *offset);
+        }
+        let committed = base.commit_consumer_state(CommitMode::Sync);
+        crate::telemetry::emit(crate::telemetry::RevokeDrained {
+            group: &self.group,
+            drained,
+            waited_ms: started.elapsed().as_millis() as u64,
+            committed: committed.is_ok(),
+        });
+    }
+
     fn post_rebalance(
         &self,
         _: &rdkafka::consumer::BaseConsumer<Self>,
@@ -103,20 +216,16 @@ impl ConsumerContext for LagContext {
         };
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
-                metrics().set(
-                    "billing_bridge_assigned_partitions",
-                    String::new(),
-                    tpl.count() as i64,
-                );
-                tracing::info!(partitions = list(tpl), "Partitions assigned.")
+                crate::telemetry::emit(crate::telemetry::PartitionsAssigned {
+                    count: tpl.count(),
+                    list: &list(tpl),
+                })
             }
             rdkafka::consumer::Rebalance::Revoke(tpl) => {
-                // The eager protocol (range) revokes the whole assignment.
-                metrics().set("billing_bridge_assigned_partitions", String::new(), 0);
-                tracing::info!(partitions = list(tpl), "Partitions revoked.")
+                crate::telemetry::emit(crate::telemetry::PartitionsRevoked { list: &list(tpl) })
             }
             rdkafka::consumer::Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "Rebalance failed.")
+                crate::telemetry::emit(crate::telemetry::RebalanceFailed { error: e })
             }
         }
     }

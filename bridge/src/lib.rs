@@ -20,6 +20,7 @@
 //!   aggregates, processed-events, offsets stored last.
 //! - [`live`]: `/healthz`, `/readyz`, `/metrics` and the SSE live updates.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`telemetry`]: typed events that log and count together.
 //! - [`workers`]: the relay and a consumer as tasks, however they are hosted.
 
 pub mod aggregates;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod open_calls;
 pub mod relay;
 pub mod service;
+pub mod telemetry;
 pub mod topics;
 pub mod workers;
 

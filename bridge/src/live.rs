@@ -196,7 +196,7 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
     let heartbeat = live.heartbeat;
     let redis_url = live.redis_url.clone();
     tokio::spawn(async move {
-        metrics().add("billing_bridge_sse_clients", String::new(), 1);
+        crate::telemetry::emit(crate::telemetry::SseClients { change: 1 });
         let _ = tx
             .send(Bytes::from_static(b"retry: 2000\n: connected\n\n"))
             .await;
@@ -239,7 +239,7 @@ async fn stream(live: Arc<Live>, req: Request<Incoming>) -> Response<Body> {
                 break;
             }
         }
-        metrics().add("billing_bridge_sse_clients", String::new(), -1);
+        crate::telemetry::emit(crate::telemetry::SseClients { change: -1 });
     });
     let body = StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(body_rx)
@@ -378,8 +378,7 @@ pub async fn relay_notices(
         };
         tokio::select! {
             r = subscribed => if let Err(e) = r {
-                metrics().inc("billing_bridge_redis_errors_total", String::new(), 1);
-                tracing::warn!(error = format!("{e:#}"), "Live notices: Redis subscription lost; retrying in 1 s.");
+                crate::telemetry::emit(crate::telemetry::NoticeSubscriptionLost { error: &e });
             },
             _ = stop.wait_for(|s| *s) => return,
         }

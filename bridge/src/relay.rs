@@ -157,7 +157,7 @@ impl Relay {
         }
         let rows = block_in_place(|| self.read())?;
         if rows.is_empty() {
-            crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), 0);
+            crate::telemetry::emit(crate::telemetry::OutboxBacklog { rows: 0 });
             return Ok(Round::default());
         }
         // A short read is the whole outbox; only a full one needs counting.
@@ -166,7 +166,7 @@ impl Relay {
         } else {
             block_in_place(|| self.backlog())?
         };
-        crate::metrics::global().set("billing_bridge_outbox_backlog", String::new(), backlog);
+        crate::telemetry::emit(crate::telemetry::OutboxBacklog { rows: backlog });
         let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
         let sender = self.producer.lock().unwrap().clone();
         let sends = rows.iter().map(|row| {
@@ -190,28 +190,17 @@ impl Relay {
             }
         }
         block_in_place(|| self.delete(&delivered, failed.is_empty()))?;
+        crate::telemetry::emit(crate::telemetry::RelayRound {
+            delivered: delivered.len(),
+            failed: failed.len(),
+            backlog: backlog - delivered.len() as i64,
+            first_error: failed.first().map(|(_, e)| e.as_str()),
+        });
         if !failed.is_empty() {
-            tracing::warn!(failed = failed.len(), error = %failed[0].1, "The broker did not take some outbox rows; they stay for the next round.");
             block_in_place(|| self.note_failures(&failed))?;
             *self.producer.lock().unwrap() =
                 crate::kafka::producer(&self.brokers, self.cfg.delivery_timeout_ms)?;
         }
-        let m = crate::metrics::global();
-        m.inc(
-            "billing_bridge_relay_delivered_total",
-            String::new(),
-            delivered.len() as u64,
-        );
-        m.inc(
-            "billing_bridge_relay_failed_total",
-            String::new(),
-            failed.len() as u64,
-        );
-        m.set(
-            "billing_bridge_outbox_backlog",
-            String::new(),
-            backlog - delivered.len() as i64,
-        );
         Ok(Round {
             read: rows.len(),
             delivered: delivered.len(),
@@ -239,9 +228,6 @@ impl Relay {
                     }
                 }
             };
-            if round.delivered > 0 {
-                tracing::debug!(delivered = round.delivered, "Relayed outbox rows.");
-            }
             if round.read == self.cfg.batch_size && round.failed == 0 {
                 continue;
             }

@@ -847,3 +847,133 @@ async fn billing_goes_on_while_redis_is_away() {
     let _ = stop_tx.send(true);
     consumer.await.unwrap().unwrap();
 }
+
+// A member that loses its partitions first lets the batches it wrote to
+// SQLite finish their second stage (Redis, processed-events) and commits
+// them, so the member that gets the partitions next does not replay them:
+// every billed event has exactly one processed-events record. Without the
+// drain the new member replays the batches whose second stage was still
+// waiting (Redis paused here) and sends their records a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_waits_for_the_queued_second_stages() {
+    let (_dir, kafka, db) = broker_and_database(2).await;
+    let redis = Redis::start();
+    let raw = producer(&kafka.brokers(), 5000).unwrap();
+    let group = "bridge-test-revoke-drain";
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let billed = || -> i64 {
+        check
+            .query_row("SELECT count(*) FROM processed_events", [], |r| r.get(0))
+            .unwrap()
+    };
+    let send = |id: String| {
+        let raw = &raw;
+        async move {
+            let ev = inference(&id, 100, 0);
+            raw.send(
+                FutureRecord::to("inference-events")
+                    .key(id.as_str())
+                    .payload(&ev.to_json()),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let counted_to = |n: i64| {
+        let redis = &redis;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            while requests_counted(redis).await != Some(n) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the aggregates never counted {n} requests"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let revocations = || {
+        billing_bridge::metrics::global().counter(
+            "billing_bridge_revocations_total",
+            &format!("{{group=\"{group}\",drained=\"true\"}}"),
+        )
+    };
+
+    let (stop_a, a) = spawn_consumer(&db, &kafka.brokers(), &redis, group);
+    send("first".into()).await;
+    counted_to(1).await;
+
+    // Redis pauses every client for 4 s: the next batches are written to
+    // SQLite, and their second stages wait in the queue.
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(4000)
+        .arg("ALL")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        send(format!("queued-{i}")).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while billed() < 11 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not written to SQLite"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained_before = revocations();
+
+    // A second member joins: the first one's partitions are revoked, after its queue finished.
+    let (stop_b, b) = spawn_consumer(&db, &kafka.brokers(), &redis, group);
+    counted_to(11).await;
+    // The rebalance done (drained or not), and time for the members to fetch.
+    let all = || {
+        revocations()
+            + billing_bridge::metrics::global().counter(
+                "billing_bridge_revocations_total",
+                &format!("{{group=\"{group}\",drained=\"false\"}}"),
+            )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while all() == drained_before {
+        assert!(tokio::time::Instant::now() < deadline, "no revocation");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at_rebalance = revocations();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // After the rebalance, more events, on both members' partitions.
+    for i in 0..6 {
+        send(format!("after-{i}")).await;
+    }
+    counted_to(17).await;
+    assert_eq!(billed(), 17);
+
+    // processed-events: one record per billed event, none repeated.
+    let reader = reader(&kafka.brokers(), "processed-events");
+    let mut ids = std::collections::BTreeMap::<String, usize>::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(8), reader.recv()).await {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        *ids.entry(v["data"]["original_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let _ = stop_a.send(true);
+    let _ = stop_b.send(true);
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    let repeated: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert_eq!(ids.len(), 17, "a record per billed event: {ids:?}");
+    assert!(repeated.is_empty(), "records sent twice: {repeated:?}");
+    assert_eq!(
+        at_rebalance,
+        drained_before + 1,
+        "the revocation found the queue drained"
+    );
+}
