@@ -32,7 +32,7 @@
 
 use crate::aggregates::Aggregates;
 use crate::billing::{self, Fact, Origin, Outcome};
-use crate::kafka::{Drain, Offset};
+use crate::kafka::{Drain, GroupConsumer, Offset, Producer, Received};
 use crate::metrics::global as metrics;
 use crate::telemetry::{self, emit};
 use anyhow::{Context, Result};
@@ -41,9 +41,6 @@ use billing_core::events::{
     TokenMetrics,
 };
 use billing_core::{Nanos, Timestamp};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rusqlite::{Connection, TransactionBehavior};
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +104,7 @@ async fn back_off(backoff: &mut Duration, stop: &mut watch::Receiver<bool>) -> b
 /// savepoints, so that one message's rejection spoils nothing else.
 fn handle_batch(
     conn: &mut Connection,
-    batch: &[BorrowedMessage<'_>],
+    batch: &[Received<'_>],
     aggregated: &Watermarks,
 ) -> Result<(Vec<Outcome>, Watermarks)> {
     match run_batch(conn, batch, aggregated, false) {
@@ -138,7 +135,7 @@ fn sync_watermarks(tx: &rusqlite::Transaction<'_>, done: &Watermarks) -> Result<
 
 fn run_batch(
     conn: &mut Connection,
-    batch: &[BorrowedMessage<'_>],
+    batch: &[Received<'_>],
     aggregated: &Watermarks,
     savepoints: bool,
 ) -> Result<(Vec<Outcome>, Watermarks)> {
@@ -151,7 +148,7 @@ fn run_batch(
             partition: msg.partition(),
             offset: msg.offset(),
         };
-        let payload = msg.payload().unwrap_or_default();
+        let payload = msg.payload();
         if !savepoints {
             out.push(billing::process(
                 &tx,
@@ -280,8 +277,8 @@ pub async fn run(
                 });
                 // A fatal error (another member fenced this one's static
                 // name, say) never clears: retrying would bill nothing for good.
-                if let Some((code, reason)) = consumer.client().fatal_error() {
-                    anyhow::bail!("fatal Kafka consumer error ({code:?}): {reason}");
+                if let Some(fatal) = consumer.fatal_error() {
+                    anyhow::bail!("fatal Kafka consumer error ({fatal})");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -364,7 +361,7 @@ pub async fn run(
             );
         }
     }
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+    if let Err(e) = consumer.commit_stored() {
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
     }
     Ok(())
@@ -389,11 +386,7 @@ struct Staging {
 
 /// A batch whose second stage finished: its offsets stored (committed in
 /// the background) and its partitions' watermarks raised.
-fn settle(
-    consumer: &StreamConsumer<crate::kafka::LagContext>,
-    offsets: &[Offset],
-    aggregated: &mut Watermarks,
-) {
+fn settle(consumer: &GroupConsumer, offsets: &[Offset], aggregated: &mut Watermarks) {
     for (topic, partition, offset) in offsets {
         let w = aggregated
             .entry((topic.clone(), *partition))
@@ -413,13 +406,13 @@ fn settle(
 /// delivered again). Hands back the aggregates and its producer.
 async fn second_stage(
     mut aggregates: Aggregates,
-    mut producer: FutureProducer,
+    mut producer: Producer,
     brokers: String,
     stop: watch::Receiver<bool>,
     mut queued: tokio::sync::mpsc::UnboundedReceiver<Staging>,
     drain: Arc<Drain>,
     backlog: std::sync::Arc<tokio::sync::Semaphore>,
-) -> Result<(Aggregates, FutureProducer)> {
+) -> Result<(Aggregates, Producer)> {
     while let Some(Staging {
         facts,
         items,
@@ -461,10 +454,10 @@ async fn second_stage(
 /// letters. Returns the facts of the events handled (billed now or before)
 /// with their line-item counts, or `None` when stopped first.
 async fn write(
-    batch: &[BorrowedMessage<'_>],
+    batch: &[Received<'_>],
     aggregated: &Watermarks,
     conn: &mut Connection,
-    producer: &mut FutureProducer,
+    producer: &mut Producer,
     brokers: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<(Vec<Fact>, Vec<usize>)>> {
@@ -569,7 +562,7 @@ async fn announce(
     mut aggregates: Aggregates,
     facts: Vec<Fact>,
     items: Vec<usize>,
-    mut producer: FutureProducer,
+    mut producer: Producer,
     brokers: String,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Staged> {
@@ -604,78 +597,57 @@ async fn announce(
         .filter(|(f, _)| f.kind.is_billed())
         .map(|(f, &n)| (f.user_id.to_string(), processed_event(f, n, now).to_json()))
         .collect();
-    let deliveries = records
-        .iter()
-        .map(|(key, payload)| {
-            producer
-                .send_result(
-                    FutureRecord::to(topics::PROCESSED_EVENTS)
-                        .key(key)
-                        .payload(payload),
-                )
-                .ok()
-        })
-        .collect();
     let mut replaced = false;
-    let delivered = deliver(
-        &records,
-        deliveries,
-        &mut producer,
-        &mut replaced,
-        &brokers,
-        stop,
-    )
-    .await?;
+    let delivered = deliver(&records, &mut producer, &mut replaced, &brokers, stop).await?;
     Ok((aggregates, replaced.then_some(producer), delivered))
 }
 
 /// What a second stage hands back: the aggregates, a fresh producer if it
 /// made one, and whether it finished.
-type Staged = (Aggregates, Option<FutureProducer>, bool);
+type Staged = (Aggregates, Option<Producer>, bool);
 
-/// Waits for a batch's `processed-events` deliveries, sending again what
-/// failed with a fresh producer (and then sets `replaced`). Returns false
-/// when stopped first.
+/// Delivers a batch's `processed-events` records, all in flight at once;
+/// what failed is sent again with a fresh producer (which then sets
+/// `replaced`). Returns false when stopped first.
 async fn deliver(
     records: &[(String, String)],
-    deliveries: Vec<Option<rdkafka::producer::DeliveryFuture>>,
-    producer: &mut FutureProducer,
+    producer: &mut Producer,
     replaced: &mut bool,
     brokers: &str,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<bool> {
-    let mut failed = Vec::new();
-    for (i, delivery) in deliveries.into_iter().enumerate() {
-        let delivered = match delivery {
-            Some(d) => matches!(d.await, Ok(Ok(_))),
-            None => false,
-        };
-        if !delivered {
-            failed.push(i);
+    let send = |producer: &Producer, i: usize| {
+        let (key, payload) = &records[i];
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(
+                    topics::PROCESSED_EVENTS,
+                    key.as_bytes(),
+                    payload.as_bytes(),
+                    &[],
+                )
+                .await
         }
-    }
+    };
+    let mut failed: Vec<usize> = (0..records.len()).collect();
     let mut backoff = Duration::from_millis(50);
+    let mut first = true;
     while !failed.is_empty() {
-        emit(telemetry::KafkaDeliveryFailed {
-            what: "processed-events",
-            records: failed.len(),
-            error: &"the broker did not acknowledge them",
-        });
-        *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
-        *replaced = true;
-        if !back_off(&mut backoff, stop).await {
-            return Ok(false);
+        if !first {
+            emit(telemetry::KafkaDeliveryFailed {
+                what: "processed-events",
+                records: failed.len(),
+                error: &"the broker did not acknowledge them",
+            });
+            *producer = crate::kafka::producer(brokers, PRODUCE_TIMEOUT_MS)?;
+            *replaced = true;
+            if !back_off(&mut backoff, stop).await {
+                return Ok(false);
+            }
         }
-        let sends = failed.iter().map(|&i| {
-            let (key, payload) = &records[i];
-            producer.send(
-                FutureRecord::to(topics::PROCESSED_EVENTS)
-                    .key(key)
-                    .payload(payload),
-                Duration::from_secs(30),
-            )
-        });
-        let results = futures::future::join_all(sends).await;
+        first = false;
+        let results = futures::future::join_all(failed.iter().map(|&i| send(producer, i))).await;
         failed = failed
             .into_iter()
             .zip(results)
@@ -687,39 +659,25 @@ async fn deliver(
 }
 
 async fn dead_letter(
-    producer: &FutureProducer,
-    msg: &BorrowedMessage<'_>,
+    producer: &Producer,
+    msg: &Received<'_>,
     code: &str,
     reason: &str,
 ) -> Result<()> {
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "dlq-reason",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "dlq-code",
-            value: Some(code),
-        })
-        .insert(Header {
-            key: "dlq-topic",
-            value: Some(msg.topic()),
-        })
-        .insert(Header {
-            key: "dlq-partition",
-            value: Some(&msg.partition().to_string()),
-        })
-        .insert(Header {
-            key: "dlq-offset",
-            value: Some(&msg.offset().to_string()),
-        });
-    let record = FutureRecord::to(topics::DEAD_LETTER)
-        .key(msg.key().unwrap_or_default())
-        .payload(msg.payload().unwrap_or_default())
-        .headers(headers);
+    let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
     producer
-        .send(record, Duration::from_secs(30))
+        .send(
+            topics::DEAD_LETTER,
+            msg.key(),
+            msg.payload(),
+            &[
+                ("dlq-reason", reason),
+                ("dlq-code", code),
+                ("dlq-topic", msg.topic()),
+                ("dlq-partition", &partition),
+                ("dlq-offset", &offset),
+            ],
+        )
         .await
-        .map_err(|(e, _)| anyhow::anyhow!("dead-letter delivery failed: {e}"))?;
-    Ok(())
+        .map_err(|e| anyhow::anyhow!("dead-letter delivery failed: {e}"))
 }

@@ -1,17 +1,31 @@
-//! Everything that speaks Kafka's client settings, in one place: the
-//! idempotent producer (relay, dead letters, processed-events), the group
-//! consumer with its lag and rebalance telemetry, and the metadata client
-//! behind `/readyz`. Nothing here depends on one broker's quirks; any
-//! Kafka-protocol cluster works through `brokers`.
+//! The Kafka adapter: every use of the Kafka client library (rdkafka, on
+//! librdkafka) is in this module, behind small types of our own — the
+//! idempotent [`Producer`] (relay, dead letters, processed-events), the
+//! [`GroupConsumer`] with its lag and rebalance telemetry and its
+//! [`Drain`], the [`Received`] record, the [`MetadataClient`] behind
+//! `/readyz`, and [`ensure_topics`] through the admin API. Nothing here
+//! depends on one broker's quirks; any Kafka-protocol cluster works
+//! through `brokers`.
 
+use crate::config::TopicsConfig;
 use anyhow::{Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext, Statistics};
+use std::time::Duration;
 
-/// An idempotent producer: acks from all in-sync replicas, ordered retries;
-/// a message not delivered within `delivery_timeout_ms` fails.
-pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProducer> {
+/// An idempotent producer: acks from all in-sync replicas, ordered
+/// retries; a record not delivered within the delivery timeout fails.
+/// Cheap to clone (the clones share one client).
+#[derive(Clone)]
+pub struct Producer(FutureProducer);
+
+/// An idempotent producer whose records fail when not delivered within
+/// `delivery_timeout_ms` (librdkafka's `message.timeout.ms`).
+pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<Producer> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
@@ -19,7 +33,61 @@ pub fn producer(brokers: &str, delivery_timeout_ms: u64) -> Result<FutureProduce
         .set("message.timeout.ms", delivery_timeout_ms.to_string())
         .set("linger.ms", "5")
         .create()
+        .map(Producer)
         .context("creating the Kafka producer")
+}
+
+impl Producer {
+    /// Sends one record of `topic` with `key`, `payload` and `headers`
+    /// (name, value); resolves once the broker acknowledged it, or with
+    /// why not. Waits up to 30 s for room in the client's queue.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if !headers.is_empty() {
+            let mut h = OwnedHeaders::new_with_capacity(headers.len());
+            for (k, v) in headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(*v),
+                });
+            }
+            record = record.headers(h);
+        }
+        self.0
+            .send(record, Duration::from_secs(30))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
+    }
+}
+
+/// One record as the group consumer received it.
+pub struct Received<'a>(BorrowedMessage<'a>);
+
+impl Received<'_> {
+    pub fn topic(&self) -> &str {
+        self.0.topic()
+    }
+    pub fn partition(&self) -> i32 {
+        self.0.partition()
+    }
+    pub fn offset(&self) -> i64 {
+        self.0.offset()
+    }
+    /// The key, empty when there is none.
+    pub fn key(&self) -> &[u8] {
+        self.0.key().unwrap_or_default()
+    }
+    /// The payload, empty when there is none.
+    pub fn payload(&self) -> &[u8] {
+        self.0.payload().unwrap_or_default()
+    }
 }
 
 /// How a group member joins and fetches.
@@ -33,14 +101,18 @@ pub struct Membership<'a> {
     pub session_timeout_ms: u64,
 }
 
-/// A member of `m.group`: offsets stored only by the caller after the
-/// writes they cover (`enable.auto.offset.store=false`), committed in the
-/// background.
+/// A member of a consumer group. Offsets are stored only by the caller,
+/// after the writes they cover (`enable.auto.offset.store=false`), and
+/// committed in the background; before partitions are revoked, the
+/// [`Drain`] is waited for.
+pub struct GroupConsumer(StreamConsumer<LagContext>);
+
+/// A member of `m.group`, sharing `drain` with its rebalance callback.
 pub fn group_consumer(
     brokers: &str,
     m: &Membership<'_>,
     drain: std::sync::Arc<Drain>,
-) -> Result<StreamConsumer<LagContext>> {
+) -> Result<GroupConsumer> {
     let mut config = ClientConfig::new();
     if let Some(id) = m.instance_id {
         config.set("group.instance.id", id);
@@ -63,16 +135,111 @@ pub fn group_consumer(
             drain,
             group: m.group.to_owned(),
         })
+        .map(GroupConsumer)
         .context("creating the Kafka consumer")
+}
+
+impl GroupConsumer {
+    pub fn subscribe(&self, topics: &[&str]) -> Result<()> {
+        Ok(self.0.subscribe(topics)?)
+    }
+
+    /// The next record; rebalances (and their [`Drain`]) happen inside.
+    pub async fn recv(&self) -> Result<Received<'_>, rdkafka::error::KafkaError> {
+        self.0.recv().await.map(Received)
+    }
+
+    /// A fatal client error (say another member fenced this one's static
+    /// name): it never clears, so retrying would bill nothing for good.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.0
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// Stores `offset` of (`topic`, `partition`) as consumed (committed
+    /// as `offset + 1` in the background); fails when the partition is no
+    /// longer this member's.
+    pub fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        Ok(self.0.store_offset(topic, partition, offset)?)
+    }
+
+    /// Commits the stored offsets now and waits for the broker.
+    pub fn commit_stored(&self) -> Result<()> {
+        Ok(self.0.commit_consumer_state(CommitMode::Sync)?)
+    }
 }
 
 /// A client kept for readiness probes (one per probe would start
 /// librdkafka's threads and connections every few seconds).
-pub fn metadata_client(brokers: &str) -> Result<BaseConsumer> {
+pub struct MetadataClient(std::sync::Arc<BaseConsumer>);
+
+pub fn metadata_client(brokers: &str) -> Result<MetadataClient> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
+        .map(|c| MetadataClient(std::sync::Arc::new(c)))
         .context("creating the Kafka client for /readyz")
+}
+
+impl MetadataClient {
+    /// Whether the cluster's metadata comes back within `timeout`.
+    pub async fn reachable(&self, timeout: Duration) -> Result<()> {
+        let client = self.0.clone();
+        tokio::task::spawn_blocking(move || client.fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .context("the metadata probe panicked")?
+            .context("reading the cluster's metadata")
+    }
+}
+
+/// Creates each of the billing topics that does not exist yet, with the
+/// configured partitions, replication and retention; returns the ones
+/// created.
+pub async fn ensure_topics(brokers: &str, cfg: &TopicsConfig) -> Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .context("reading topic metadata from the broker")?;
+    let existing: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    let retention = cfg.retention_ms.to_string();
+    let missing: Vec<NewTopic> = billing_core::events::topics::ALL
+        .iter()
+        .filter(|t| !existing.contains(t))
+        .map(|t| {
+            NewTopic::new(t, cfg.partitions, TopicReplication::Fixed(cfg.replication))
+                .set("retention.ms", &retention)
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let results = admin
+        .create_topics(
+            missing.iter(),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .context("creating topics")?;
+    let mut created = Vec::new();
+    for r in results {
+        match r {
+            Ok(name) => created.push(name),
+            Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %name, "Topic appeared meanwhile.")
+            }
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    for t in &created {
+        tracing::info!(topic = %t, partitions = cfg.partitions, "Created topic.");
+    }
+    Ok(created)
 }
 
 /// Feeds consumer lag per partition into the metrics from librdkafka's

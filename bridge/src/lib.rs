@@ -5,10 +5,9 @@
 //! - [`service`]: [`run`] — start-up, the workers, the HTTP side, drain on
 //!   shutdown, and a non-zero end when a worker stops on its own.
 //! - [`config`]: the strict configuration (file and environment).
-//! - [`kafka`]: the Kafka client settings in one place — the idempotent
-//!   producer, the group consumer and its telemetry, the readiness client.
-//! - [`topics`]: creates the topics that are missing, with the configured
-//!   partitions and retention, through the Kafka admin API.
+//! - [`kafka`]: the Kafka adapter, the only user of the client library —
+//!   the idempotent producer, the group consumer with its rebalance drain,
+//!   the readiness client, topic creation through the admin API.
 //! - [`relay`]: the transactional-outbox relay — produces outbox rows in
 //!   order with an idempotent producer (acks=all) and deletes a row only
 //!   after its delivery report says the broker has it.
@@ -34,7 +33,6 @@ pub mod open_calls;
 pub mod relay;
 pub mod service;
 pub mod telemetry;
-pub mod topics;
 pub mod workers;
 
 pub use config::Config;

@@ -44,7 +44,7 @@ pub struct Live {
     pub redis_url: String,
     /// A client kept for readiness probes (a fresh one per probe would
     /// start librdkafka's threads and connections every few seconds).
-    pub kafka: Arc<rdkafka::consumer::BaseConsumer>,
+    pub kafka: crate::kafka::MetadataClient,
     pub admin_api_key: String,
     pub heartbeat: Duration,
     pub notices: broadcast::Sender<Notice>,
@@ -282,17 +282,12 @@ async fn ready(live: &Live) -> Response<Body> {
     .await
     .map(|_| "ok".to_owned())
     .unwrap_or_else(|e| format!("error: {e:#}"));
-    let client = live.kafka.clone();
-    let kafka = tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::Consumer;
-        client.fetch_metadata(None, Duration::from_secs(2))?;
-        anyhow::Ok(())
-    })
-    .await
-    .map_err(anyhow::Error::from)
-    .and_then(|r| r)
-    .map(|_| "ok".to_owned())
-    .unwrap_or_else(|e| format!("error: {e:#}"));
+    let kafka = live
+        .kafka
+        .reachable(Duration::from_secs(2))
+        .await
+        .map(|_| "ok".to_owned())
+        .unwrap_or_else(|e| format!("error: {e:#}"));
     let workers = if live
         .workers_running
         .load(std::sync::atomic::Ordering::SeqCst)

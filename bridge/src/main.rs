@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use billing_bridge::aggregates;
-use billing_bridge::{topics, Config};
+use billing_bridge::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,7 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Topics => rt.block_on(async {
-            let created = topics::ensure(&cfg.brokers, &cfg.topics).await?;
+            let created = billing_bridge::kafka::ensure_topics(&cfg.brokers, &cfg.topics).await?;
             println!("created: {created:?}");
             Ok(())
         }),

@@ -10,10 +10,9 @@
 //! sends a row twice: consumers are idempotent on the event identity.
 
 use crate::config::{Config, RelayConfig};
+use crate::kafka::Producer;
 use anyhow::{Context, Result};
 use futures::future::join_all;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rusqlite::Connection;
 use std::path::Path;
 use std::sync::Mutex;
@@ -44,7 +43,7 @@ pub struct Relay {
     /// Replaced after a round with failed deliveries: the timed-out messages
     /// used up sequence numbers, and a broker that cannot bump the
     /// producer's epoch would refuse everything after them.
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<Producer>,
     cfg: RelayConfig,
     /// This process's name in the relay lease.
     holder: String,
@@ -167,18 +166,17 @@ impl Relay {
             block_in_place(|| self.backlog())?
         };
         crate::telemetry::emit(crate::telemetry::OutboxBacklog { rows: backlog });
-        let timeout = Duration::from_millis(self.cfg.delivery_timeout_ms);
         let sender = self.producer.lock().unwrap().clone();
         let sends = rows.iter().map(|row| {
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "content-type",
-                value: Some("application/cloudevents+json; charset=utf-8"),
-            });
-            let record = FutureRecord::to(&row.topic)
-                .key(&row.key)
-                .payload(&row.payload)
-                .headers(headers);
-            sender.send(record, timeout)
+            sender.send(
+                &row.topic,
+                row.key.as_bytes(),
+                row.payload.as_bytes(),
+                &[(
+                    "content-type",
+                    "application/cloudevents+json; charset=utf-8",
+                )],
+            )
         });
         let results = join_all(sends).await;
         let mut delivered = Vec::new();
@@ -186,7 +184,7 @@ impl Relay {
         for (row, result) in rows.iter().zip(results) {
             match result {
                 Ok(_) => delivered.push(row.outbox_id),
-                Err((e, _)) => failed.push((row.outbox_id, e.to_string())),
+                Err(e) => failed.push((row.outbox_id, e)),
             }
         }
         block_in_place(|| self.delete(&delivered, failed.is_empty()))?;

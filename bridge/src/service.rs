@@ -9,7 +9,7 @@
 //! `billing-bridge run` exits non-zero and its supervisor restarts it.
 
 use crate::workers::Workers;
-use crate::{aggregates, consumer, live, topics, Config};
+use crate::{aggregates, consumer, live, Config};
 use anyhow::{Context, Result};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +33,7 @@ const DRAIN: Duration = Duration::from_secs(20);
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     billing_migrations::open_and_migrate(&cfg.database)
         .with_context(|| format!("migrating {}", cfg.database.display()))?;
-    topics::ensure(&cfg.brokers, &cfg.topics).await?;
+    crate::kafka::ensure_topics(&cfg.brokers, &cfg.topics).await?;
     let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.http.listen))?;
@@ -59,7 +59,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     let live = Arc::new(live::Live {
         database: cfg.database.clone(),
         redis_url: cfg.redis_url.clone(),
-        kafka: Arc::new(crate::kafka::metadata_client(&cfg.brokers)?),
+        kafka: crate::kafka::metadata_client(&cfg.brokers)?,
         admin_api_key: cfg.admin_api_key.clone(),
         heartbeat: Duration::from_secs(cfg.http.sse_heartbeat_s),
         notices,

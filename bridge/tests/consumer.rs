@@ -6,7 +6,6 @@
 use billing_bridge::aggregates::Aggregates;
 use billing_bridge::config::{RelayConfig, TopicsConfig};
 use billing_bridge::consumer::Settings;
-use billing_bridge::kafka::producer;
 use billing_bridge::relay::Relay;
 use billing_core::events::{CloudEvent, InferenceEvent, InferenceStatus, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
@@ -81,7 +80,7 @@ async fn broker_and_database(partitions: i32) -> (tempfile::TempDir, Kafka, std:
     let kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(
+    billing_bridge::kafka::ensure_topics(
         &kafka.brokers(),
         &TopicsConfig {
             partitions,
@@ -91,6 +90,16 @@ async fn broker_and_database(partitions: i32) -> (tempfile::TempDir, Kafka, std:
     .await
     .unwrap();
     (dir, kafka, db)
+}
+
+/// A test's own idempotent producer (rdkafka directly, as any client of
+/// the topics would), whose records fail after `timeout_ms`.
+fn producer(brokers: &str, timeout_ms: u64) -> anyhow::Result<rdkafka::producer::FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .create()?)
 }
 
 /// A consumer of `topic` from its start, in a group of its own.

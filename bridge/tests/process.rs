@@ -565,7 +565,10 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     // The rebuild marked the events: a redelivered one changes nothing.
     let again = event(7, 17);
     rdkafka::producer::FutureProducer::send(
-        &billing_bridge::kafka::producer(&kafka.brokers(), 5000).unwrap(),
+        &rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.brokers())
+            .create::<rdkafka::producer::FutureProducer>()
+            .unwrap(),
         rdkafka::producer::FutureRecord::to("token-metrics")
             .key(&again.key())
             .payload(&again.to_json()),

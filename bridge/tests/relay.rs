@@ -76,7 +76,7 @@ async fn delivers_then_deletes() {
     let kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    let created = billing_bridge::topics::ensure(
+    let created = billing_bridge::kafka::ensure_topics(
         &kafka.brokers(),
         &TopicsConfig {
             partitions: 3,
@@ -87,7 +87,7 @@ async fn delivers_then_deletes() {
     .unwrap();
     assert_eq!(created.len(), 6, "{created:?}");
     assert!(
-        billing_bridge::topics::ensure(&kafka.brokers(), &TopicsConfig::default())
+        billing_bridge::kafka::ensure_topics(&kafka.brokers(), &TopicsConfig::default())
             .await
             .unwrap()
             .is_empty(),
@@ -118,7 +118,7 @@ async fn broker_away_and_back() {
     let mut kafka = Kafka::start(dir.path());
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(&kafka.brokers(), &TopicsConfig::default())
+    billing_bridge::kafka::ensure_topics(&kafka.brokers(), &TopicsConfig::default())
         .await
         .unwrap();
     let r = relay(&db, &kafka.brokers());
@@ -172,7 +172,7 @@ async fn nudge_wakes_the_relay() {
     let redis = Redis::start();
     let db = dir.path().join("billing.db");
     billing_migrations::open_and_migrate(&db).unwrap();
-    billing_bridge::topics::ensure(&kafka.brokers(), &TopicsConfig::default())
+    billing_bridge::kafka::ensure_topics(&kafka.brokers(), &TopicsConfig::default())
         .await
         .unwrap();
     let r = std::sync::Arc::new(relay(&db, &kafka.brokers()));

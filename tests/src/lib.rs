@@ -289,7 +289,7 @@ impl Bridge {
         use billing_bridge::config::{RelayConfig, TopicsConfig};
         let kafka = billing_testkit::Kafka::start(stack.dir.path());
         let db = stack.dir.path().join("billing.db");
-        billing_bridge::topics::ensure(
+        billing_bridge::kafka::ensure_topics(
             &kafka.brokers(),
             &TopicsConfig {
                 partitions: 2,

@@ -8,7 +8,6 @@ use billing_core::events::{CloudEvent, TokenMetrics};
 use billing_core::{ModelName, Timestamp, Usage};
 use billing_testkit::{Kafka, Redis};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureRecord;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -133,7 +132,7 @@ async fn redis_day_totals(redis: &Redis, day: &str) -> (i64, i64) {
 /// The broker's own ceiling: `n` messages of the payload size produced
 /// (idempotent, acks=all, as the relay does) and consumed, concurrently.
 async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
-    billing_bridge::topics::ensure(
+    billing_bridge::kafka::ensure_topics(
         brokers,
         &TopicsConfig {
             partitions: 6,
@@ -186,13 +185,8 @@ async fn raw_rate(brokers: &str, n: i64, payload: &str) -> f64 {
                     let p = producer.clone();
                     let payload = payload.clone();
                     async move {
-                        p.send(
-                            FutureRecord::to("bench-raw").key(&key).payload(&payload),
-                            Duration::from_secs(30),
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| e)
+                        p.send("bench-raw", key.as_bytes(), payload.as_bytes(), &[])
+                            .await
                     }
                 });
                 for r in futures::future::join_all(sends).await {
@@ -243,7 +237,7 @@ pub async fn run(events: i64, rate: i64, seconds: i64) {
         )
         .unwrap();
     }
-    billing_bridge::topics::ensure(
+    billing_bridge::kafka::ensure_topics(
         &brokers,
         &TopicsConfig {
             partitions: 6,
