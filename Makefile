@@ -86,7 +86,7 @@ bench: bench-host
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- sqlite --events 200000
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- invoice --lines 1000000
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- metrics --line-items 1000000 --requests 300
-	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- bridge --events 20000 --rate 1000 --seconds 20
+	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- bridge --events 100000 --rate 5000 --seconds 60
 	scripts/ensure-deps.sh litellm
 	$(CARGO) run -q --release -p billing-e2e --bin billing-bench -- gateway --requests 100
 	$(CARGO) run -q --release -p billing-e2e --bin billing-load -- faults --rounds 0 --users 10 --events-per-s 500 --seconds 30

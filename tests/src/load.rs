@@ -46,6 +46,8 @@ pub struct Plan {
     pub events_per_s: u32,
     /// Events per collector request.
     pub batch: usize,
+    /// Concurrent senders of event batches (each one request at a time).
+    pub lanes: usize,
     pub duration: Duration,
     /// How long a request is retried before the run is failed.
     pub give_up: Duration,
@@ -62,6 +64,7 @@ impl Default for Plan {
             think: Duration::from_millis(100),
             events_per_s: 500,
             batch: 50,
+            lanes: 2,
             duration: Duration::from_secs(30),
             give_up: Duration::from_secs(300),
             drain_timeout: Duration::from_secs(300),
@@ -672,7 +675,11 @@ pub async fn run<F: std::future::Future<Output = ()>>(
             until,
         )));
     }
-    let lanes = if plan.events_per_s > 0 { 2 } else { 0 };
+    let lanes = if plan.events_per_s > 0 {
+        plan.lanes.max(1)
+    } else {
+        0
+    };
     for lane in 0..lanes {
         let rate = plan.events_per_s as f64 / lanes as f64;
         tasks.push(tokio::spawn(events(

@@ -45,6 +45,9 @@ struct Load {
     /// Events per collector request.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     batch: u64,
+    /// Concurrent senders of event batches, each one request at a time.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    lanes: u64,
     /// How long to load, in seconds (a fault run lasts at least its schedule).
     #[arg(long, default_value_t = 30)]
     seconds: u64,
@@ -93,6 +96,7 @@ fn plan(l: &Load) -> Plan {
         think: Duration::from_millis(l.think_ms),
         events_per_s: l.events_per_s,
         batch: l.batch as usize,
+        lanes: l.lanes as usize,
         duration: Duration::from_secs(l.seconds),
         progress: true,
         ..Plan::default()
