@@ -67,6 +67,9 @@ impl Limits {
     }
 }
 
+/// The longest `timeout_ms` a component may be given: 7 days, in ms.
+pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+
 impl std::str::FromStr for ComponentLimits {
     type Err = String;
 
@@ -85,6 +88,12 @@ impl std::str::FromStr for ComponentLimits {
                 return Err(format!("{key} must be above 0"));
             }
             match key.trim() {
+                // Bounded so that a deadline (now + timeout) cannot overflow.
+                "timeout_ms" if n > MAX_TIMEOUT_MS => {
+                    return Err(format!(
+                        "timeout_ms must be at most {MAX_TIMEOUT_MS} (7 days)"
+                    ))
+                }
                 "timeout_ms" => limits.timeout = Some(Duration::from_millis(n)),
                 "max_body_bytes" => limits.max_body_bytes = Some(n as usize),
                 other => {
@@ -334,8 +343,13 @@ impl App {
             .filter(|id| !m.component.contains_key(id.as_str()))
             .collect();
         unknown.sort();
+        // A warning, not a refusal: the defaults of `make up` and
+        // docker-compose name llm-sim, which a production manifest drops.
         if !unknown.is_empty() {
-            bail!("limits are set for components the manifest does not declare: {unknown:?}");
+            tracing::warn!(
+                components = ?unknown,
+                "Limits are set for components the manifest does not declare; they are ignored."
+            );
         }
         if !undefined.is_empty() {
             bail!(
@@ -545,6 +559,10 @@ mod tests {
             ("gateway:timeout_ms=soon", "not a whole number"),
             ("gateway:timeout_ms=0", "above 0"),
             ("gateway:timeout_ms", "not key=value"),
+            (
+                "gateway:timeout_ms=18446744073709551615",
+                "timeout_ms must be at most 604800000",
+            ),
         ] {
             let e = parse_component_limits(&[bad.into()]).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
