@@ -49,6 +49,9 @@ use tokio::sync::watch;
 /// How long a dead letter or processed-events record may wait for the broker, in ms.
 const PRODUCE_TIMEOUT_MS: u64 = 10_000;
 
+/// How often stored offsets are committed while consuming.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Most facts of written batches waiting for their second stage (Redis,
 /// processed-events); above it the first stage waits. About 60 s of
 /// 5,000 events/s, a few hundred bytes each.
@@ -263,10 +266,18 @@ pub async fn run(
     ));
     // Watermarks of finished second stages, stored with the next batch.
     let mut aggregated = Watermarks::new();
+    let mut last_commit = std::time::Instant::now();
     loop {
         let first = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             m = consumer.recv() => m,
+            // Idle: what the second stage finished meanwhile is stored and committed.
+            _ = tokio::time::sleep(COMMIT_INTERVAL) => {
+                settle(&consumer, &drain.take_finished(), &mut aggregated);
+                consumer.commit_stored_in_background();
+                last_commit = std::time::Instant::now();
+                continue;
+            }
         };
         let first = match first {
             Ok(m) => m,
@@ -302,6 +313,10 @@ pub async fn run(
         // Second stages finished meanwhile: their offsets stored, their
         // watermarks written with this batch.
         settle(&consumer, &drain.take_finished(), &mut aggregated);
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            consumer.commit_stored_in_background();
+            last_commit = std::time::Instant::now();
+        }
         let Some((facts, items)) =
             write(&batch, &aggregated, conn, &mut producer, brokers, &mut stop).await?
         else {

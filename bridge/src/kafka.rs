@@ -103,8 +103,8 @@ pub struct Membership<'a> {
 
 /// A member of a consumer group. Offsets are stored only by the caller,
 /// after the writes they cover (`enable.auto.offset.store=false`), and
-/// committed in the background; before partitions are revoked, the
-/// [`Drain`] is waited for.
+/// committed by the caller ([`GroupConsumer::commit_stored_in_background`]);
+/// before partitions are revoked, the [`Drain`] is waited for.
 pub struct GroupConsumer(StreamConsumer<LagContext>);
 
 /// A member of `m.group`, sharing `drain` with its rebalance callback.
@@ -120,8 +120,14 @@ pub fn group_consumer(
     config
         .set("bootstrap.servers", brokers)
         .set("group.id", m.group)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        // Committed by the consumer loop (`commit_stored_in_background`,
+        // every second) and before a revocation, never by librdkafka
+        // itself: its revoke-time auto-commit also sends the offsets of an
+        // assignment already lost to a session timeout, which the broker
+        // answers FENCED_INSTANCE_ID for a static member — a fatal error
+        // that stopped the bridge in `make faults` (librdkafka PR #5585,
+        // "Don't commit offsets of a lost assignment", after 2.12.1).
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
@@ -134,6 +140,7 @@ pub fn group_consumer(
         .create_with_context(LagContext {
             drain,
             group: m.group.to_owned(),
+            assigned: std::sync::atomic::AtomicBool::new(false),
         })
         .map(GroupConsumer)
         .context("creating the Kafka consumer")
@@ -165,9 +172,31 @@ impl GroupConsumer {
         Ok(self.0.store_offset(topic, partition, offset)?)
     }
 
-    /// Commits the stored offsets now and waits for the broker.
+    /// Commits the stored offsets now and waits for the broker; nothing
+    /// when the assignment was lost (its offsets are no longer this
+    /// member's to commit).
     pub fn commit_stored(&self) -> Result<()> {
+        if !self.may_commit() {
+            anyhow::bail!("no assignment held; nothing committed");
+        }
         Ok(self.0.commit_consumer_state(CommitMode::Sync)?)
+    }
+
+    /// Sends the stored offsets to the broker without waiting (errors are
+    /// the next commit's to fix); nothing when the assignment was lost.
+    pub fn commit_stored_in_background(&self) {
+        if self.may_commit() {
+            let _ = self.0.commit_consumer_state(CommitMode::Async);
+        }
+    }
+
+    /// Whether this member holds an assignment it has not lost.
+    fn may_commit(&self) -> bool {
+        self.0
+            .context()
+            .assigned
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && !self.0.assignment_lost()
     }
 }
 
@@ -247,6 +276,13 @@ pub async fn ensure_topics(brokers: &str, cfg: &TopicsConfig) -> Result<Vec<Stri
 pub struct LagContext {
     drain: std::sync::Arc<Drain>,
     group: String,
+    /// Between an assignment and the revocation that ends it: the only
+    /// time offsets may be committed. After an assignment lost to a
+    /// session timeout librdkafka clears its own "lost" flag while it
+    /// still unassigns, and a commit sent then carries no member id; the
+    /// broker answers FENCED_INSTANCE_ID for a static member, which is
+    /// fatal (seen in `make faults` with the broker away for 60 s).
+    assigned: std::sync::atomic::AtomicBool,
 }
 
 /// Offsets of one (topic, partition): (topic, partition, offset).
@@ -347,6 +383,21 @@ impl ConsumerContext for LagContext {
         let rdkafka::consumer::Rebalance::Revoke(_) = rebalance else {
             return;
         };
+        let held = self
+            .assigned
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if base.assignment_lost() || !held {
+            // Lost to a session timeout: the partitions are already
+            // another member's, and a commit now would be refused as
+            // fenced (fatal for a static member).
+            crate::telemetry::emit(crate::telemetry::RevokeDrained {
+                group: &self.group,
+                drained: false,
+                waited_ms: 0,
+                committed: false,
+            });
+            return;
+        }
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let started = std::time::Instant::now();
@@ -383,6 +434,8 @@ impl ConsumerContext for LagContext {
         };
         match rebalance {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
+                self.assigned
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 crate::telemetry::emit(crate::telemetry::PartitionsAssigned {
                     count: tpl.count(),
                     list: &list(tpl),

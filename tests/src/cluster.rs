@@ -222,6 +222,35 @@ listen = "127.0.0.1:{bridge_port}"
         }
     }
 
+    /// Starts again a bridge or host that ended by itself, as a supervisor
+    /// would (`restart: unless-stopped` in docker-compose; the bridge ends
+    /// with status 1 on a fatal error so that it is restarted). Returns a
+    /// line per restart, with the end of its log.
+    pub fn revive(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for part in [Part::Bridge, Part::Host] {
+            let child = match part {
+                Part::Bridge => self.bridge.as_mut(),
+                _ => self.host.as_mut(),
+            };
+            let Some(Ok(Some(status))) = child.map(|c| c.try_wait()) else {
+                continue;
+            };
+            let log = if part == Part::Bridge {
+                "bridge"
+            } else {
+                "host"
+            };
+            lines.push(format!(
+                "{} ended by itself ({status}); started again. Its last log lines:\n{}",
+                part.name(),
+                self.tail(log, 3)
+            ));
+            self.start_part(part);
+        }
+        lines
+    }
+
     /// Waits up to two minutes (a first start compiles the components) for
     /// the part to listen; fails at once, with its log, if it exits.
     fn wait(&mut self, part: Part) {
@@ -373,7 +402,24 @@ pub async fn fault_run(
             }
         }
     };
+    // The supervisor: a part that ended by itself is started again.
+    let supervising = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let supervisor = tokio::spawn({
+        let (cluster, log, on) = (cluster.clone(), log.clone(), supervising.clone());
+        async move {
+            while on.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let c = cluster.clone();
+                let lines = tokio::task::spawn_blocking(move || c.lock().unwrap().revive())
+                    .await
+                    .expect("supervisor");
+                log.lock().unwrap().extend(lines);
+            }
+        }
+    });
     let report = crate::load::run(target, plan, during).await;
+    supervising.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = supervisor.await;
     let log = log.lock().unwrap().clone();
     match report {
         Ok(r) => Ok((r, log)),
