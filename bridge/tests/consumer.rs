@@ -102,6 +102,19 @@ fn producer(brokers: &str, timeout_ms: u64) -> anyhow::Result<rdkafka::producer:
         .create()?)
 }
 
+/// Sends an inference event `id` (100 ms latency, no compute time) keyed by `key`.
+async fn send_inference(raw: &rdkafka::producer::FutureProducer, id: &str, key: &str) {
+    let ev = inference(id, 100, 0);
+    raw.send(
+        FutureRecord::to("inference-events")
+            .key(key)
+            .payload(&ev.to_json()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+}
+
 /// A consumer of `topic` from its start, in a group of its own.
 fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     let c: StreamConsumer = ClientConfig::new()
@@ -797,17 +810,7 @@ async fn billing_goes_on_while_redis_is_away() {
     };
     let send = |id: String| {
         let raw = &raw;
-        async move {
-            let ev = inference(&id, 100, 0);
-            raw.send(
-                FutureRecord::to("inference-events")
-                    .key("2")
-                    .payload(&ev.to_json()),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        }
+        async move { send_inference(raw, &id, "2").await }
     };
 
     send("before".into()).await;
@@ -877,17 +880,7 @@ async fn a_revocation_waits_for_the_queued_second_stages() {
     };
     let send = |id: String| {
         let raw = &raw;
-        async move {
-            let ev = inference(&id, 100, 0);
-            raw.send(
-                FutureRecord::to("inference-events")
-                    .key(id.as_str())
-                    .payload(&ev.to_json()),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
-        }
+        async move { send_inference(raw, &id, &id).await }
     };
     let counted_to = |n: i64| {
         let redis = &redis;

@@ -626,6 +626,16 @@ mod tests {
         c.add(&f);
         let ops = c.ops();
         let m = "claude-haiku-4-5-20251001";
+        // What the fact adds to each of its fields (zero counts add nothing).
+        let added = [
+            ("cost", 700),
+            ("tok:input", 10),
+            ("tok:output", 20),
+            ("tok:cache_read", 5),
+            ("turns", 1),
+            ("lat_sum", 100),
+            ("lat_n", 1),
+        ];
         let mut fields = Vec::new();
         for (key, dims) in [
             (
@@ -652,28 +662,12 @@ mod tests {
             ),
         ] {
             for d in dims {
-                for (metric, by) in [
-                    ("cost", 700),
-                    ("tok:input", 10),
-                    ("tok:output", 20),
-                    ("tok:cache_read", 5),
-                    ("turns", 1),
-                    ("lat_sum", 100),
-                    ("lat_n", 1),
-                ] {
+                for (metric, by) in added {
                     fields.push((key.to_owned(), format!("{d}|{metric}"), by));
                 }
             }
         }
-        for (metric, by) in [
-            ("cost", 700),
-            ("tok:input", 10),
-            ("tok:output", 20),
-            ("tok:cache_read", 5),
-            ("turns", 1),
-            ("lat_sum", 100),
-            ("lat_n", 1),
-        ] {
+        for (metric, by) in added {
             fields.push(("billing:agg:thread:9".to_owned(), metric.to_owned(), by));
         }
         fields.sort();
