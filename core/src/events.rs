@@ -130,9 +130,9 @@ impl<T: EventData> CloudEvent<T> {
     /// pass ([`plain_event`]); anything else takes the full path, which
     /// names every problem (field, reason).
     pub fn from_json(s: &str) -> Result<Self, Vec<FieldError>> {
-        if let Some(ev) = serde_json::from_str::<Plain<'_, T>>(s)
+        if let Some(ev) = serde_json::from_str::<ObjectOnly<Plain<'_, T>>>(s)
             .ok()
-            .and_then(plain_event)
+            .and_then(|p| plain_event(p.0))
         {
             return Ok(ev);
         }
@@ -163,6 +163,28 @@ struct Plain<'a, T> {
     data: T,
 }
 
+/// `T` read only from a JSON object: a derived struct would also take an
+/// array of its fields in order, which the full path refuses ("must be a
+/// JSON object").
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
 /// `Some(None)` for an explicit `null`, so it is told from an absent attribute.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<&'de str>>, D::Error> {
     Option::<&'de str>::deserialize(d).map(Some)
@@ -178,8 +200,8 @@ fn plain_attr(s: &str, max: usize) -> bool {
 /// [`CloudEvent::from_value`] on each element, which names every problem,
 /// decides. What this accepts, that accepts too, as the same events.
 pub fn plain_batch<T: EventData>(body: &[u8]) -> Option<Vec<CloudEvent<T>>> {
-    let plain: Vec<Plain<T>> = serde_json::from_slice(body).ok()?;
-    plain.into_iter().map(plain_event).collect()
+    let plain: Vec<ObjectOnly<Plain<T>>> = serde_json::from_slice(body).ok()?;
+    plain.into_iter().map(|p| plain_event(p.0)).collect()
 }
 
 /// One event read in one pass, when it is usual and valid; `None` sends it
@@ -689,9 +711,9 @@ mod tests {
                 CloudEvent::<InferenceEvent>::from_value(serde_json::from_str(&v).unwrap());
             assert_eq!(one, one_full, "{v}");
             assert_eq!(
-                serde_json::from_str::<super::Plain<'_, InferenceEvent>>(&v)
+                serde_json::from_str::<super::ObjectOnly<super::Plain<'_, InferenceEvent>>>(&v)
                     .ok()
-                    .and_then(plain_event)
+                    .and_then(|p| plain_event(p.0))
                     .is_some(),
                 way == Plain,
                 "{v}: read in one pass"
@@ -706,6 +728,23 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// An event written as an array of its attributes in order is not an
+    /// event: the one-pass readers refuse it as the full path does.
+    #[test]
+    fn an_array_is_not_an_event() {
+        let data = r#"{"user_id":2,"model":"claude-haiku-4-5-20251001","request_id":"r1","status":"succeeded","latency_ms":300,"compute_ms":250,"usage":{"input_tokens":120,"output_tokens":40}}"#;
+        let array = format!(
+            r#"["1.0","e-1","/svc","llm-billing.inference","2026-11-01T10:00:00Z",null,"application/json",null,{data}]"#
+        );
+        assert!(CloudEvent::<InferenceEvent>::from_json(&array).is_err());
+        assert!(plain_batch::<InferenceEvent>(format!("[{array}]").as_bytes()).is_none());
+        let object = format!(
+            r#"{{"specversion":"1.0","id":"e-1","source":"/svc","type":"llm-billing.inference","time":"2026-11-01T10:00:00Z","data":{data}}}"#
+        );
+        assert!(CloudEvent::<InferenceEvent>::from_json(&object).is_ok());
+        assert!(plain_batch::<InferenceEvent>(format!("[{object}]").as_bytes()).is_some());
     }
 
     fn metrics() -> CloudEvent<TokenMetrics> {
