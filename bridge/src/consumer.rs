@@ -296,10 +296,22 @@ pub async fn run(
             }
         };
         let mut batch = vec![first];
+        // A rebalance can happen inside any `recv` below: the messages
+        // gathered before it may be of partitions now revoked (and their
+        // offsets already committed up to before them), so they are
+        // dropped, not billed here; their new owner (perhaps this member
+        // again) fetches them from the committed offset.
+        let mut generation = consumer.rebalances();
         let until = tokio::time::Instant::now() + Duration::from_millis(settings.batch_wait_ms);
         while batch.len() < settings.batch_size {
             match tokio::time::timeout_at(until, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m),
+                Ok(Ok(m)) => {
+                    if consumer.rebalances() != generation {
+                        generation = consumer.rebalances();
+                        batch.clear();
+                    }
+                    batch.push(m)
+                }
                 Ok(Err(e)) => {
                     emit(telemetry::KafkaReceiveFailed {
                         error: &e,

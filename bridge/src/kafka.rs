@@ -141,6 +141,7 @@ pub fn group_consumer(
             drain,
             group: m.group.to_owned(),
             assigned: std::sync::atomic::AtomicBool::new(false),
+            rebalances: std::sync::atomic::AtomicU64::new(0),
         })
         .map(GroupConsumer)
         .context("creating the Kafka consumer")
@@ -188,6 +189,15 @@ impl GroupConsumer {
         if self.may_commit() {
             let _ = self.0.commit_consumer_state(CommitMode::Async);
         }
+    }
+
+    /// How many revocations and assignments this member has been through;
+    /// a message received after it changed belongs to the new assignment.
+    pub fn rebalances(&self) -> u64 {
+        self.0
+            .context()
+            .rebalances
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether this member holds an assignment it has not lost.
@@ -283,6 +293,8 @@ pub struct LagContext {
     /// broker answers FENCED_INSTANCE_ID for a static member, which is
     /// fatal (seen in `make faults` with the broker away for 60 s).
     assigned: std::sync::atomic::AtomicBool,
+    /// Revocations and assignments so far (see [`GroupConsumer::rebalances`]).
+    rebalances: std::sync::atomic::AtomicU64,
 }
 
 /// Offsets of one (topic, partition): (topic, partition, offset).
@@ -372,9 +384,11 @@ impl ClientContext for LagContext {
 impl ConsumerContext for LagContext {
     /// Before partitions are revoked: the queued second stages finished
     /// and their offsets committed (see [`Drain`]). Runs inside the
-    /// consumer loop's `recv`, between batches, so no first stage is in
-    /// flight; the wait gives the runtime's worker to other tasks
-    /// (`block_in_place`), as the second stage must run meanwhile.
+    /// consumer loop's `recv`, so no SQLite write is in flight; messages
+    /// of a batch being gathered are dropped by the loop when it sees
+    /// [`GroupConsumer::rebalances`] change. The wait gives the runtime's
+    /// worker to other tasks (`block_in_place`), as the second stage must
+    /// run meanwhile.
     fn pre_rebalance(
         &self,
         base: &BaseConsumer<Self>,
@@ -386,6 +400,8 @@ impl ConsumerContext for LagContext {
         let held = self
             .assigned
             .swap(false, std::sync::atomic::Ordering::SeqCst);
+        self.rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if base.assignment_lost() || !held {
             // Lost to a session timeout: the partitions are already
             // another member's, and a commit now would be refused as
@@ -401,17 +417,21 @@ impl ConsumerContext for LagContext {
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let started = std::time::Instant::now();
-        let (drained, finished) = if multi_thread {
-            tokio::task::block_in_place(|| self.drain.wait_drained(DRAIN_WAIT))
-        } else {
-            // A single-threaded runtime would run the second stage only
-            // after this returns: waiting could only time out.
-            self.drain.wait_drained(std::time::Duration::ZERO)
+        // The wait and the synchronous commit hand the runtime's worker to
+        // other tasks (block_in_place); a single-threaded runtime would
+        // run the second stage only after this returns, so it waits no time.
+        let settle = |wait| {
+            let (drained, finished) = self.drain.wait_drained(wait);
+            for (topic, partition, offset) in &finished {
+                let _ = base.store_offset(topic, *partition, *offset);
+            }
+            (drained, base.commit_consumer_state(CommitMode::Sync))
         };
-        for (topic, partition, offset) in &finished {
-            let _ = base.store_offset(topic, *partition, *offset);
-        }
-        let committed = base.commit_consumer_state(CommitMode::Sync);
+        let (drained, committed) = if multi_thread {
+            tokio::task::block_in_place(|| settle(DRAIN_WAIT))
+        } else {
+            settle(std::time::Duration::ZERO)
+        };
         crate::telemetry::emit(crate::telemetry::RevokeDrained {
             group: &self.group,
             drained,
@@ -436,6 +456,8 @@ impl ConsumerContext for LagContext {
             rdkafka::consumer::Rebalance::Assign(tpl) => {
                 self.assigned
                     .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.rebalances
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 crate::telemetry::emit(crate::telemetry::PartitionsAssigned {
                     count: tpl.count(),
                     list: &list(tpl),
@@ -445,6 +467,9 @@ impl ConsumerContext for LagContext {
                 crate::telemetry::emit(crate::telemetry::PartitionsRevoked { list: &list(tpl) })
             }
             rdkafka::consumer::Rebalance::Error(e) => {
+                // rdkafka unassigns after an error: nothing is held.
+                self.assigned
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 crate::telemetry::emit(crate::telemetry::RebalanceFailed { error: e })
             }
         }

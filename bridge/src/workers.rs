@@ -12,9 +12,10 @@ use std::path::Path;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The running loops; a loop already reported by [`Workers::first_to_end`] is gone.
 /// The consumer's SQLite page cache, in KiB (`PRAGMA cache_size`).
 pub const CONSUMER_CACHE_KIB: u32 = 32 * 1024;
+
+/// The running loops; a loop already reported by [`Workers::first_to_end`] is gone.
 
 pub struct Workers {
     relayed: Option<JoinHandle<Result<()>>>,
