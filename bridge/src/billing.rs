@@ -453,11 +453,21 @@ fn now_text() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
 }
 
-/// The line-item insert for `rows` token lines of one event: one statement
-/// (a multi-row `VALUES`), so an event's lines cost one statement run
-/// instead of one each. `?1`–`?7` and `?8` (occurred_at), `?9` (created_at)
-/// are shared; each row adds its token class, tokens, unit price and cost.
-fn token_lines_sql(rows: usize) -> String {
+/// The line-item insert for `rows` (1 to 5) token lines of one event,
+/// built once per row count: one statement (a multi-row `VALUES`), so an
+/// event's lines cost one statement run instead of one each.
+fn token_lines_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    &SQL.get_or_init(|| {
+        (1..=billing_core::usage::TokenClass::ALL.len())
+            .map(build_token_lines_sql)
+            .collect()
+    })[rows - 1]
+}
+
+/// `?1`–`?7` and `?8` (occurred_at), `?9` (created_at) are shared; each
+/// row adds its token class, tokens, unit price and cost.
+fn build_token_lines_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO user_invoice_line_item (source, event_id, user_id, thread_id, message_id, model_id, pricing_id, occurred_at, created_at, token_class, tokens, unit_price, cost_nanos) VALUES ",
     );
@@ -492,7 +502,7 @@ fn insert_token_lines(
     if lines.is_empty() {
         return Ok(0);
     }
-    let mut stmt = tx.prepare_cached(&token_lines_sql(lines.len()))?;
+    let mut stmt = tx.prepare_cached(token_lines_sql(lines.len()))?;
     let created = now_text();
     let shared: [&dyn rusqlite::ToSql; 9] = [
         &ev.0,

@@ -274,8 +274,7 @@ pub async fn run(
             // Idle: what the second stage finished meanwhile is stored and committed.
             _ = tokio::time::sleep(COMMIT_INTERVAL) => {
                 settle(&consumer, &drain.take_finished(), &mut aggregated);
-                consumer.commit_stored_in_background();
-                last_commit = std::time::Instant::now();
+                commit_due(&consumer, &mut last_commit);
                 continue;
             }
         };
@@ -325,10 +324,7 @@ pub async fn run(
         // Second stages finished meanwhile: their offsets stored, their
         // watermarks written with this batch.
         settle(&consumer, &drain.take_finished(), &mut aggregated);
-        if last_commit.elapsed() >= COMMIT_INTERVAL {
-            consumer.commit_stored_in_background();
-            last_commit = std::time::Instant::now();
-        }
+        commit_due(&consumer, &mut last_commit);
         let Some((facts, items)) =
             write(&batch, &aggregated, conn, &mut producer, brokers, &mut stop).await?
         else {
@@ -392,6 +388,15 @@ pub async fn run(
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
     }
     Ok(())
+}
+
+/// Commits the stored offsets in the background once [`COMMIT_INTERVAL`]
+/// has passed since the last commit.
+fn commit_due(consumer: &GroupConsumer, last: &mut std::time::Instant) {
+    if last.elapsed() >= COMMIT_INTERVAL {
+        consumer.commit_stored_in_background();
+        *last = std::time::Instant::now();
+    }
 }
 
 /// Releases a revocation's wait on drop (see [`Drain::abandon`]).

@@ -323,10 +323,10 @@ impl Event for SseClients {
 mod tests {
     use super::*;
 
-    // An event's log and its metric come from one emit: the counter and
-    // its label move with it.
+    // Each emit of an event moves its counter, under the event's own label
+    // (the log line is written by the same `emit`; not captured here).
     #[test]
-    fn an_event_counts_what_it_logs() {
+    fn each_emit_counts_under_its_label() {
         let count = |name: &str| -> i64 {
             metrics()
                 .render()

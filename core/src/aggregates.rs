@@ -256,13 +256,42 @@ struct ThreadSum {
     model: usize,
 }
 
-/// Index of a metric in [`METRICS`].
-fn metric(name: &str) -> usize {
-    METRICS
-        .iter()
-        .position(|m| *m == name)
-        .expect("a metric of METRICS")
+/// Index of a metric in [`METRICS`], found at compile time (a name not in
+/// the list does not compile).
+const fn metric(name: &str) -> usize {
+    let mut i = 0;
+    while i < METRICS.len() {
+        let (a, b) = (METRICS[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a metric of METRICS")
 }
+
+const COST: usize = metric("cost");
+const TURNS: usize = metric("turns");
+const REQUESTS: usize = metric("requests");
+const MESSAGES: usize = metric("messages");
+const RESPONSES: usize = metric("responses");
+const LAT_SUM: usize = metric("lat_sum");
+const LAT_N: usize = metric("lat_n");
+const RESP_LAT_SUM: usize = metric("resp_lat_sum");
+/// The token classes' metrics, in [`TokenClass::ALL`] order.
+const TOKENS: [usize; 5] = [
+    metric("tok:input"),
+    metric("tok:output"),
+    metric("tok:cache_write_5m"),
+    metric("tok:cache_write_1h"),
+    metric("tok:cache_read"),
+];
 
 /// Adds `from` into `into`, saturating: ingest bounds every event far below
 /// `i64::MAX`, so a saturated figure means bad data slipped in, and billing
@@ -278,22 +307,22 @@ fn add_into(into: &mut [i64; METRICS.len()], from: &[i64; METRICS.len()]) {
 fn fact_metrics(f: &Fact) -> [i64; METRICS.len()] {
     let mut m = [0i64; METRICS.len()];
     if f.kind.is_billed() {
-        m[metric("cost")] = f.cost_nanos;
-        for (class, n) in TokenClass::ALL.iter().zip(f.tokens) {
-            m[metric(tok_metric(*class))] = n as i64;
+        m[COST] = f.cost_nanos;
+        for (i, n) in TOKENS.into_iter().zip(f.tokens) {
+            m[i] = n as i64;
         }
-        m[metric(if f.kind == Kind::Turn {
-            "turns"
+        m[if f.kind == Kind::Turn {
+            TURNS
         } else {
-            "requests"
-        })] = 1;
-        m[metric("lat_sum")] = f.latency_ms as i64;
-        m[metric("lat_n")] = 1;
+            REQUESTS
+        }] = 1;
+        m[LAT_SUM] = f.latency_ms as i64;
+        m[LAT_N] = 1;
     } else if f.kind == Kind::Message {
-        m[metric("messages")] = 1;
+        m[MESSAGES] = 1;
     } else {
-        m[metric("responses")] = 1;
-        m[metric("resp_lat_sum")] = f.latency_ms as i64;
+        m[RESPONSES] = 1;
+        m[RESP_LAT_SUM] = f.latency_ms as i64;
     }
     m
 }
@@ -341,7 +370,7 @@ impl Expanded {
         .into_iter()
         .map(|d| field(&d, ""))
         .collect();
-        let cost = metrics[metric("cost")];
+        let cost = metrics[COST];
         let mut name = String::new();
         for res in [Res::Minute, Res::Hour, Res::Day] {
             let bucket = res.bucket(at);
@@ -615,6 +644,14 @@ mod tests {
                 .map(|((key, member), score)| Op::ZMax { key, member, score }),
         );
         out
+    }
+
+    // The token metrics' indexes follow TokenClass::ALL as tok_metric names them.
+    #[test]
+    fn token_metrics_follow_the_classes() {
+        for (class, i) in TokenClass::ALL.iter().zip(TOKENS) {
+            assert_eq!(METRICS[i], tok_metric(*class));
+        }
     }
 
     /// One fact's changes, written out by hand from the key layout above:
