@@ -237,21 +237,26 @@ pub async fn run(
     // The second stages in flight, shared with the rebalance callback,
     // which lets them finish before partitions go.
     let drain = Arc::new(Drain::default());
-    let consumer = crate::kafka::group_consumer(
-        brokers,
-        &crate::kafka::Membership {
-            group: &settings.group,
-            instance_id: settings.instance_id.as_deref(),
-            fetch_wait_ms: settings.fetch_wait_ms,
-            session_timeout_ms: settings.session_timeout_ms,
-        },
-        drain.clone(),
-    )?;
+    let join = || -> Result<GroupConsumer> {
+        let consumer = crate::kafka::group_consumer(
+            brokers,
+            &crate::kafka::Membership {
+                group: &settings.group,
+                instance_id: settings.instance_id.as_deref(),
+                fetch_wait_ms: settings.fetch_wait_ms,
+                session_timeout_ms: settings.session_timeout_ms,
+            },
+            drain.clone(),
+        )?;
+        consumer.subscribe(&TOPICS)?;
+        Ok(consumer)
+    };
+    let mut consumer = join()?;
+    let mut rejoins = Rejoins::default();
     // Dropped before the consumer (declared after it), whichever way this
     // returns: closing revokes the partitions, and nothing queued then
     // will finish any more.
     let _abandon = Abandon(drain.clone());
-    consumer.subscribe(&TOPICS)?;
     // The second stage: one task for the life of the loop, fed in order.
     let (queue, queued) = tokio::sync::mpsc::unbounded_channel::<Staging>();
     let backlog = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_FACTS));
@@ -268,6 +273,30 @@ pub async fn run(
     let mut aggregated = Watermarks::new();
     let mut last_commit = std::time::Instant::now();
     loop {
+        // A fatal error never clears on its client: retrying with it would
+        // bill nothing for good (librdkafka reports it once, perhaps to a
+        // `recv` inside a batch, so it is looked for on every turn).
+        // Fenced, a new client under the same name takes the membership
+        // back, unless that keeps happening (another process holds it).
+        if let Some(fatal) = consumer.fatal_error() {
+            let rejoin = fatal.fenced && rejoins.allow(std::time::Instant::now());
+            emit(telemetry::ConsumerFatal {
+                error: &fatal.description,
+                rejoin,
+            });
+            if !rejoin {
+                anyhow::bail!("fatal Kafka consumer error ({})", fatal.description);
+            }
+            // Second stages of the old client's batches that finish after
+            // the new one's assignment store their offsets into it (the
+            // same partitions, as a static member gets them back); those
+            // finishing before it are not stored, and replayed, changing
+            // nothing. The old client's close joins librdkafka's threads:
+            // off the runtime's workers.
+            let old = std::mem::replace(&mut consumer, join()?);
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+            continue;
+        }
         let first = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             m = consumer.recv() => m,
@@ -281,16 +310,14 @@ pub async fn run(
         let first = match first {
             Ok(m) => m,
             Err(e) => {
-                emit(telemetry::KafkaReceiveFailed {
-                    error: &e,
-                    in_batch: false,
-                });
-                // A fatal error (another member fenced this one's static
-                // name, say) never clears: retrying would bill nothing for good.
-                if let Some(fatal) = consumer.fatal_error() {
-                    anyhow::bail!("fatal Kafka consumer error ({fatal})");
+                // A fatal one is handled at the top of the loop.
+                if consumer.fatal_error().is_none() {
+                    emit(telemetry::KafkaReceiveFailed {
+                        error: &e,
+                        in_batch: false,
+                    });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
@@ -396,6 +423,36 @@ fn commit_due(consumer: &GroupConsumer, last: &mut std::time::Instant) {
     if last.elapsed() >= COMMIT_INTERVAL {
         consumer.commit_stored_in_background();
         *last = std::time::Instant::now();
+    }
+}
+
+/// Most rejoins after being fenced within [`REJOIN_WINDOW`]; one more
+/// means another process holds this member's name, and the loop stops.
+pub const MAX_REJOINS: usize = 2;
+
+/// See [`MAX_REJOINS`].
+pub const REJOIN_WINDOW: Duration = Duration::from_secs(600);
+
+/// When the consumer rejoined after being fenced, within [`REJOIN_WINDOW`].
+#[derive(Default)]
+struct Rejoins(std::collections::VecDeque<std::time::Instant>);
+
+impl Rejoins {
+    /// Whether one more rejoin at `now` stays within [`MAX_REJOINS`] per
+    /// [`REJOIN_WINDOW`]; if so it is counted.
+    fn allow(&mut self, now: std::time::Instant) -> bool {
+        while self
+            .0
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= REJOIN_WINDOW)
+        {
+            self.0.pop_front();
+        }
+        if self.0.len() >= MAX_REJOINS {
+            return false;
+        }
+        self.0.push_back(now);
+        true
     }
 }
 
@@ -712,4 +769,27 @@ async fn dead_letter(
         )
         .await
         .map_err(|e| anyhow::anyhow!("dead-letter delivery failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejoins_are_allowed_twice_per_window() {
+        let start = std::time::Instant::now();
+        let mut r = Rejoins::default();
+        assert!(r.allow(start));
+        assert!(r.allow(start + Duration::from_secs(1)));
+        assert!(
+            !r.allow(start + Duration::from_secs(2)),
+            "a third fencing within the window stops the loop"
+        );
+        assert!(
+            r.allow(start + REJOIN_WINDOW),
+            "the first rejoin has left the window"
+        );
+        assert!(!r.allow(start + REJOIN_WINDOW + Duration::from_secs(0)));
+        assert!(r.allow(start + REJOIN_WINDOW + Duration::from_secs(1)));
+    }
 }

@@ -157,13 +157,13 @@ impl GroupConsumer {
         self.0.recv().await.map(Received)
     }
 
-    /// A fatal client error (say another member fenced this one's static
-    /// name): it never clears, so retrying would bill nothing for good.
-    pub fn fatal_error(&self) -> Option<String> {
-        self.0
-            .client()
-            .fatal_error()
-            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    /// A fatal client error: it never clears on this client, so retrying
+    /// with it would bill nothing for good.
+    pub fn fatal_error(&self) -> Option<Fatal> {
+        self.0.client().fatal_error().map(|(code, reason)| Fatal {
+            fenced: code == rdkafka::types::RDKafkaErrorCode::FencedInstanceId,
+            description: format!("{code:?}: {reason}"),
+        })
     }
 
     /// Stores `offset` of (`topic`, `partition`) as consumed (committed
@@ -208,6 +208,21 @@ impl GroupConsumer {
             .load(std::sync::atomic::Ordering::SeqCst)
             && !self.0.assignment_lost()
     }
+}
+
+/// A consumer's fatal error ([`GroupConsumer::fatal_error`]).
+#[derive(Debug, Clone)]
+pub struct Fatal {
+    /// FENCED_INSTANCE_ID: the broker gave this member's static name
+    /// (`group.instance.id`) to a newer member — another process under
+    /// the same name, or this client's own rejoin after an assignment lost
+    /// to a long broker outage, with a commit or heartbeat of the old
+    /// membership answered after it (seen in `make faults`; librdkafka PR
+    /// #5585 fixes a related case after 2.12.1). A new client under the
+    /// same name takes the membership back.
+    pub fenced: bool,
+    /// The error code and librdkafka's reason.
+    pub description: String,
 }
 
 /// A client kept for readiness probes (one per probe would start

@@ -87,6 +87,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "Facts of batches written to SQLite still waiting for the Redis aggregates and processed-events (grows while Redis is away).",
     ),
+    (
+        "billing_bridge_revocations_total",
+        "counter",
+        "Partition revocations, by group and whether the queued second stages finished before the partitions went.",
+    ),
+    (
+        "billing_bridge_consumer_fatal_total",
+        "counter",
+        "Fatal Kafka consumer errors, by whether a new client rejoined (fenced, within the budget) or the consumer stopped.",
+    ),
 ];
 
 pub fn global() -> &'static Metrics {
@@ -225,5 +235,46 @@ mod tests {
         );
         assert!(text.contains("billing_bridge_event_billed_latency_seconds_bucket{le=\"5\"} 2\n"));
         assert!(text.contains("billing_bridge_event_billed_latency_seconds_count 2\n"));
+    }
+}
+
+#[cfg(test)]
+mod help_tests {
+    // Every metric the bridge's sources name is rendered: `render` writes
+    // only the names in HELP, so a name missing there is counted in
+    // memory and never seen on /metrics.
+    #[test]
+    fn every_metric_named_in_the_sources_has_help() {
+        let sources = [
+            include_str!("telemetry.rs"),
+            include_str!("consumer.rs"),
+            include_str!("relay.rs"),
+            include_str!("live.rs"),
+            include_str!("service.rs"),
+            include_str!("workers.rs"),
+            include_str!("kafka.rs"),
+            include_str!("aggregates.rs"),
+            include_str!("billing.rs"),
+        ];
+        let mut named = Vec::new();
+        for text in sources {
+            for piece in text.split("\"billing_bridge_").skip(1) {
+                let name: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                named.push(format!("billing_bridge_{name}"));
+            }
+        }
+        assert!(named.len() > 10, "the sources name their metrics: {named:?}");
+        for name in named {
+            if name == "billing_bridge_event_billed_latency_seconds" {
+                continue; // the histogram, rendered on its own
+            }
+            assert!(
+                super::HELP.iter().any(|(n, _, _)| *n == name),
+                "{name} is counted but has no HELP entry, so /metrics never shows it"
+            );
+        }
     }
 }

@@ -10,7 +10,8 @@
 //! `sqlite_errors_total`, `redis_errors_total`, `dead_letters_total{reason}`,
 //! `events_total{topic,outcome}`, `second_stage_backlog_facts`,
 //! `assigned_partitions`, `revocations_total{group,drained}`,
-//! `relay_delivered_total`, `relay_failed_total`, `sse_clients`.
+//! `consumer_fatal_total{rejoin}`, `relay_delivered_total`,
+//! `relay_failed_total`, `sse_clients`.
 
 use crate::metrics::{global as metrics, labels};
 
@@ -190,6 +191,31 @@ impl Event for PartitionsRevoked<'_> {
     fn emit(self) {
         metrics().set("billing_bridge_assigned_partitions", String::new(), 0);
         tracing::info!(partitions = self.list, "Partitions revoked.");
+    }
+}
+
+/// The consumer's client failed for good; `rejoin`: a new client takes
+/// its place (fenced, within the rejoin budget), else the loop stops.
+pub struct ConsumerFatal<'a> {
+    pub error: &'a str,
+    pub rejoin: bool,
+}
+
+impl Event for ConsumerFatal<'_> {
+    fn emit(self) {
+        metrics().inc(
+            "billing_bridge_consumer_fatal_total",
+            labels(&[("rejoin", if self.rejoin { "true" } else { "false" })]),
+            1,
+        );
+        // The old client's partitions are gone (librdkafka unassigns a
+        // fenced client without a rebalance callback).
+        metrics().set("billing_bridge_assigned_partitions", String::new(), 0);
+        if self.rejoin {
+            tracing::warn!(error = self.error, "Fenced out of the group; rejoining with a new client under the same name.");
+        } else {
+            tracing::error!(error = self.error, "Fatal Kafka consumer error; the consumer stops.");
+        }
     }
 }
 

@@ -387,36 +387,102 @@ async fn broker_killed_mid_stream_then_restarted_totals_exact() {
     assert!(bridge.terminate().success());
 }
 
-// A member whose static name another process takes is fenced by Kafka, a fatal error: that bridge stops with a
-// non-zero status and says why, instead of running on without billing; the other one keeps billing.
+// Fenced once (another client took its static name for a moment, as the bridge's own rejoin does after a long
+// broker outage), the bridge rejoins with a new client under its name and bills on, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_member_rejoins_and_bills_on() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = tempfile::tempdir().unwrap();
+    let (kafka, redis) = (Kafka::start(dir.path()), Redis::start());
+    let db = database(dir.path(), 20);
+    let bridge = Bridge::start(dir.path(), "solo", "solo", &kafka, &redis);
+    held_within(&bridge, Duration::from_secs(60)).await;
+    let before = 300;
+    let cost = enqueue(&db, 0..before, 20);
+    drained(&db, &redis, before).await;
+    // Another client joins under the bridge's name while events flow: the broker fences the bridge's membership.
+    let during = 3_000;
+    let cost = cost + enqueue(&db, before..before + during, 20);
+    let before = before + during;
+    let usurper: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", "bridge-under-test")
+        .set("group.instance.id", "solo")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    usurper
+        .subscribe(&["token-metrics", "inference-events", "raw-messages", "llm-responses"])
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&bridge.log)
+        .unwrap()
+        .contains("rejoining with a new client")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge was not fenced by a client under its name"
+        );
+        let _ = usurper.poll(Duration::from_millis(100));
+    }
+    drop(usurper);
+    let mut bridge = bridge;
+    assert!(
+        bridge.child.try_wait().unwrap().is_none(),
+        "a bridge fenced once runs on"
+    );
+    held_within(&bridge, Duration::from_secs(60)).await;
+    let after = 500;
+    let cost = cost + enqueue(&db, before..before + after, 20);
+    drained(&db, &redis, before + after).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exact(&db, &redis, before + after, cost).await;
+    let metrics = reqwest::get(bridge.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"billing_bridge_consumer_fatal_total{rejoin="true"} 1"#),
+        "one rejoin counted: {metrics}"
+    );
+    assert!(bridge.terminate().success());
+}
+
+/// Waits until `bridge` reports assigned partitions.
+async fn held_within(bridge: &Bridge, wait: Duration) {
+    let url = bridge.url("/metrics");
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.text().await.unwrap_or_default().lines().any(|l| {
+                l.starts_with("billing_bridge_assigned_partitions ") && !l.ends_with(" 0")
+            }) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge got no partitions within {wait:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// Two processes under one static name fence each other in turn; each rejoins at most twice in ten minutes, then
+// one stops with a non-zero status and says why, instead of running on without billing; the other keeps billing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fenced_member_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (kafka, redis) = (Kafka::start(dir.path()), Redis::start());
     let db = database(dir.path(), 20);
-    let held =
-        |b: &Bridge| {
-            let url = b.url("/metrics");
-            async move {
-                let Ok(r) = reqwest::get(url).await else {
-                    return false;
-                };
-                r.text().await.unwrap_or_default().lines().any(|l| {
-                    l.starts_with("billing_bridge_assigned_partitions ") && !l.ends_with(" 0")
-                })
-            }
-        };
     let mut first = Bridge::start(dir.path(), "first", "twin", &kafka, &redis);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !held(&first).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first bridge got no partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    held_within(&first, Duration::from_secs(60)).await;
     let mut second = Bridge::start(dir.path(), "second", "twin", &kafka, &redis);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let (fenced, survivor) = loop {
         if let Some(status) = first.child.try_wait().unwrap() {
             break ((status, &first.log), &mut second);
@@ -439,6 +505,11 @@ async fn fenced_member_exits_non_zero() {
     assert!(
         log.contains("the consumer stopped") && log.contains("fatal Kafka consumer error"),
         "the log says why: {log}"
+    );
+    assert_eq!(
+        log.matches("rejoining with a new client").count(),
+        2,
+        "it rejoined twice before it stopped: {log}"
     );
     assert!(
         survivor.child.try_wait().unwrap().is_none(),
@@ -722,6 +793,7 @@ async fn live_stream_and_operations() {
     ] {
         assert!(metrics.contains(series), "{series} missing from\n{metrics}");
     }
+
     let status = bridge.terminate();
     assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(dir.path().join("live.log")).unwrap();
