@@ -4,8 +4,10 @@
 //! together: it first looks for each event's mark (`billing:seen:{day}`,
 //! field `{topic}|{source}|{id}`); if none is marked it sets every mark,
 //! applies the batch's merged changes ([`billing_core::aggregates`]) and
-//! appends a notice per billed event to the `billing:notices` stream and
-//! channel — all or nothing, atomically. If some are marked already (a
+//! appends a notice per billed event to the `billing:notices` stream (and
+//! publishes them on the channel of that name, up to a hundred to a
+//! message: see [`crate::live::published_notices`]) — all or nothing,
+//! atomically. If some are marked already (a
 //! redelivery after a crash between the SQLite commit and Redis), it
 //! changes nothing and names them; [`Aggregates::apply`] drops them and
 //! tries again with the rest.
@@ -73,9 +75,16 @@ for _, k in ipairs(keys) do
 end
 local p = 6 + 2 * n
 local m = tonumber(ARGV[p]); p = p + 1
+-- One message per 100 notices on the channel (a message per notice cost
+-- Redis and every subscribed bridge more than the stream appends).
+local published = {}
 for j = 1, m do
   local id = redis.call('XADD', stream, 'MAXLEN', '~', kept, '*', 'user', ARGV[p], 'data', ARGV[p + 1])
-  redis.call('PUBLISH', stream, id .. '\n' .. ARGV[p] .. '\n' .. ARGV[p + 1])
+  published[#published + 1] = id .. '\n' .. ARGV[p] .. '\n' .. ARGV[p + 1]
+  if #published == 100 or j == m then
+    redis.call('PUBLISH', stream, table.concat(published, '\n'))
+    published = {}
+  end
   p = p + 2
 end
 while p <= #ARGV do

@@ -3,7 +3,7 @@
 //!
 //! Live updates: the consumers' aggregate script appends a notice per
 //! billed event to the Redis stream `billing:notices` and publishes it on
-//! the channel of the same name. Every bridge process subscribes to the
+//! the channel of the same name (up to a hundred notices to a message). Every bridge process subscribes to the
 //! channel and fans the notices out to its SSE clients: a user gets only
 //! their own, an admin everything. The SSE `id` is the stream id, so a
 //! client that reconnects with `Last-Event-ID` first gets what it missed
@@ -342,6 +342,25 @@ async fn route(live: Arc<Live>, req: Request<Incoming>) -> Result<Response<Body>
     Ok(resp)
 }
 
+/// The notices of one message on the `billing:notices` channel: lines of
+/// stream id, user id and the notice's JSON (which has no raw line
+/// breaks), three per notice, as the aggregates script publishes them.
+/// A triple whose user id is not a number is skipped.
+pub fn published_notices(payload: &str) -> Vec<Notice> {
+    let mut lines = payload.split('\n');
+    let mut out = Vec::new();
+    while let (Some(id), Some(user), Some(data)) = (lines.next(), lines.next(), lines.next()) {
+        if let Ok(user_id) = user.parse() {
+            out.push(Notice {
+                id: id.to_owned(),
+                user_id,
+                data: data.to_owned(),
+            });
+        }
+    }
+    out
+}
+
 /// Forwards the Redis notices channel into `notices`, reconnecting while Redis is away.
 pub async fn relay_notices(
     redis_url: String,
@@ -356,17 +375,8 @@ pub async fn relay_notices(
             let mut messages = pubsub.on_message();
             while let Some(m) = messages.next().await {
                 let payload: String = m.get_payload()?;
-                let mut parts = payload.splitn(3, '\n');
-                if let (Some(id), Some(user), Some(data)) =
-                    (parts.next(), parts.next(), parts.next())
-                {
-                    if let Ok(user_id) = user.parse() {
-                        let _ = notices.send(Notice {
-                            id: id.to_owned(),
-                            user_id,
-                            data: data.to_owned(),
-                        });
-                    }
+                for notice in published_notices(&payload) {
+                    let _ = notices.send(notice);
                 }
             }
             anyhow::Ok(())
@@ -411,4 +421,27 @@ pub async fn serve(
     // Live streams never end by themselves: give the others a moment, then go.
     let _ = tokio::time::timeout(Duration::from_millis(500), graceful.shutdown()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One channel message carries several notices, three lines each; a
+    // notice with a user id that is not a number is skipped, the rest kept.
+    #[test]
+    fn a_channel_message_carries_several_notices() {
+        let payload = "1-0\n2\n{\"a\":1}\n1-1\nx\n{}\n1-2\n3\n{\"b\":\"line\\nbreak\"}";
+        let got: Vec<(String, i64, String)> = published_notices(payload)
+            .into_iter()
+            .map(|n| (n.id, n.user_id, n.data))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("1-0".into(), 2, "{\"a\":1}".into()),
+                ("1-2".into(), 3, "{\"b\":\"line\\nbreak\"}".into()),
+            ]
+        );
+    }
 }

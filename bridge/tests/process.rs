@@ -794,6 +794,44 @@ async fn live_stream_and_operations() {
         assert!(metrics.contains(series), "{series} missing from\n{metrics}");
     }
 
+    // A burst billed in one batch is published a hundred notices to a channel message: every one arrives,
+    // once, in stream order.
+    let burst = 250;
+    let admin = tokio::spawn({
+        let url = stream_url.clone();
+        async move { sse(&url, ADMIN_KEY, None, Duration::from_secs(30), burst).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 10..10 + burst as i64 {
+            let ev = event(i, 2);
+            tx.execute("INSERT INTO outbox (topic, event_key, source, event_id, payload) VALUES ('token-metrics', ?1, ?2, ?3, ?4)", rusqlite::params![ev.key(), ev.source, ev.id, ev.to_json()])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (burst_events, _) = admin.await.unwrap();
+    let ids: Vec<(u64, u64)> = burst_events
+        .iter()
+        .map(|(id, _)| {
+            let (ms, seq) = id.split_once('-').unwrap();
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(ids.len(), burst, "every notice of the burst arrives");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "once each, in stream order"
+    );
+    let mut events: Vec<String> = burst_events
+        .iter()
+        .map(|(_, v)| v["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    events.sort();
+    events.dedup();
+    assert_eq!(events.len(), burst, "one notice per event");
     let status = bridge.terminate();
     assert!(status.success(), "{status:?}");
     let log = std::fs::read_to_string(dir.path().join("live.log")).unwrap();
