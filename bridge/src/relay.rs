@@ -47,6 +47,9 @@ pub struct Relay {
     cfg: RelayConfig,
     /// This process's name in the relay lease.
     holder: String,
+    /// Until when (ms since the epoch) this process last took the lease;
+    /// nobody else can take it before then.
+    held_until: std::sync::atomic::AtomicI64,
 }
 
 impl Relay {
@@ -69,16 +72,28 @@ impl Relay {
             producer: Mutex::new(crate::kafka::producer(brokers, cfg.delivery_timeout_ms)?),
             cfg,
             holder,
+            held_until: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
-    /// Takes or renews the relay lease; false while another process holds it.
+    /// Takes or renews the relay lease; false while another process holds
+    /// it. Renewed only once half of it has passed: each renewal is a write
+    /// transaction (a WAL fsync under SQLite's one write lock, which the
+    /// components and the consumers wait for), and a round every few
+    /// milliseconds under load would renew it hundreds of times a second.
     fn lease(&self) -> Result<bool> {
+        use std::sync::atomic::Ordering::SeqCst;
         let now = crate::now_ms();
+        if now < self.held_until.load(SeqCst) - self.cfg.lease_ms as i64 / 2 {
+            return Ok(true);
+        }
         let db = self.db.lock().unwrap();
+        let until = now + self.cfg.lease_ms as i64;
         let taken = db
             .prepare_cached("UPDATE relay_lease SET holder = ?1, expires_ms = ?2 WHERE lease_id = 1 AND (holder = ?1 OR expires_ms < ?3)")?
-            .execute(rusqlite::params![self.holder, now + self.cfg.lease_ms as i64, now])?;
+            .execute(rusqlite::params![self.holder, until, now])?;
+        self.held_until
+            .store(if taken == 1 { until } else { 0 }, SeqCst);
         Ok(taken == 1)
     }
 
@@ -261,5 +276,47 @@ pub async fn listen_for_nudges(redis_url: String, tx: tokio::sync::mpsc::Sender<
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expires(db: &Path) -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row("SELECT expires_ms FROM relay_lease", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    // One relay holds the lease; it writes a renewal only once half of the
+    // lease has passed, and another relay takes it only after it expired.
+    #[test]
+    fn the_lease_is_renewed_at_half_time_and_held_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("billing.db");
+        billing_migrations::open_and_migrate(&db).unwrap();
+        let cfg = RelayConfig {
+            lease_ms: 400,
+            ..RelayConfig::default()
+        };
+        // No broker is reached: the producer connects only to send.
+        let (a, b) = (
+            Relay::with(&db, "127.0.0.1:9", cfg.clone()).unwrap(),
+            Relay::with(&db, "127.0.0.1:9", cfg).unwrap(),
+        );
+        assert!(a.lease().unwrap(), "a free lease is taken");
+        let first = expires(&db);
+        assert!(!b.lease().unwrap(), "held by the other");
+        assert!(a.lease().unwrap());
+        assert_eq!(expires(&db), first, "not renewed before half time");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(a.lease().unwrap());
+        assert!(expires(&db) > first, "renewed after half time");
+        assert!(!b.lease().unwrap(), "still held by the other");
+        std::thread::sleep(Duration::from_millis(450));
+        assert!(b.lease().unwrap(), "taken once expired");
+        assert!(!a.lease().unwrap(), "the first lost it");
     }
 }
