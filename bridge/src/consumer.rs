@@ -411,7 +411,8 @@ pub async fn run(
             );
         }
     }
-    if let Err(e) = consumer.commit_stored() {
+    // A synchronous commit waits for the broker: off the runtime's worker.
+    if let Err(e) = tokio::task::block_in_place(|| consumer.commit_stored()) {
         tracing::debug!(error = %e, "No offsets committed at shutdown.");
     }
     Ok(())

@@ -60,11 +60,14 @@ impl Relay {
     pub fn with(database: &Path, brokers: &str, cfg: RelayConfig) -> Result<Self> {
         let db = billing_migrations::open(database)
             .with_context(|| format!("opening {}", database.display()))?;
+        // Unique per relay, even two made in one process in one millisecond.
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let holder = format!(
-            "{}-{}-{}",
+            "{}-{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_default(),
             std::process::id(),
-            crate::now_ms()
+            crate::now_ms(),
+            MADE.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
         Ok(Self {
             db: Mutex::new(db),
@@ -298,7 +301,7 @@ mod tests {
         let db = dir.path().join("billing.db");
         billing_migrations::open_and_migrate(&db).unwrap();
         let cfg = RelayConfig {
-            lease_ms: 400,
+            lease_ms: 1_000,
             ..RelayConfig::default()
         };
         // No broker is reached: the producer connects only to send.
@@ -311,11 +314,11 @@ mod tests {
         assert!(!b.lease().unwrap(), "held by the other");
         assert!(a.lease().unwrap());
         assert_eq!(expires(&db), first, "not renewed before half time");
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(a.lease().unwrap());
         assert!(expires(&db) > first, "renewed after half time");
         assert!(!b.lease().unwrap(), "still held by the other");
-        std::thread::sleep(Duration::from_millis(450));
+        std::thread::sleep(Duration::from_millis(1_100));
         assert!(b.lease().unwrap(), "taken once expired");
         assert!(!a.lease().unwrap(), "the first lost it");
     }
