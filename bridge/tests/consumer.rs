@@ -815,7 +815,15 @@ async fn billing_goes_on_while_redis_is_away() {
 
     send("before".into()).await;
     wait_for(1).await;
-    assert_eq!(requests_counted(&redis).await, Some(1));
+    // The aggregates follow the SQLite commit in the second stage: wait for them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while requests_counted(&redis).await != Some(1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first event reached the aggregates"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Away: five rounds of four events, each round a batch of its own, all billed in SQLite.
     redis.stop();
