@@ -212,9 +212,15 @@ impl Event for ConsumerFatal<'_> {
         // fenced client without a rebalance callback).
         metrics().set("billing_bridge_assigned_partitions", String::new(), 0);
         if self.rejoin {
-            tracing::warn!(error = self.error, "Fenced out of the group; rejoining with a new client under the same name.");
+            tracing::warn!(
+                error = self.error,
+                "Fenced out of the group; rejoining with a new client under the same name."
+            );
         } else {
-            tracing::error!(error = self.error, "Fatal Kafka consumer error; the consumer stops.");
+            tracing::error!(
+                error = self.error,
+                "Fatal Kafka consumer error; the consumer stops."
+            );
         }
     }
 }

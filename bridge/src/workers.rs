@@ -16,7 +16,6 @@ use tokio::task::JoinHandle;
 pub const CONSUMER_CACHE_KIB: u32 = 32 * 1024;
 
 /// The running loops; a loop already reported by [`Workers::first_to_end`] is gone.
-
 pub struct Workers {
     relayed: Option<JoinHandle<Result<()>>>,
     consumed: Option<JoinHandle<Result<()>>>,

@@ -672,6 +672,72 @@ async fn database_rejection_spoils_nothing_else() {
     assert_eq!(v["id"], "inf-b");
 }
 
+// One application of 250 billed facts appends 250 notices to the stream and publishes them a hundred to a
+// channel message: three messages, 100 + 100 + 50, every notice once, in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_are_published_a_hundred_to_a_message() {
+    use billing_core::aggregates::{Fact, Kind};
+    use futures::StreamExt;
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("billing:notices").await.unwrap();
+    let facts: Vec<Fact> = (0..250)
+        .map(|i| Fact {
+            kind: Kind::Turn,
+            source: "/t".into(),
+            id: format!("n-{i}"),
+            user_id: 2 + i % 3,
+            model: "claude-haiku-4-5-20251001".into(),
+            thread_id: Some(4),
+            occurred_at: Timestamp::parse("2026-05-01T08:00:00Z").unwrap(),
+            latency_ms: 10,
+            cost_nanos: 100,
+            tokens: [1, 2, 0, 0, 0],
+        })
+        .collect();
+    let mut aggs = Aggregates::new(&redis.url(), 3600);
+    assert_eq!(aggs.apply(&facts).await.unwrap().len(), 250);
+    let mut messages = pubsub.on_message();
+    let mut sizes = Vec::new();
+    let mut notices = Vec::new();
+    while notices.len() < 250 {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("the notices are published")
+            .unwrap();
+        let got = billing_bridge::live::published_notices(&m.get_payload::<String>().unwrap());
+        sizes.push(got.len());
+        notices.extend(got);
+    }
+    assert_eq!(sizes, vec![100, 100, 50]);
+    let ids: Vec<&str> = notices.iter().map(|n| n.id.as_str()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_by_key(|id| {
+        let (ms, seq) = id.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    });
+    sorted.dedup();
+    assert_eq!(ids, sorted, "once each, in stream order");
+    let events: Vec<String> = notices
+        .iter()
+        .map(|n| {
+            serde_json::from_str::<serde_json::Value>(&n.data).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        events,
+        (0..250).map(|i| format!("n-{i}")).collect::<Vec<_>>()
+    );
+    assert!(notices
+        .iter()
+        .enumerate()
+        .all(|(i, n)| n.user_id == 2 + i as i64 % 3));
+}
+
 /// `billing:agg:h:2026-03-10T12`'s request count (the events the dashboard counts that hour).
 async fn requests_counted(redis: &Redis) -> Option<i64> {
     let mut r = redis::Client::open(redis.url())
@@ -685,6 +751,15 @@ async fn requests_counted(redis: &Redis) -> Option<i64> {
         .query_async(&mut r)
         .await
         .unwrap()
+}
+
+/// Waits (at most `wait`) until the aggregates count `n` requests; fails naming `what` otherwise.
+async fn counted_within(redis: &Redis, n: i64, wait: Duration, what: &str) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while requests_counted(redis).await != Some(n) {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 // A redelivery counts once in the dashboard however late it comes (its mark expired: the partition's watermark
@@ -816,14 +891,13 @@ async fn billing_goes_on_while_redis_is_away() {
     send("before".into()).await;
     wait_for(1).await;
     // The aggregates follow the SQLite commit in the second stage: wait for them.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while requests_counted(&redis).await != Some(1) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first event reached the aggregates"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    counted_within(
+        &redis,
+        1,
+        Duration::from_secs(10),
+        "the first event reached the aggregates",
+    )
+    .await;
 
     // Away: five rounds of four events, each round a batch of its own, all billed in SQLite.
     redis.stop();
@@ -856,14 +930,13 @@ async fn billing_goes_on_while_redis_is_away() {
     }
     send("after".into()).await;
     wait_for(22).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while requests_counted(&redis).await != Some(21) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the next event counted once"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    counted_within(
+        &redis,
+        21,
+        Duration::from_secs(10),
+        "the next event counted once",
+    )
+    .await;
     let _ = stop_tx.send(true);
     consumer.await.unwrap().unwrap();
 }
@@ -893,14 +966,8 @@ async fn a_revocation_waits_for_the_queued_second_stages() {
     let counted_to = |n: i64| {
         let redis = &redis;
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-            while requests_counted(redis).await != Some(n) {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the aggregates never counted {n} requests"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let what = format!("the aggregates never counted {n} requests");
+            counted_within(redis, n, Duration::from_secs(40), &what).await
         }
     };
     let revocations = || {

@@ -412,7 +412,12 @@ async fn fenced_member_rejoins_and_bills_on() {
         .create()
         .unwrap();
     usurper
-        .subscribe(&["token-metrics", "inference-events", "raw-messages", "llm-responses"])
+        .subscribe(&[
+            "token-metrics",
+            "inference-events",
+            "raw-messages",
+            "llm-responses",
+        ])
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&bridge.log)
@@ -437,12 +442,7 @@ async fn fenced_member_rejoins_and_bills_on() {
     drained(&db, &redis, before + after).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exact(&db, &redis, before + after, cost).await;
-    let metrics = reqwest::get(bridge.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&bridge).await;
     assert!(
         metrics
             .lines()
@@ -452,15 +452,28 @@ async fn fenced_member_rejoins_and_bills_on() {
     assert!(bridge.terminate().success());
 }
 
+/// The bridge's `/metrics` page.
+async fn metrics_text(bridge: &Bridge) -> String {
+    reqwest::get(bridge.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits until `bridge` reports assigned partitions.
 async fn held_within(bridge: &Bridge, wait: Duration) {
     let url = bridge.url("/metrics");
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if let Ok(r) = reqwest::get(&url).await {
-            if r.text().await.unwrap_or_default().lines().any(|l| {
-                l.starts_with("billing_bridge_assigned_partitions ") && !l.ends_with(" 0")
-            }) {
+            if r.text()
+                .await
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("billing_bridge_assigned_partitions ") && !l.ends_with(" 0"))
+            {
                 return;
             }
         }
@@ -779,12 +792,7 @@ async fn live_stream_and_operations() {
     let (_, idle) = sse(&stream_url, USER2_KEY, None, Duration::from_millis(2500), 1).await;
     assert!(idle.contains(": heartbeat"), "{idle}");
 
-    let metrics = reqwest::get(bridge.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&bridge).await;
     for series in [
         "billing_bridge_outbox_backlog 0",
         "billing_bridge_events_total{topic=\"token-metrics\",outcome=\"billed\"} 3",
