@@ -368,9 +368,14 @@ pub async fn run(
             .collect();
         // Room in the queue: waits only when the second stage is far behind.
         let permits = facts.len().clamp(1, MAX_PENDING_FACTS) as u32;
+        // Room first: a batch already written goes to its second stage
+        // whenever there is room, even with the stop raised (it is then
+        // finished before the loop returns); only a full queue waits, and
+        // the stop cuts that wait short (the batch is delivered again).
         let room = tokio::select! {
-            _ = stop.wait_for(|s| *s) => None,
+            biased;
             p = backlog.clone().acquire_many_owned(permits) => p.ok(),
+            _ = stop.wait_for(|s| *s) => None,
         };
         let Some(room) = room else { break };
         emit(telemetry::SecondStageBacklog {
