@@ -212,6 +212,12 @@ listen = "127.0.0.1:{bridge_port}"
                     .env("SPIN_VARIABLE_REDIS_URL", self.redis.url())
                     .env("SPIN_VARIABLE_PROVIDER_RETRY_BASE_MS", "5")
                     .env("SPIN_VARIABLE_COLLECTOR_REQUESTS_PER_SECOND", "1000")
+                    // A host killed mid-turn leaves that turn's Idempotency-Key
+                    // claimed; its client's retries get 409 until the claim
+                    // expires. A turn against llm-sim lasts well under a second,
+                    // so 10 s (not the default 300, sized for slow models) lets
+                    // the retry through within the clients' 120 s patience.
+                    .env("SPIN_VARIABLE_IDEMPOTENCY_CLAIM_S", "10")
                     .stdout(Stdio::null())
                     .stderr(self.log("host"))
                     .spawn()

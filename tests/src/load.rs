@@ -175,6 +175,7 @@ async fn send(
 ) -> Result<Value, String> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
+    let mut last = String::new();
     loop {
         let t = Instant::now();
         let wait = match request().send().await {
@@ -185,6 +186,10 @@ async fn send(
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let body = r.bytes().await;
+                last = match &body {
+                    Ok(b) => format!("{status} {}", String::from_utf8_lossy(b)),
+                    Err(e) => format!("{status}, body cut: {e}"),
+                };
                 match (status, body) {
                     (200..=299, Ok(b)) => {
                         books
@@ -207,10 +212,16 @@ async fn send(
                     }
                 }
             }
-            Err(_) => backoff,
+            Err(e) => {
+                last = e.to_string();
+                backoff
+            }
         };
         if started.elapsed() > give_up {
-            return Err(format!("{label}: no answer for {} s", give_up.as_secs()));
+            return Err(format!(
+                "{label}: no answer for {} s; the last try got: {last}",
+                give_up.as_secs()
+            ));
         }
         books.lock().unwrap().retries += 1;
         tokio::time::sleep(wait).await;
