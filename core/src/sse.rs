@@ -19,6 +19,29 @@ pub struct SseEvent {
     pub data: String,
 }
 
+impl SseEvent {
+    /// The event written back as event-stream text that [`SseReader`] reads
+    /// as this same event: an `event` line unless it is `message` (the
+    /// standard's default), one `data` line per line of `data` (a `data`
+    /// holding LF is several lines on the wire, as it arrived), then the
+    /// blank line that dispatches it.
+    pub fn to_frame(&self) -> String {
+        let mut out = String::with_capacity(self.data.len() + 16);
+        if self.event != "message" {
+            out.push_str("event: ");
+            out.push_str(&self.event);
+            out.push('\n');
+        }
+        for line in self.data.split('\n') {
+            out.push_str("data: ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
+        out
+    }
+}
+
 /// Most bytes one event may take; the rest of a longer event is dropped (a
 /// stream past it is not an event stream we read).
 pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
@@ -222,6 +245,22 @@ mod tests {
                 assert_eq!(all(&[a, b]), want, "{text:?} split at {at}");
             }
         }
+    }
+
+    #[test]
+    fn a_frame_reads_back_as_its_event() {
+        for e in [
+            ev("message", "{}"),
+            ev("message", "line 1\nline 2\n\nline 4"),
+            ev("message", ""),
+            ev("message", "\n"),
+            ev("ping", "data: inside"),
+            ev("content_block_delta", " leading space\n:not a comment"),
+        ] {
+            let frame = e.to_frame();
+            assert_eq!(all(&[frame.as_bytes()]), vec![e.clone()], "{frame:?}");
+        }
+        assert_eq!(ev("message", "a\nb").to_frame(), "data: a\ndata: b\n\n");
     }
 
     #[test]

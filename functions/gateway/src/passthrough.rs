@@ -142,7 +142,7 @@ pub(crate) async fn chat_completions(
                     }
                 }
             }
-            bytes.extend(format!("data: {}\n\n", e.data).into_bytes());
+            bytes.extend(e.to_frame().into_bytes());
         }
         if client_open && !bytes.is_empty() && sink.send(bytes).await.is_err() {
             // The client went away; the provider goes on and charges: read on to bill it.
