@@ -544,56 +544,30 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     let db = database(dir.path(), 20);
     let a = Bridge::start(dir.path(), "a", "a", &kafka, &redis);
     let b = Bridge::start(dir.path(), "b", "b", &kafka, &redis);
-    // Let both join the group before the load arrives.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Both members hold partitions before the load arrives (a fixed wait
+    // was not enough on a loaded machine: the one that joined first
+    // billed everything before the other had any).
+    split_between(&a, &b).await;
     let events = 3_000;
     let cost = enqueue(&db, 0..events, 20);
     drained(&db, &redis, events).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exact(&db, &redis, events, cost).await;
 
-    let sum = |metrics: &str, series: &str| -> u64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
+    let (ma, mb) = split_between(&a, &b).await;
     let handled = |metrics: &str| {
-        sum(
+        metric_sum(
             metrics,
             "billing_bridge_events_total{topic=\"token-metrics\"",
         )
-    };
-    let page = |b: &Bridge| {
-        let url = b.url("/metrics");
-        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
-    };
-    // Four topics of four partitions, split between the two members (read
-    // until a rebalance in progress, on a loaded machine, has settled).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let (ma, mb) = loop {
-        let (ma, mb) = (page(&a).await, page(&b).await);
-        let (pa, pb) = (
-            sum(&ma, "billing_bridge_assigned_partitions"),
-            sum(&mb, "billing_bridge_assigned_partitions"),
-        );
-        if pa > 0 && pb > 0 && pa + pb == 16 {
-            break (ma, mb);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "partitions held: a {pa}, b {pb}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let (ha, hb) = (handled(&ma), handled(&mb));
     assert!(ha > 0 && hb > 0, "both processes consumed: {ha} and {hb}");
     assert!(ha + hb >= events as u64);
     // One relay at a time (the lease): every outbox row was produced once, by one of them.
     let (ra, rb) = (
-        sum(&ma, "billing_bridge_relay_delivered_total"),
-        sum(&mb, "billing_bridge_relay_delivered_total"),
+        metric_sum(&ma, "billing_bridge_relay_delivered_total"),
+        metric_sum(&mb, "billing_bridge_relay_delivered_total"),
     );
     assert_eq!(
         (ra + rb, ra.min(rb)),
@@ -664,6 +638,38 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     assert_eq!(dump(&redis).await, before);
     a.kill();
     b.kill();
+}
+
+/// The sum of every sample of `series` (a name, or a name and the start of
+/// its labels) on a /metrics page.
+fn metric_sum(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until the four topics' four partitions are split between the two
+/// members (a rebalance in progress, on a loaded machine, has settled);
+/// returns both /metrics pages.
+async fn split_between(a: &Bridge, b: &Bridge) -> (String, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ma, mb) = (metrics_text(a).await, metrics_text(b).await);
+        let (pa, pb) = (
+            metric_sum(&ma, "billing_bridge_assigned_partitions"),
+            metric_sum(&mb, "billing_bridge_assigned_partitions"),
+        );
+        if pa > 0 && pb > 0 && pa + pb == 16 {
+            return (ma, mb);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partitions held: a {pa}, b {pb}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Reads SSE `data:` events (with their ids) from `url` for `window`, or until `max` arrived.
