@@ -351,6 +351,13 @@ pub fn schedule(rng: &mut Rng, rounds: usize) -> Vec<(Duration, Fault)> {
     out
 }
 
+/// The cluster, even after a panic while it was held (a part that would not
+/// start again): the run then fails with every part's log instead of a
+/// poisoned lock.
+fn held(c: &std::sync::Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
+    c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `plan`'s load against a fresh cluster in `dir` while `steps` kill
 /// and restart its parts; the load's own duration is stretched to cover the
 /// schedule. Returns the report and what was done when.
@@ -384,7 +391,7 @@ pub async fn fault_run(
                 let c = cluster.clone();
                 let names: Vec<&str> = parts.iter().map(|p| p.name()).collect();
                 tokio::task::spawn_blocking(move || {
-                    let mut c = c.lock().unwrap();
+                    let mut c = held(&c);
                     for p in &parts {
                         c.kill(*p);
                     }
@@ -416,9 +423,11 @@ pub async fn fault_run(
             while on.load(std::sync::atomic::Ordering::SeqCst) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let c = cluster.clone();
-                let lines = tokio::task::spawn_blocking(move || c.lock().unwrap().revive())
-                    .await
-                    .expect("supervisor");
+                // A part that will not start again is reported, and tried again.
+                let lines = match tokio::task::spawn_blocking(move || held(&c).revive()).await {
+                    Ok(lines) => lines,
+                    Err(e) => vec![format!("a part could not be started again: {e}")],
+                };
                 log.lock().unwrap().extend(lines);
             }
         }
@@ -430,7 +439,7 @@ pub async fn fault_run(
     match report {
         Ok(r) => Ok((r, log)),
         Err(e) => {
-            let c = cluster.lock().unwrap();
+            let c = held(&cluster);
             Err(format!(
                 "{e}\n--- bridge log ---\n{}\n--- host log ---\n{}",
                 c.tail("bridge", 30),
