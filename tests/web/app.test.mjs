@@ -122,6 +122,8 @@ await test("dashboard: an event posted to the collector appears within 2 seconds
   await signIn(page, ADMIN_KEY);
   await page.click("#tab-dashboard");
   await page.waitForSelector("#dash-cost .big");
+  // A notice sent before the page's live stream is connected reaches only the 15 s refresh.
+  await page.waitForSelector('#live[data-state="open"]', { timeout: 30000 });
   const before = await page.textContent("#dash-cost .big");
   const requests = [];
   page.on("request", (r) => { if (r.url().includes("/api/")) requests.push(r.url()); });

@@ -35,6 +35,9 @@ pub fn Dashboard() -> Element {
     let mut model = use_signal(String::new);
     let mut tick = use_signal(|| 0u32);
     let mut live = use_signal(|| None::<String>);
+    // The live stream is connected (EventSource `open`; an `error` means it
+    // is reconnecting, and a notice sent meanwhile reaches only the 15 s tick).
+    let mut live_open = use_signal(|| false);
     let config = use_context::<Resource<Option<WebConfig>>>();
 
     // Every 15 s.
@@ -78,6 +81,14 @@ pub fn Dashboard() -> Element {
         let _ =
             source.add_event_listener_with_callback("billed", on_billed.as_ref().unchecked_ref());
         on_billed.forget();
+        for (event, open) in [("open", true), ("error", false)] {
+            let on_state = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+                live_open.set(open);
+            });
+            let _ =
+                source.add_event_listener_with_callback(event, on_state.as_ref().unchecked_ref());
+            on_state.forget();
+        }
         // One stream per page: kept open while the app runs.
         std::mem::forget(source);
     }));
@@ -146,8 +157,12 @@ pub fn Dashboard() -> Element {
                     }
                 }
                 button { id: "refresh", onclick: move |_| tick += 1, "Refresh" }
-                span { class: "muted small", id: "live",
-                    match live() { Some(l) => rsx! { "Live: {l}" }, None => rsx! { "Live updates on" } }
+                span { class: "muted small", id: "live", "data-state": if live_open() { "open" } else { "connecting" },
+                    match (live(), live_open()) {
+                        (Some(l), _) => rsx! { "Live: {l}" },
+                        (None, true) => rsx! { "Live updates on" },
+                        (None, false) => rsx! { "Connecting to live updates…" },
+                    }
                 }
             }
             match &*data.read() {
