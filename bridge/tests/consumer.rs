@@ -184,6 +184,47 @@ async fn consume_until(
     consumer.await.unwrap().unwrap();
 }
 
+/// The offset `group` has committed for `partition` of `topic`, if any.
+fn committed(brokers: &str, group: &str, (topic, partition): (&str, i32)) -> Option<i64> {
+    let probe: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let got = tokio::task::block_in_place(|| probe.committed_offsets(tpl, Duration::from_secs(10)))
+        .ok()?;
+    got.elements()
+        .first()?
+        .offset()
+        .to_raw()
+        .filter(|o| *o >= 0)
+}
+
+/// Runs one consumer of `group` until the group has committed `next` (or
+/// more) for `at`, at most 60 s; then stops it cleanly.
+async fn consume_through(
+    db: &std::path::Path,
+    brokers: &str,
+    redis: &Redis,
+    group: &str,
+    at: (&str, i32),
+    next: i64,
+) {
+    let (stop_tx, consumer) = spawn_consumer(db, brokers, redis, group);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while committed(brokers, group, at).is_none_or(|o| o < next) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{group} did not commit {next} for {at:?} within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = stop_tx.send(true);
+    consumer.await.unwrap().unwrap();
+}
+
 // The whole path: outbox → Kafka → consumer → line items, with a duplicate and a poison message in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bills_once_and_dead_letters_poison() {
@@ -782,7 +823,11 @@ async fn late_redelivery_counts_once_and_records_are_not_lost() {
     };
     let group = "bridge-test-late";
     let brokers = kafka.brokers();
-    let consume = || consume_until(&db, &brokers, &redis, group, 1, Duration::from_secs(2));
+    // Each consumer runs until the group has committed past the copy just
+    // delivered (the offset is stored only once the batch's second stage
+    // finished), however long joining the group takes.
+    let consume =
+        |next: i64| consume_through(&db, &brokers, &redis, group, ("inference-events", 0), next);
     let conn = rusqlite::Connection::open(&db).unwrap();
     let watermark = || -> Option<i64> {
         conn.query_row(
@@ -794,7 +839,7 @@ async fn late_redelivery_counts_once_and_records_are_not_lost() {
     };
 
     deliver().await;
-    consume().await;
+    consume(1).await;
     assert_eq!(requests_counted(&redis).await, Some(1));
     assert_eq!(
         watermark(),
@@ -805,7 +850,7 @@ async fn late_redelivery_counts_once_and_records_are_not_lost() {
     // As if the bridge died after Redis and before the broker took the record: no watermark.
     conn.execute("DELETE FROM aggregated_offsets", []).unwrap();
     deliver().await;
-    consume().await;
+    consume(2).await;
     assert_eq!(
         requests_counted(&redis).await,
         Some(1),
@@ -831,7 +876,7 @@ async fn late_redelivery_counts_once_and_records_are_not_lost() {
         .await
         .unwrap();
     deliver().await;
-    consume().await;
+    consume(3).await;
     assert_eq!(
         requests_counted(&redis).await,
         Some(1),
@@ -840,9 +885,21 @@ async fn late_redelivery_counts_once_and_records_are_not_lost() {
     assert_eq!(watermark(), Some(2));
 
     // processed-events: the first record, and the replay's again (same id); none for the settled copy.
+    // They were all delivered before the consumers stopped: read until two
+    // came (joining a group may take long), then a quiet spell for a third.
     let records = reader(&kafka.brokers(), "processed-events");
     let mut ids = Vec::new();
-    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(10), records.recv()).await {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let wait = if ids.len() < 2 {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::from_secs(3)
+        };
+        let Ok(m) = tokio::time::timeout(wait, records.recv()).await else {
+            break;
+        };
+        let m = m.unwrap();
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         ids.push(v["id"].as_str().unwrap().to_owned());
         assert_eq!(v["data"]["original_source"], "/users/2:/services/batch");

@@ -621,6 +621,11 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
         differ.first().map(|k| after.get(*k))
     );
     // The rebuild marked the events: a redelivered one changes nothing.
+    let duplicates = || async {
+        let series = "billing_bridge_events_total{topic=\"token-metrics\",outcome=\"duplicate\"}";
+        metric_sum(&metrics_text(&a).await, series) + metric_sum(&metrics_text(&b).await, series)
+    };
+    let seen_before = duplicates().await;
     let again = event(7, 17);
     rdkafka::producer::FutureProducer::send(
         &rdkafka::ClientConfig::new()
@@ -634,7 +639,15 @@ async fn two_bridges_share_partitions_and_redis_rebuilds() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once one of them has handled it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while duplicates().await == seen_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the redelivered event was not consumed within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(dump(&redis).await, before);
     a.kill();
     b.kill();
@@ -685,6 +698,27 @@ async fn sse(
         req = req.header("last-event-id", id);
     }
     let resp = req.send().await.unwrap();
+    read_sse(resp, window, max).await
+}
+
+/// Opens the live stream and returns once its headers came: the bridge
+/// subscribes before it answers, so every notice from then on is in it.
+async fn open_sse(url: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Reads an opened live stream's `data:` events (with their ids) for
+/// `window`, or until `max` arrived; also returns the raw text.
+async fn read_sse(
+    resp: reqwest::Response,
+    window: Duration,
+    max: usize,
+) -> (Vec<(String, serde_json::Value)>, String) {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let mut body = resp.bytes_stream();
@@ -720,13 +754,25 @@ async fn live_stream_and_operations() {
         reqwest::get(bridge.url("/healthz")).await.unwrap().status(),
         200
     );
-    let ready: serde_json::Value = reqwest::get(bridge.url("/readyz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ready["ready"], true, "{ready}");
+    // Ready once its checks of the broker and Redis pass (at most 60 s on a loaded machine).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready: serde_json::Value = reqwest::get(bridge.url("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["ready"] == true {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    held_within(&bridge, Duration::from_secs(60)).await;
     let denied = reqwest::Client::new()
         .get(bridge.url("/events/stream"))
         .bearer_auth("lcb_wrong")
@@ -737,15 +783,16 @@ async fn live_stream_and_operations() {
     assert_eq!(denied.headers()["content-type"], "application/problem+json");
 
     let stream_url = bridge.url("/events/stream");
-    let user = tokio::spawn({
-        let url = stream_url.clone();
-        async move { sse(&url, USER2_KEY, None, Duration::from_secs(15), 2).await }
-    });
-    let admin = tokio::spawn({
-        let url = stream_url.clone();
-        async move { sse(&url, ADMIN_KEY, None, Duration::from_secs(15), 3).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let user = tokio::spawn(read_sse(
+        open_sse(&stream_url, USER2_KEY).await,
+        Duration::from_secs(60),
+        2,
+    ));
+    let admin = tokio::spawn(read_sse(
+        open_sse(&stream_url, ADMIN_KEY).await,
+        Duration::from_secs(60),
+        3,
+    ));
     // Users 2, 3, 2.
     for (i, u) in [(1, 2), (2, 3), (3, 2)] {
         let ev = event(i, u);
@@ -811,11 +858,11 @@ async fn live_stream_and_operations() {
     // A burst billed in one batch is published a hundred notices to a channel message: every one arrives,
     // once, in stream order.
     let burst = 250;
-    let admin = tokio::spawn({
-        let url = stream_url.clone();
-        async move { sse(&url, ADMIN_KEY, None, Duration::from_secs(30), burst).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = tokio::spawn(read_sse(
+        open_sse(&stream_url, ADMIN_KEY).await,
+        Duration::from_secs(60),
+        burst,
+    ));
     {
         let mut conn = rusqlite::Connection::open(&db).unwrap();
         let tx = conn.transaction().unwrap();

@@ -188,10 +188,29 @@ async fn nudge_wakes_the_relay() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    outbox(&db, 0..2, "llm-responses");
+    // A nudge published before the listener subscribed is lost: wait for it.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("billing:outbox")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if listeners > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past the relay's first round, which would take the rows without a nudge.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    outbox(&db, 0..2, "llm-responses");
     let started = tokio::time::Instant::now();
     let _: i64 = redis::cmd("PUBLISH")
         .arg("billing:outbox")

@@ -34,15 +34,18 @@ pub fn free_port() -> u16 {
     panic!("no free port in {LOW}–32767")
 }
 
-/// Waits until something accepts TCP connections on `port`.
+/// Waits until something accepts TCP connections on `port`, at most 60 s
+/// (a bridge creates its topics first, against a broker that may still be
+/// warming up on a loaded machine).
 pub fn wait_for_port(port: u16, what: &str) {
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    panic!("{what} did not start listening on {port}");
+    panic!("{what} did not start listening on {port} within 60 s");
 }
 
 /// A server process on a port, killed (SIGKILL, as a crash would) when
