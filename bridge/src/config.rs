@@ -81,8 +81,9 @@ pub struct RelayConfig {
     /// on it (it stays in the outbox), in ms. Example: 10000.
     pub delivery_timeout_ms: u64,
     /// One bridge process relays at a time (in outbox order); it holds a
-    /// lease in SQLite renewed every round. Another takes over when the
-    /// lease is this old, in ms. Example: 15000.
+    /// lease in SQLite, renewed by the first round after half of it has
+    /// passed. Another takes over when the lease is this old, in ms.
+    /// Example: 15000.
     pub lease_ms: u64,
     /// A gateway call still open this long after its last write (its
     /// gateway instance ended before the stream did: killed, or stopped

@@ -243,17 +243,47 @@ async fn redis() {
     // shared one.
     let blocking = tokio::spawn({
         let url = url.clone();
-        async move { post(&url, "exec BLPOP nothing-here 1.5").await }
+        async move { post(&url, "exec BLPOP nothing-here 20").await }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Once the server holds that BLPOP (a guest instantiated, its command sent).
+    let mut direct = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut direct)
+            .unwrap();
+        if info.lines().any(|l| {
+            l.strip_prefix("blocked_clients:")
+                .is_some_and(|n| n.trim() != "0")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the BLPOP never reached the server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let t0 = std::time::Instant::now();
     assert_eq!(post(&url, "set k fast\nget k").await.1, "ok:OK|fast");
     assert!(
-        t0.elapsed() < std::time::Duration::from_millis(800),
-        "held up {:?} behind another guest's BLPOP",
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "held up {:?} behind another guest's 20 s BLPOP",
         t0.elapsed()
     );
-    let _ = blocking.await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("nothing-here")
+        .arg("done")
+        .query(&mut direct)
+        .unwrap();
+    assert!(
+        blocking.await.unwrap().1.contains("done"),
+        "the BLPOP got its element"
+    );
 
     // The server goes away. The host shares one connection per address, so the first request after finds it
     // broken at its first command (as a guest of Spin does whose server goes away between `open` and a command);

@@ -565,12 +565,20 @@ async fn concurrent_retry_pays_the_model_once() {
     let ask = json!({"content": "Only once, please"});
     let headers = [
         ("idempotency-key", "same-turn"),
-        ("x-sim-latency-ms", "1500"),
+        ("x-sim-latency-ms", "8000"),
         ("x-sim-fail-key", "concurrent-idem"),
     ];
     let first = s.call_with("POST", &path, &key, &headers, ask.clone());
+    // Sent once the first holds the key (and well within its model's 8 s).
     let second = async {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while s.count("idempotency_claims") == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the first request claimed no key"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         s.call_with("POST", &path, &key, &headers, ask.clone())
             .await
     };

@@ -264,12 +264,12 @@ async fn genai_prices_import_is_a_reviewable_diff() {
     // A price of ours that differs from the catalogue today is proposed back, from the date the admin chose.
     let r = s
         .call("POST", "/api/pricing", Some(billing_e2e::ADMIN_KEY), Some(json!({
-            "model": "claude-haiku-4-5-20251001", "effective_from": billing_e2e::now_plus(2000).to_rfc3339(),
+            "model": "claude-haiku-4-5-20251001", "effective_from": billing_e2e::now_plus(4000).to_rfc3339(),
             "prices": {"input": 1, "output": 1, "cache_write_5m": 1, "cache_write_1h": 1, "cache_read": 1}
         })))
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
     let (ok, out) = import(
         &s,
         &[

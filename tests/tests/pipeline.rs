@@ -68,7 +68,9 @@ async fn price_change_during_the_call_bills_what_was_shown() {
     let t = s.call("POST", "/api/threads", Some(&key), None).await.body["thread_id"]
         .as_i64()
         .unwrap();
-    let starts = billing_e2e::now_plus(1500).to_rfc3339();
+    // Far enough ahead for a slow POST (a start in the past is refused), and
+    // the model answers after it.
+    let starts = billing_e2e::now_plus(4000).to_rfc3339();
     let version = s
         .call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({
             "model": "claude-haiku-4-5-20251001", "effective_from": starts,
@@ -81,7 +83,7 @@ async fn price_change_during_the_call_bills_what_was_shown() {
             "POST",
             &format!("/api/threads/{t}/messages"),
             &key,
-            &[("x-sim-latency-ms", "2500")],
+            &[("x-sim-latency-ms", "6000")],
             json!({"content": "Answer slowly", "model": "claude-haiku-4-5-20251001"}),
         )
         .await;

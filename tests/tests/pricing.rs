@@ -230,7 +230,7 @@ async fn new_price_reaches_chat() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis()
-            + 1500;
+            + 4000;
         let secs = (ms / 1000) as i64;
         let (y, m, d) = civil(secs / 86_400);
         let rem = secs % 86_400;
@@ -246,7 +246,8 @@ async fn new_price_reaches_chat() {
         .call("POST", "/api/pricing", Some(ADMIN_KEY), Some(json!({"model": "claude-haiku-4-5-20251001", "effective_from": soon, "prices": {"input": 2000000, "output": 10000000, "cache_write_5m": 2500000, "cache_write_1h": 4000000, "cache_read": 200000}})))
         .await;
     assert_eq!(v.status, 201, "{:?}", v.body);
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    // Until the version is in force (4 s: room for a slow POST, as a start in the past is refused).
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
     let second = s
         .call(
             "POST",
