@@ -127,15 +127,18 @@ await test("dashboard: an event posted to the collector appears within 2 seconds
   const before = await page.textContent("#dash-cost .big");
   const requests = [];
   page.on("request", (r) => { if (r.url().includes("/api/")) requests.push(r.url()); });
-  const id = `browser-${Date.now()}`;
+  const postEvent = async () => {
+    const id = `browser-${Date.now()}`;
+    const r = await fetch(APP + "/api/events", {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_KEY}`, "content-type": "application/cloudevents+json" },
+      body: JSON.stringify({ specversion: "1.0", id, source: "/browser-test", type: "llm-billing.inference", time: new Date().toISOString(),
+        data: { user_id: Number(USER_ID), model: "claude-sonnet-4-5-20250929", request_id: id, status: "succeeded", latency_ms: 250, compute_ms: 200, usage: { input_tokens: 100000, output_tokens: 20000 } } }),
+    });
+    assert.equal(r.status, 202);
+  };
   const posted = Date.now();
-  const r = await fetch(APP + "/api/events", {
-    method: "POST",
-    headers: { authorization: `Bearer ${ADMIN_KEY}`, "content-type": "application/cloudevents+json" },
-    body: JSON.stringify({ specversion: "1.0", id, source: "/browser-test", type: "llm-billing.inference", time: new Date().toISOString(),
-      data: { user_id: Number(USER_ID), model: "claude-sonnet-4-5-20250929", request_id: id, status: "succeeded", latency_ms: 250, compute_ms: 200, usage: { input_tokens: 100000, output_tokens: 20000 } } }),
-  });
-  assert.equal(r.status, 202);
+  await postEvent();
   await page.waitForFunction((b) => document.querySelector("#dash-cost .big").textContent !== b, before, { timeout: 2000 });
   console.log(`     the dashboard changed ${Date.now() - posted} ms after the POST`);
   await page.waitForSelector("#live");
@@ -143,6 +146,20 @@ await test("dashboard: an event posted to the collector appears within 2 seconds
   // A refresh is a fixed number of requests.
   assert.ok(requests.length <= 4, `one refresh made ${requests.length} requests: ${requests.join(", ")}`);
   await page.screenshot({ path: `${ART}dashboard.png`, fullPage: true });
+
+  // Leaving the dashboard closes its live stream; coming back opens one that works.
+  const streams = { opened: 0, closed: 0 };
+  page.on("request", (r) => { if (r.url().includes("/events/stream")) streams.opened += 1; });
+  page.on("requestfailed", (r) => { if (r.url().includes("/events/stream")) streams.closed += 1; });
+  await page.click("#tab-chat");
+  await page.waitForFunction(() => !document.querySelector("#live"));
+  await page.click("#tab-dashboard");
+  await page.waitForSelector('#live[data-state="open"]', { timeout: 30000 });
+  await page.waitForSelector("#dash-cost .big");
+  assert.deepEqual(streams, { opened: 1, closed: 1 }, "the old stream closed, one new one");
+  const again = await page.textContent("#dash-cost .big");
+  await postEvent();
+  await page.waitForFunction((b) => document.querySelector("#dash-cost .big").textContent !== b, again, { timeout: 5000 });
 });
 
 await test("admin adds a price version and a new quote uses it; a bad version is refused in words", async (page) => {

@@ -26,6 +26,23 @@ fn iso(ms: f64) -> String {
         .unwrap_or_default()
 }
 
+/// The dashboard's connection to the bridge's live stream and the
+/// listeners it calls; dropping it closes the connection first, so a
+/// listener is never called once dropped.
+struct LiveStream {
+    source: web_sys::EventSource,
+    _listeners: (
+        Closure<dyn FnMut(web_sys::MessageEvent)>,
+        [Closure<dyn FnMut(web_sys::Event)>; 2],
+    ),
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        self.source.close();
+    }
+}
+
 #[component]
 pub fn Dashboard() -> Element {
     let session = use_session();
@@ -55,7 +72,16 @@ pub fn Dashboard() -> Element {
         .map(|c| c.live_url)
         .unwrap_or_default();
     let stream_key = key.clone();
+    // Switching tabs takes the dashboard off the page and back: its stream
+    // is closed then, so no listener of a removed dashboard is called.
+    let stream = use_hook(|| std::rc::Rc::new(std::cell::RefCell::new(None::<LiveStream>)));
+    use_drop({
+        let stream = stream.clone();
+        move || drop(stream.borrow_mut().take())
+    });
     use_effect(use_reactive!(|live_url| {
+        // A new address replaces (and closes) the stream to the old one.
+        drop(stream.borrow_mut().take());
         if live_url.is_empty() {
             return;
         }
@@ -80,17 +106,18 @@ pub fn Dashboard() -> Element {
             });
         let _ =
             source.add_event_listener_with_callback("billed", on_billed.as_ref().unchecked_ref());
-        on_billed.forget();
-        for (event, open) in [("open", true), ("error", false)] {
-            let on_state = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
+        let on_state = [("open", true), ("error", false)].map(|(event, open)| {
+            let listener = Closure::<dyn FnMut(web_sys::Event)>::new(move |_: web_sys::Event| {
                 live_open.set(open);
             });
             let _ =
-                source.add_event_listener_with_callback(event, on_state.as_ref().unchecked_ref());
-            on_state.forget();
-        }
-        // One stream per page: kept open while the app runs.
-        std::mem::forget(source);
+                source.add_event_listener_with_callback(event, listener.as_ref().unchecked_ref());
+            listener
+        });
+        *stream.borrow_mut() = Some(LiveStream {
+            source,
+            _listeners: (on_billed, on_state),
+        });
     }));
 
     let data = use_resource({
