@@ -208,8 +208,16 @@ async fn nudge_wakes_the_relay() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Past the relay's first round, which would take the rows without a nudge.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A first row, relayed by a round of the relay's own; once it is gone
+    // the relay sleeps its 10 s poll interval, and only a nudge wakes it.
+    outbox(&db, 100..101, "llm-responses");
+    while r.backlog().unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first row was not relayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     outbox(&db, 0..2, "llm-responses");
     let started = tokio::time::Instant::now();
     let _: i64 = redis::cmd("PUBLISH")

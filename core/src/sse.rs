@@ -20,11 +20,12 @@ pub struct SseEvent {
 }
 
 impl SseEvent {
-    /// The event written back as event-stream text that [`SseReader`] reads
-    /// as this same event: an `event` line unless it is `message` (the
-    /// standard's default), one `data` line per line of `data` (a `data`
-    /// holding LF is several lines on the wire, as it arrived), then the
-    /// blank line that dispatches it.
+    /// An event as [`SseReader`] gave it, written back as event-stream text
+    /// that reads as the same event: an `event` line unless it is `message`
+    /// (the standard's default), one `data` line per line of `data` (a
+    /// `data` holding LF is several lines on the wire, as it arrived), then
+    /// the blank line that dispatches it. An `event` holding LF, or any CR,
+    /// cannot come from the reader and is not written faithfully.
     pub fn to_frame(&self) -> String {
         let mut out = String::with_capacity(self.data.len() + 16);
         if self.event != "message" {

@@ -164,6 +164,18 @@ async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Result<Value,
     Ok(v)
 }
 
+/// An error with its causes (reqwest's own text leaves out, say, the
+/// refused connection).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
 /// Sends until answered: 2xx returns, 429 waits its retry-after, 409 and
 /// 5xx and lost connections back off and send the same request again;
 /// any other answer is a failure.
@@ -175,7 +187,8 @@ async fn send(
 ) -> Result<Value, String> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
-    let mut last = String::new();
+    // What the last try got, for the message when giving up.
+    let mut last: String;
     loop {
         let t = Instant::now();
         let wait = match request().send().await {
@@ -187,8 +200,11 @@ async fn send(
                     .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let body = r.bytes().await;
                 last = match &body {
-                    Ok(b) => format!("{status} {}", String::from_utf8_lossy(b)),
-                    Err(e) => format!("{status}, body cut: {e}"),
+                    Ok(b) => format!(
+                        "{status} {}",
+                        String::from_utf8_lossy(&b[..b.len().min(500)])
+                    ),
+                    Err(e) => format!("{status}, body cut: {}", with_causes(e)),
                 };
                 match (status, body) {
                     (200..=299, Ok(b)) => {
@@ -213,7 +229,7 @@ async fn send(
                 }
             }
             Err(e) => {
-                last = e.to_string();
+                last = with_causes(&e);
                 backoff
             }
         };

@@ -78,6 +78,10 @@ async fn price_change_during_the_call_bills_what_was_shown() {
         })))
         .await;
     assert_eq!(version.status, 201, "{:?}", version.body);
+    assert!(
+        billing_e2e::now_plus(0).to_rfc3339() < starts,
+        "the turn is sent before the change (the POSTs were slow; raise the 4 s)"
+    );
     let turn = s
         .call_with(
             "POST",
