@@ -184,13 +184,8 @@ async fn consume_until(
     consumer.await.unwrap().unwrap();
 }
 
-/// The offset `group` has committed for `partition` of `topic`, if any.
-fn committed(brokers: &str, group: &str, (topic, partition): (&str, i32)) -> Option<i64> {
-    let probe: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
+/// The offset `probe`'s group has committed for `partition` of `topic`, if any.
+fn committed(probe: &StreamConsumer, (topic, partition): (&str, i32)) -> Option<i64> {
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition(topic, partition);
     let got = tokio::task::block_in_place(|| probe.committed_offsets(tpl, Duration::from_secs(10)))
@@ -213,8 +208,14 @@ async fn consume_through(
     next: i64,
 ) {
     let (stop_tx, consumer) = spawn_consumer(db, brokers, redis, group);
+    // Reads the group's offsets without joining it.
+    let probe: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while committed(brokers, group, at).is_none_or(|o| o < next) {
+    while committed(&probe, at).is_none_or(|o| o < next) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{group} did not commit {next} for {at:?} within 60 s"

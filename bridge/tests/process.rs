@@ -775,23 +775,9 @@ async fn live_stream_and_operations() {
     held_within(&bridge, Duration::from_secs(60)).await;
     // Notices reach a stream through the bridge's subscription to the Redis
     // channel: it must be in place before the events are billed.
-    let mut r = redis_conn(&redis).await;
-    loop {
-        let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg("billing:notices")
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        if listeners > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bridge never subscribed to billing:notices"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    redis
+        .subscribed("billing:notices", Duration::from_secs(60))
+        .await;
     let denied = reqwest::Client::new()
         .get(bridge.url("/events/stream"))
         .bearer_auth("lcb_wrong")

@@ -352,8 +352,8 @@ pub fn schedule(rng: &mut Rng, rounds: usize) -> Vec<(Duration, Fault)> {
 }
 
 /// The cluster, even after a panic while it was held (a part that would not
-/// start again): the run then fails with every part's log instead of a
-/// poisoned lock.
+/// start again): the run then fails with the bridge's and host's logs
+/// instead of a poisoned lock.
 fn held(c: &std::sync::Mutex<Cluster>) -> std::sync::MutexGuard<'_, Cluster> {
     c.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

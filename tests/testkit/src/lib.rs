@@ -160,6 +160,33 @@ impl Redis {
     pub fn stop(&mut self) {
         self.process.stop();
     }
+
+    /// Waits (at most `within`) until a client subscribes to `channel`
+    /// (`PUBSUB NUMSUB`): a message published before is lost to it.
+    pub async fn subscribed(&self, channel: &str, within: Duration) {
+        let mut c = redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (_, listeners): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if listeners > 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nobody subscribed to {channel} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// `scripts/kafka-broker.sh` of this checkout: found from the directory of
