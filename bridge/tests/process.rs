@@ -109,7 +109,13 @@ impl Drop for Bridge {
         let _ = self.child.wait();
         if std::thread::panicking() || std::env::var_os("SHOW_BRIDGE_LOGS").is_some() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            // librdkafka repeats its global errors every few ms while a broker is away; they would hide the rest.
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("Global error"))
+                .rev()
+                .take(40)
+                .collect();
             eprintln!(
                 "--- {} (last lines) ---\n{}",
                 self.log.display(),

@@ -92,7 +92,7 @@ impl Process {
             if text.lines().skip(skip).any(|l| l.contains(ready)) {
                 return p;
             }
-            let exited = p.0.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let exited = p.exited();
             if exited.is_some() || std::time::Instant::now() > deadline {
                 p.stop();
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
@@ -105,6 +105,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How the process ended, if it did (reaped then; `None` while it runs).
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     fn stop(&mut self) {
@@ -261,10 +266,36 @@ impl Kafka {
             "Apache Kafka",
             "make test installs it: scripts/ensure-deps.sh kafka",
         );
+        wait_for_port(self.port, "Apache Kafka");
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         self.process.stop();
+    }
+}
+
+impl Drop for Kafka {
+    /// Stops the node; when a test failed, shows the last lines of its log
+    /// (a broker that died or would not serve after a restart says why there).
+    fn drop(&mut self) {
+        let exited = self.process.exited();
+        self.process.stop();
+        if std::thread::panicking() {
+            if let Some(status) = exited {
+                eprintln!(
+                    "--- the Kafka node on port {} had exited: {status}",
+                    self.port
+                );
+            }
+            let log = self.dir.join("kafka.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            eprintln!(
+                "--- {} (last lines) ---\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
     }
 }
