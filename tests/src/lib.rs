@@ -65,6 +65,17 @@ impl Stack {
 
     /// [`Stack::start_with`] under the given host limits.
     pub async fn start_with_limits(vars: &[(&str, &str)], limits: Limits) -> Self {
+        // The host's log (warnings and errors, or RUST_LOG) goes to the test's
+        // output, which the harness shows when the test fails: a 500 from the
+        // host says why only there.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
         build_components();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("billing.db");
