@@ -106,27 +106,45 @@ fn token_prices(tx: &Transaction<'_>, model_id: i64) -> Result<Vec<StoredPrice>>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The version of `resource` in force at `at` (canonical text), if any.
-fn resource_price_at(
-    tx: &Transaction<'_>,
-    resource: &str,
-    at: &str,
-) -> Result<Option<ResourcePriceVersion>> {
-    let row: Option<(i64, String, String, i64)> = tx
-        .prepare_cached("SELECT resource_pricing_id, unit, effective_from, unit_price FROM dim_resource_pricing WHERE resource = ?1 AND effective_from <= ?2 ORDER BY effective_from DESC LIMIT 1")?
-        .query_row((resource, at), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?;
-    row.map(|(id, unit, from, unit_price)| {
+/// A stored resource price version as read (`dim_resource_pricing`),
+/// turned into a [`ResourcePriceVersion`] when chosen, so one unreadable row
+/// fails only the events it would price, as a query per event did.
+struct StoredResourcePrice {
+    resource_pricing_id: i64,
+    unit: String,
+    /// The canonical text form, which orders as time does.
+    effective_from: String,
+    unit_price: i64,
+}
+
+impl StoredResourcePrice {
+    fn version(&self, resource: &str) -> Result<ResourcePriceVersion> {
         Ok(ResourcePriceVersion {
-            resource_pricing_id: id,
+            resource_pricing_id: self.resource_pricing_id,
             resource: resource.to_owned(),
-            unit,
-            effective_from: Timestamp::parse(&from)
+            unit: self.unit.clone(),
+            effective_from: Timestamp::parse(&self.effective_from)
                 .map_err(|e| anyhow::anyhow!("stored timestamp: {e}"))?,
-            unit_price: price(unit_price)?,
+            unit_price: price(self.unit_price)?,
         })
-    })
-    .transpose()
+    }
+}
+
+/// Every price version of `resource`, newest first.
+fn resource_prices(tx: &Transaction<'_>, resource: &str) -> Result<Vec<StoredResourcePrice>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT resource_pricing_id, unit, effective_from, unit_price FROM dim_resource_pricing
+         WHERE resource = ?1 ORDER BY effective_from DESC",
+    )?;
+    let rows = stmt.query_map([resource], |r| {
+        Ok(StoredResourcePrice {
+            resource_pricing_id: r.get(0)?,
+            unit: r.get(1)?,
+            effective_from: r.get(2)?,
+            unit_price: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 impl Lookups {
@@ -167,6 +185,38 @@ impl Lookups {
         Ok(id)
     }
 
+    /// The version of `resource` in force at `at` (canonical text), if any:
+    /// the newest whose start is not after it (the comparison the SQL made
+    /// before, per event).
+    fn resource_price_at(
+        &mut self,
+        tx: &Transaction<'_>,
+        resource: &str,
+        at: &str,
+    ) -> Result<Option<ResourcePriceVersion>> {
+        if !self.resource_prices.contains_key(resource) {
+            let versions = resource_prices(tx, resource)?;
+            self.resource_prices.insert(resource.to_owned(), versions);
+        }
+        self.resource_prices[resource]
+            .iter()
+            .find(|v| v.effective_from.as_str() <= at)
+            .map(|v| v.version(resource))
+            .transpose()
+    }
+
+    /// The id of the event type named `event_type` (`dim_event_types`).
+    fn event_type_id(&mut self, tx: &Transaction<'_>, event_type: &'static str) -> Result<i64> {
+        if let Some(&id) = self.event_types.get(event_type) {
+            return Ok(id);
+        }
+        let id = tx
+            .prepare_cached("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1")?
+            .query_row([event_type], |r| r.get(0))?;
+        self.event_types.insert(event_type, id);
+        Ok(id)
+    }
+
     /// The token prices of `model` in force at `at`: the newest version
     /// whose start is not after it (the comparison the SQL made before).
     fn price_at(
@@ -202,15 +252,19 @@ fn parse<T: EventData>(payload: &[u8]) -> Result<CloudEvent<T>, String> {
 }
 
 /// What one batch has already read of the dimension tables: users, model
-/// ids and each model's price versions. Made anew for every batch, which
-/// holds SQLite's write lock for its whole transaction, so it sees exactly
-/// what a query per event would, and a new price is seen by the next batch.
+/// ids, each model's and each resource's price versions, event type ids.
+/// Made anew for every batch, which holds SQLite's write lock for its whole
+/// transaction, so it sees exactly what a query per event would, and a new
+/// price is seen by the next batch.
 #[derive(Default)]
 pub struct Lookups {
     users: std::collections::HashMap<i64, bool>,
     models: std::collections::HashMap<String, Option<ModelRow>>,
     /// A model's versions, newest first.
     prices: std::collections::HashMap<i64, Vec<StoredPrice>>,
+    /// A resource's versions, newest first.
+    resource_prices: std::collections::HashMap<String, Vec<StoredResourcePrice>>,
+    event_types: std::collections::HashMap<&'static str, i64>,
 }
 
 /// What pricing needs of a model row.
@@ -358,7 +412,7 @@ fn price_event(
     let at_text = at.to_rfc3339();
     let mut fees = Vec::new();
     for (resource, _) in fee_quantities(usage) {
-        match resource_price_at(tx, resource, &at_text)? {
+        match lookups.resource_price_at(tx, resource, &at_text)? {
             Some(v) => fees.push(v),
             None => {
                 return Ok(Err(poison(
@@ -395,7 +449,7 @@ pub fn inference_cost(
         Err(Outcome::Poison { reason, .. }) => return Ok(Err(reason)),
         Err(_) => return Ok(Err("cannot be priced".into())),
     };
-    let versions = inference_resource_versions(tx, 0, &at.to_rfc3339())?;
+    let versions = inference_resource_versions(tx, &mut lookups, 0, &at.to_rfc3339())?;
     Ok(inference_call_cost(&priced.quote, &versions)
         .map(|(_, cost)| cost)
         .map_err(|e| e.to_string()))
@@ -407,6 +461,7 @@ pub fn inference_cost(
 /// not billed (and logged).
 fn inference_resource_versions(
     tx: &Transaction<'_>,
+    lookups: &mut Lookups,
     compute_ms: u64,
     at: &str,
 ) -> Result<Vec<(Option<ResourcePriceVersion>, u64)>> {
@@ -415,7 +470,7 @@ fn inference_resource_versions(
         let version = if quantity == 0 {
             None
         } else {
-            resource_price_at(tx, resource, at)?
+            lookups.resource_price_at(tx, resource, at)?
         };
         if quantity > 0 && version.is_none() {
             tracing::warn!(
@@ -767,15 +822,13 @@ fn bill_inference(
     let at = ev.time.to_rfc3339();
     // Priced before anything is written, so an event that cannot be priced
     // leaves no rows behind.
-    let versions = inference_resource_versions(tx, d.compute_ms, &at)?;
+    let versions = inference_resource_versions(tx, lookups, d.compute_ms, &at)?;
     let (mut resources, cost) = match inference_call_cost(&priced.quote, &versions) {
         Ok(x) => x,
         Err(e) => return Ok(poison("invalid_usage", e.to_string())),
     };
     let tokens = tokens_of(&d.usage);
-    let event_type_id: i64 = tx
-        .prepare_cached("SELECT event_type_id FROM dim_event_types WHERE event_type = ?1")?
-        .query_row([InferenceEvent::TYPE], |r| r.get(0))?;
+    let event_type_id = lookups.event_type_id(tx, InferenceEvent::TYPE)?;
     let api_event_id: i64 = tx
         .prepare_cached(
             "INSERT INTO api_events (source, event_id, event_type_id, user_id, model_id, request_id, status, http_status, latency_ms, compute_ms,

@@ -140,6 +140,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         "0014_line_item_class_check.sql",
         include_str!("../0014_line_item_class_check.sql"),
     ),
+    (
+        "0015_unused_api_events_index.sql",
+        include_str!("../0015_unused_api_events_index.sql"),
+    ),
 ];
 
 /// The migrations compiled into this build.

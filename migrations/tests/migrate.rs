@@ -38,7 +38,8 @@ fn second_run_is_a_no_op() {
             "0011_retired_aliases.sql",
             "0012_gateway_calls.sql",
             "0013_open_gateway_calls.sql",
-            "0014_line_item_class_check.sql"
+            "0014_line_item_class_check.sql",
+            "0015_unused_api_events_index.sql"
         ]
     );
     let mode: String = conn
@@ -361,7 +362,12 @@ fn line_item_rebuild_keeps_rows_and_rules() {
     };
     let kept = rows(&conn);
     assert_eq!(kept.len(), 3);
-    let report = migrate(&mut conn, &all).unwrap();
+    let through_0014: Vec<Migration> = all
+        .iter()
+        .filter(|m| m.file.as_str() < "0015")
+        .cloned()
+        .collect();
+    let report = migrate(&mut conn, &through_0014).unwrap();
     assert_eq!(report.applied, ["0014_line_item_class_check.sql"]);
     assert_eq!(rows(&conn), kept, "every row and column as it was");
 
@@ -496,5 +502,25 @@ fn customer_scoped_identity_renames_the_ledger() {
         billing_core::events::customer_source(2, "/svc"),
         "/users/2:/svc",
         "the migration names rows as billing-core does"
+    );
+}
+
+// 0015: api_events keeps only the index of its identity, UNIQUE (source, event_id),
+// which the bridge's duplicate check and the resource lines' reference need.
+#[test]
+fn api_events_keeps_only_its_identity_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (conn, _) = billing_migrations::open_and_migrate(&dir.path().join("b.db")).unwrap();
+    let indexes: Vec<(String, String)> = conn
+        .prepare("SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'index' AND tbl_name = 'api_events' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        indexes,
+        [("sqlite_autoindex_api_events_1".to_owned(), String::new())],
+        "the UNIQUE constraint's automatic index only"
     );
 }
