@@ -107,8 +107,9 @@ fn token_prices(tx: &Transaction<'_>, model_id: i64) -> Result<Vec<StoredPrice>>
 }
 
 /// A stored resource price version as read (`dim_resource_pricing`),
-/// turned into a [`ResourcePriceVersion`] when chosen, so one unreadable row
-/// fails only the events it would price, as a query per event did.
+/// turned into a [`ResourcePriceVersion`] when chosen (its time and price
+/// checked then). Every version of a resource is read for the batch, so a
+/// row of the wrong SQL type fails the batch, as it does for token prices.
 struct StoredResourcePrice {
     resource_pricing_id: i64,
     unit: String,

@@ -67,7 +67,8 @@ impl Stack {
     pub async fn start_with_limits(vars: &[(&str, &str)], limits: Limits) -> Self {
         // The host's log (warnings and errors, or RUST_LOG) goes to the test's
         // output, which the harness shows when the test fails: a 500 from the
-        // host says why only there.
+        // host says why only there. A binary that set its own subscriber first
+        // (billing-bench: stderr) keeps it.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()

@@ -81,6 +81,15 @@ fn machine() -> String {
 
 #[tokio::main]
 async fn main() {
+    // The in-process host's warnings go to stderr, apart from the figures on
+    // stdout (Stack's own subscriber, for tests, would print to stdout).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     match std::env::args().nth(1).as_deref() {
         Some("collector") => collector().await,
         Some("invoice") => invoice().await,
